@@ -1,0 +1,111 @@
+//! Packing tokenized examples into one forward pass, with the prompt shared by its completions.
+
+use crate::data::Tokenized;
+use crate::ops::{AttentionLayout, Group};
+use std::ops::Range;
+use std::sync::Arc;
+
+/// Examples packed row after row as `prompt | completion 1 | completion 2 | …`, with the
+/// attention layout that makes each completion see its prompt and itself only (see
+/// [`crate::ops::Group`]). No padding: every row is a real token.
+#[derive(Debug, Clone)]
+pub struct PackedBatch {
+    /// Token id of every row.
+    pub ids: Vec<u32>,
+    pub layout: Arc<AttentionLayout>,
+    /// For every scored completion token, the row whose hidden state predicts it: the last prompt
+    /// row for a completion's first token, else the row of the previous completion token.
+    pub pred_rows: Vec<u32>,
+    /// The scored completion tokens.
+    pub targets: Arc<Vec<u32>>,
+    /// For each completion (example by example, in completion order), its range in `targets`.
+    pub completion_targets: Vec<Range<usize>>,
+}
+
+impl PackedBatch {
+    pub fn rows(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn completions(&self) -> usize {
+        self.completion_targets.len()
+    }
+}
+
+/// Packs `examples` in order. A completion's first token has no predictor when its prompt is
+/// empty and is then not scored (as in TRL, which never scores a sequence's first token).
+pub fn pack(examples: &[&Tokenized]) -> PackedBatch {
+    let mut ids = Vec::new();
+    let mut groups = Vec::with_capacity(examples.len());
+    let mut pred_rows = Vec::new();
+    let mut targets = Vec::new();
+    let mut completion_targets = Vec::new();
+    for ex in examples {
+        let p0 = ids.len();
+        ids.extend_from_slice(&ex.prompt);
+        let prompt = p0..ids.len();
+        let mut branches = Vec::with_capacity(ex.completions.len());
+        for c in &ex.completions {
+            let b0 = ids.len();
+            ids.extend_from_slice(c);
+            let t0 = targets.len();
+            for (j, &tok) in c.iter().enumerate() {
+                let pred = if j > 0 { Some(b0 + j - 1) } else { prompt.end.checked_sub(1).filter(|_| !prompt.is_empty()) };
+                if let Some(r) = pred {
+                    pred_rows.push(r as u32);
+                    targets.push(tok);
+                }
+            }
+            completion_targets.push(t0..targets.len());
+            branches.push(b0..ids.len());
+        }
+        groups.push(Group { prompt, branches });
+    }
+    let rows = ids.len();
+    PackedBatch {
+        ids,
+        layout: Arc::new(AttentionLayout { groups, rows }),
+        pred_rows,
+        targets: Arc::new(targets),
+        completion_targets,
+    }
+}
+
+/// Splits `examples` (in order) into micro-batches of at most `max_tokens` packed rows each (an
+/// example larger than that gets a micro-batch of its own).
+pub fn micro_batches(examples: &[&Tokenized], max_tokens: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut rows) = (0, 0);
+    for (i, ex) in examples.iter().enumerate() {
+        let n = ex.packed_tokens();
+        if i > start && rows + n > max_tokens {
+            out.push(start..i);
+            start = i;
+            rows = 0;
+        }
+        rows += n;
+    }
+    if start < examples.len() {
+        out.push(start..examples.len());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_prompt_once_and_predicts_each_completion_from_the_prompt() {
+        let a = Tokenized { index: 0, prompt: vec![10, 11], completions: vec![vec![20, 21], vec![30]] };
+        let b = Tokenized { index: 1, prompt: vec![], completions: vec![vec![40, 41]] };
+        let p = pack(&[&a, &b]);
+        assert_eq!(p.ids, vec![10, 11, 20, 21, 30, 40, 41]);
+        assert_eq!(p.layout.positions(), vec![0, 1, 2, 3, 2, 0, 1]);
+        assert_eq!(*p.targets, vec![20, 21, 30, 41]);
+        assert_eq!(p.pred_rows, vec![1, 2, 1, 5]);
+        assert_eq!(p.completion_targets, vec![0..2, 2..3, 3..4]);
+        assert_eq!(micro_batches(&[&a, &b, &a], 7), vec![0..2, 2..3]);
+        assert_eq!(micro_batches(&[&a, &b, &a], 4), vec![0..1, 1..2, 2..3]);
+    }
+}

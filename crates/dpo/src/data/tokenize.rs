@@ -1,0 +1,107 @@
+//! Text examples → token ids, by TRL 1.16's rule, then truncation.
+
+use super::{Example, Origin, Record};
+use crate::tokenizer::Tokenizer;
+use anyhow::Result;
+use rayon::prelude::*;
+use serde::Serialize;
+
+/// Truncation settings. They change the token ids, so they are part of the reference-log-prob
+/// cache key.
+///
+/// Rules, applied in this order after tokenization:
+/// 1. `max_prompt_length`: a longer prompt keeps its **last** `max_prompt_length` tokens (the
+///    rule of TRL ≤ 0.26; TRL 1.16 has no such option).
+/// 2. `max_length`: an example whose prompt alone has `max_length` tokens or more is dropped (as
+///    TRL 1.16 filters it); otherwise every completion keeps its **first**
+///    `max_length - prompt_tokens` tokens, i.e. each `prompt + completion` sequence keeps its
+///    first `max_length` tokens (TRL 1.16's default `truncation_mode = "keep_start"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct TokenizeSettings {
+    pub max_length: Option<usize>,
+    pub max_prompt_length: Option<usize>,
+}
+
+/// An example as token ids: the prompt, and each completion (ending in EOS unless truncated).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tokenized {
+    /// Index of the record in its file.
+    pub index: usize,
+    pub prompt: Vec<u32>,
+    pub completions: Vec<Vec<u32>>,
+}
+
+impl Tokenized {
+    /// Tokens in the packed layout: the prompt once, then every completion.
+    pub fn packed_tokens(&self) -> usize {
+        self.prompt.len() + self.completions.iter().map(Vec::len).sum::<usize>()
+    }
+
+    /// Tokens counted the way TRL counts `num_tokens`: every `prompt + completion` sequence whole.
+    pub fn sequence_tokens(&self) -> usize {
+        self.completions.iter().map(|c| self.prompt.len() + c.len()).sum()
+    }
+}
+
+/// The tokenized examples of a data file, and the records that were left out with the reason.
+#[derive(Debug, Clone, Default)]
+pub struct TokenizedSet {
+    pub examples: Vec<Tokenized>,
+    pub skipped: Vec<(Origin, String)>,
+    pub records: usize,
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// TRL 1.16's rule (`DPOTrainer._prepare_dataset`; `trl_tokenize` in the oracle): append the EOS
+/// text to each completion that does not already end with it; tokenize `prompt` and every
+/// `prompt + completion`; the prompt ids are the longest prefix common to all of them, and each
+/// completion is the rest of its sequence (a token merged across the boundary goes to the
+/// completion). Then the truncation of [`TokenizeSettings`]; `Err(reason)` if the example is dropped.
+pub fn tokenize_example(tok: &Tokenizer, ex: &Example, settings: TokenizeSettings) -> Result<std::result::Result<(Vec<u32>, Vec<Vec<u32>>), String>> {
+    let prompt_ids = tok.encode(&ex.prompt)?;
+    let mut full = Vec::with_capacity(ex.completions.len());
+    for c in &ex.completions {
+        let text = if c.ends_with(&tok.eos_token) { format!("{}{c}", ex.prompt) } else { format!("{}{c}{}", ex.prompt, tok.eos_token) };
+        full.push(tok.encode(&text)?);
+    }
+    let plen = full.iter().map(|f| common_prefix(&prompt_ids, f)).min().unwrap_or(prompt_ids.len());
+    let mut prompt = prompt_ids[..plen].to_vec();
+    let mut completions: Vec<Vec<u32>> = full.into_iter().map(|f| f[plen..].to_vec()).collect();
+    if let Some(m) = settings.max_prompt_length {
+        if prompt.len() > m {
+            prompt.drain(..prompt.len() - m);
+        }
+    }
+    if let Some(m) = settings.max_length {
+        if prompt.len() >= m {
+            return Ok(Err(format!("the prompt's {} tokens fill max_length {m}", prompt.len())));
+        }
+        for c in &mut completions {
+            c.truncate(m - prompt.len());
+        }
+    }
+    Ok(Ok((prompt, completions)))
+}
+
+/// Tokenizes every record (in parallel, results in record order).
+pub fn tokenize_all(tok: &Tokenizer, records: &[Record], settings: TokenizeSettings) -> Result<TokenizedSet> {
+    let results: Vec<Result<std::result::Result<Tokenized, String>>> = records
+        .par_iter()
+        .map(|r| match &r.example {
+            Err(why) => Ok(Err(why.clone())),
+            Ok(ex) => Ok(tokenize_example(tok, ex, settings)?
+                .map(|(prompt, completions)| Tokenized { index: r.origin.index, prompt, completions })),
+        })
+        .collect();
+    let mut set = TokenizedSet { records: records.len(), ..Default::default() };
+    for (r, res) in records.iter().zip(results) {
+        match res? {
+            Ok(t) => set.examples.push(t),
+            Err(why) => set.skipped.push((r.origin.clone(), why)),
+        }
+    }
+    Ok(set)
+}

@@ -1,0 +1,101 @@
+//! File helpers: compressed input, and writes that never leave a half-written file or directory.
+
+use anyhow::{Context, Result};
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+/// A buffered reader over `path`, gunzipped when the name ends in `.gz`.
+pub fn open_text(path: &Path) -> Result<Box<dyn BufRead>> {
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(f)))
+    } else {
+        Box::new(BufReader::new(f))
+    })
+}
+
+/// A sibling path of `path` for temporary content: `.NAME.tmp-PID-N`.
+fn sibling_tmp(path: &Path, what: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{what}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// Writes `path` through a temporary file in the same directory, then renames it into place: a
+/// reader sees the old file or the whole new one, never a part.
+pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = sibling_tmp(path, "tmp");
+    let result = (|| {
+        let mut f = std::io::BufWriter::new(File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+        write(&mut f)?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Fills a new directory through `fill(tmp_dir)`, then renames it to `dir` (replacing an older
+/// `dir` only once the new one is complete). A crash leaves either the old directory or the new.
+pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if let Some(parent) = dir.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let tmp = sibling_tmp(dir, "tmp");
+    fs::create_dir_all(&tmp)?;
+    if let Err(e) = fill(&tmp) {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if dir.exists() {
+        let old = sibling_tmp(dir, "old");
+        fs::rename(dir, &old)?;
+        fs::rename(&tmp, dir)?;
+        fs::remove_dir_all(&old)?;
+    } else {
+        fs::rename(&tmp, dir).with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Peak resident set size of this process in bytes (`VmHWM`), if the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_writes_leave_the_old_content() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.txt");
+        write_atomic(&p, |w| Ok(w.write_all(b"old")?)).unwrap();
+        let r = write_atomic(&p, |w| {
+            w.write_all(b"partial")?;
+            anyhow::bail!("crash")
+        });
+        assert!(r.is_err());
+        assert_eq!(fs::read_to_string(&p).unwrap(), "old");
+        let dir = d.path().join("ckpt");
+        write_dir_atomic(&dir, |t| Ok(fs::write(t.join("x"), "1")?)).unwrap();
+        assert!(write_dir_atomic(&dir, |t| {
+            fs::write(t.join("x"), "2")?;
+            anyhow::bail!("crash")
+        })
+        .is_err());
+        assert_eq!(fs::read_to_string(dir.join("x")).unwrap(), "1");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2, "no temporary left behind");
+    }
+}

@@ -1,0 +1,20 @@
+//! dpo-rs: Direct Preference Optimization and its family for Llama-family language models.
+//!
+//! The data path, one module per arrow:
+//! records ([`data`]) → token ids ([`data::tokenize`]) → packed batch ([`batch`]) → model forward
+//! ([`model`]) → completion log-probs ([`logps`]) → loss and metrics ([`loss`]) → backward →
+//! clipping and AdamW ([`optim`]) → metrics file, checkpoints ([`train`], [`checkpoint`]).
+
+pub mod ops;
+pub mod io;
+pub mod model;
+pub mod tokenizer;
+pub mod fetch;
+pub mod data;
+pub mod batch;
+pub mod logps;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+pub mod policy;
+pub mod step;

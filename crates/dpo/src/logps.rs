@@ -1,0 +1,65 @@
+//! Per-completion log-probabilities `log pi(y|x) = sum_t log pi(y_t | x, y_<t)`, in nats.
+
+use crate::batch::{micro_batches, pack, PackedBatch};
+use crate::data::Tokenized;
+use crate::model::Llama;
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+
+/// Log-probs of the completions of a packed batch.
+pub struct CompletionLogps {
+    /// `[completions]`: summed log-prob of each completion's tokens, in nats (prompt tokens are
+    /// never scored). Differentiable when the model's weights are `Var`s.
+    pub logps: Tensor,
+    /// Scored tokens per completion.
+    pub tokens: Vec<usize>,
+    /// Per completion, `sum_t sum_v logit_{t,v}` over its tokens (for TRL's `logits/*` metrics).
+    pub logit_sums: Vec<f64>,
+}
+
+impl CompletionLogps {
+    /// The summed log-probs as f64 values.
+    pub fn values(&self) -> Result<Vec<f64>> {
+        Ok(self.logps.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?)
+    }
+}
+
+/// One forward pass of `model` over `batch`; returns each completion's summed log-prob. Token
+/// log-probs come from the chunked head ([`crate::ops::LogpHead`]), so no `[tokens, vocab]`
+/// tensor exists at once; they are summed per completion by a `[completions, tokens]` 0/1 matmul.
+pub fn completion_logps(model: &Llama, batch: &PackedBatch) -> Result<CompletionLogps> {
+    let hidden = model.hidden_states(&batch.ids, &batch.layout)?;
+    let (token_logps, stats) = model.token_logps(&hidden, &batch.pred_rows, batch.targets.clone())?;
+    let (c, m) = (batch.completions(), batch.targets.len());
+    let mut ind = vec![0f64; c * m];
+    for (i, r) in batch.completion_targets.iter().enumerate() {
+        ind[i * m + r.start..i * m + r.end].iter_mut().for_each(|x| *x = 1.0);
+    }
+    let ind = Tensor::from_vec(ind, (c, m), &Device::Cpu)?.to_dtype(model.dtype())?;
+    let logps = ind.matmul(&token_logps.unsqueeze(1)?)?.squeeze(1)?;
+    let stats = stats.lock().unwrap();
+    let logit_sums = batch.completion_targets.iter().map(|r| stats.logit_sum[r.clone()].iter().sum()).collect();
+    Ok(CompletionLogps { logps, tokens: batch.completion_targets.iter().map(|r| r.len()).collect(), logit_sums })
+}
+
+/// Inference-only log-probs of every completion of `examples` (`[example][completion]`, nats),
+/// `max_tokens` packed rows per forward pass; `progress(done_examples)` is called after each.
+pub fn dataset_logps(
+    model: &Llama,
+    examples: &[&Tokenized],
+    max_tokens: usize,
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<Vec<f64>>> {
+    let model = model.detached();
+    let mut out = Vec::with_capacity(examples.len());
+    for range in micro_batches(examples, max_tokens) {
+        let batch = pack(&examples[range.clone()]);
+        let values = completion_logps(&model, &batch)?.values()?;
+        let mut it = values.into_iter();
+        for ex in &examples[range] {
+            out.push(it.by_ref().take(ex.completions.len()).collect());
+        }
+        progress(out.len());
+    }
+    Ok(out)
+}

@@ -1,0 +1,216 @@
+//! The Llama decoder, built only from ops that have a backward pass.
+
+use super::LlamaConfig;
+use crate::ops::{attention, logp_head, rms_norm, AttentionLayout, LogpHeadStats, Rope, RopeTable, SwiGlu};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// `y = x W^T + b`: `x` `[rows, in]`, `w` `[out, in]`, `b` `[out]`.
+#[derive(Clone)]
+pub struct Linear {
+    pub w: Tensor,
+    pub b: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.w.t()?)?;
+        Ok(match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// One decoder layer: pre-norm attention and pre-norm SwiGLU MLP, each with a residual.
+#[derive(Clone)]
+pub struct Block {
+    pub input_norm: Tensor,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub post_norm: Tensor,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+/// A Llama-family causal language model (Touvron et al. 2023), f32 or f64.
+///
+/// The weights are plain tensors: when they are the tensors of `candle_core::Var`s the forward
+/// pass records the graph for the backward pass; [`Llama::detached`] gives an inference-only view
+/// sharing the same storage, so an optimiser update is seen by both.
+#[derive(Clone)]
+pub struct Llama {
+    pub config: LlamaConfig,
+    /// `[vocab, hidden]`.
+    pub embed: Tensor,
+    pub layers: Vec<Block>,
+    /// Final RMSNorm weight `[hidden]`.
+    pub norm: Tensor,
+    /// `[vocab, hidden]`, `None` when tied to `embed`.
+    pub lm_head: Option<Tensor>,
+}
+
+/// The Hugging Face names of a model's tensors, in a fixed order.
+pub fn tensor_names(c: &LlamaConfig) -> Vec<String> {
+    let mut names = vec!["model.embed_tokens.weight".to_string()];
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        names.push(format!("{p}.input_layernorm.weight"));
+        for m in ["q_proj", "k_proj", "v_proj"] {
+            names.push(format!("{p}.self_attn.{m}.weight"));
+            if c.attention_bias {
+                names.push(format!("{p}.self_attn.{m}.bias"));
+            }
+        }
+        names.push(format!("{p}.self_attn.o_proj.weight"));
+        names.push(format!("{p}.post_attention_layernorm.weight"));
+        for m in ["gate_proj", "up_proj", "down_proj"] {
+            names.push(format!("{p}.mlp.{m}.weight"));
+        }
+    }
+    names.push("model.norm.weight".to_string());
+    if !c.tie_word_embeddings {
+        names.push("lm_head.weight".to_string());
+    }
+    names
+}
+
+impl Llama {
+    /// Builds the model from tensors named as in a Hugging Face checkpoint. Errors name a missing
+    /// tensor or a tensor whose shape does not fit the config.
+    pub fn from_tensors(config: LlamaConfig, tensors: &HashMap<String, Tensor>) -> Result<Self> {
+        let c = &config;
+        let (h, d) = (c.hidden_size, c.head_dim);
+        let (qd, kvd) = (c.num_attention_heads * d, c.num_key_value_heads * d);
+        let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let t = tensors.get(name).with_context(|| format!("missing tensor `{name}`"))?;
+            if t.dims() != shape {
+                bail!("tensor `{name}` has shape {:?}, the config needs {shape:?}", t.dims());
+            }
+            Ok(t.clone())
+        };
+        let lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+            Ok(Linear {
+                w: get(&format!("{name}.weight"), &[out, inp])?,
+                b: if bias { Some(get(&format!("{name}.bias"), &[out])?) } else { None },
+            })
+        };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Block {
+                input_norm: get(&format!("{p}.input_layernorm.weight"), &[h])?,
+                q: lin(&format!("{p}.self_attn.q_proj"), qd, h, c.attention_bias)?,
+                k: lin(&format!("{p}.self_attn.k_proj"), kvd, h, c.attention_bias)?,
+                v: lin(&format!("{p}.self_attn.v_proj"), kvd, h, c.attention_bias)?,
+                o: lin(&format!("{p}.self_attn.o_proj"), h, qd, false)?,
+                post_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                gate: lin(&format!("{p}.mlp.gate_proj"), c.intermediate_size, h, false)?,
+                up: lin(&format!("{p}.mlp.up_proj"), c.intermediate_size, h, false)?,
+                down: lin(&format!("{p}.mlp.down_proj"), h, c.intermediate_size, false)?,
+            });
+        }
+        Ok(Self {
+            embed: get("model.embed_tokens.weight", &[c.vocab_size, h])?,
+            norm: get("model.norm.weight", &[h])?,
+            lm_head: if c.tie_word_embeddings { None } else { Some(get("lm_head.weight", &[c.vocab_size, h])?) },
+            layers,
+            config,
+        })
+    }
+
+    /// The model's tensors with their Hugging Face names, in [`tensor_names`] order.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![self.embed.clone()];
+        for l in &self.layers {
+            out.push(l.input_norm.clone());
+            for lin in [&l.q, &l.k, &l.v] {
+                out.push(lin.w.clone());
+                out.extend(lin.b.clone());
+            }
+            out.push(l.o.w.clone());
+            out.push(l.post_norm.clone());
+            out.extend([l.gate.w.clone(), l.up.w.clone(), l.down.w.clone()]);
+        }
+        out.push(self.norm.clone());
+        out.extend(self.lm_head.clone());
+        tensor_names(&self.config).into_iter().zip(out).collect()
+    }
+
+    /// An inference-only view: the same storage, no gradient tracking.
+    pub fn detached(&self) -> Self {
+        let named: HashMap<String, Tensor> = self.named_tensors().into_iter().map(|(n, t)| (n, t.detach())).collect();
+        Self::from_tensors(self.config.clone(), &named).expect("same names and shapes")
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed.dtype()
+    }
+
+    /// The output projection `[vocab, hidden]` (the embedding when tied).
+    pub fn output_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Rotary angles for the given positions, in the model's dtype.
+    pub fn rope_table(&self, positions: &[u32]) -> Result<Arc<RopeTable>> {
+        let c = &self.config;
+        Ok(Arc::new(match self.dtype() {
+            DType::F32 => RopeTable::new::<f32>(c.head_dim, c.rope_theta, c.rope_scaling, positions),
+            DType::F64 => RopeTable::new::<f64>(c.head_dim, c.rope_theta, c.rope_scaling, positions),
+            d => bail!("model dtype {d:?} is not supported (f32, f64)"),
+        }))
+    }
+
+    /// Hidden states after the last layer (before the final norm), `[rows, hidden]`, for the token
+    /// ids of a packed batch whose attention is described by `layout`.
+    pub fn hidden_states(&self, ids: &[u32], layout: &Arc<AttentionLayout>) -> Result<Tensor> {
+        if ids.len() != layout.rows {
+            bail!("{} token ids for a layout of {} rows", ids.len(), layout.rows);
+        }
+        if let Some(&t) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            bail!("token id {t} is outside the vocabulary of {}", self.config.vocab_size);
+        }
+        let rope = self.rope_table(&layout.positions())?;
+        let mut x = self.embed.embedding(&Tensor::new(ids, &Device::Cpu)?)?;
+        for block in &self.layers {
+            x = self.block_forward(block, &x, layout, &rope)?;
+        }
+        Ok(x)
+    }
+
+    fn block_forward(&self, b: &Block, x: &Tensor, layout: &Arc<AttentionLayout>, rope: &Arc<RopeTable>) -> Result<Tensor> {
+        let c = &self.config;
+        let h = rms_norm(x, &b.input_norm, c.rms_norm_eps)?;
+        let rot = || Rope { table: rope.clone(), head_dim: c.head_dim };
+        let q = b.q.forward(&h)?.apply_op1(rot())?;
+        let k = b.k.forward(&h)?.apply_op1(rot())?;
+        let v = b.v.forward(&h)?;
+        let a = attention(&q, &k, &v, layout, c.num_attention_heads, c.num_key_value_heads)?;
+        let x = (x + b.o.forward(&a)?)?;
+        let h = rms_norm(&x, &b.post_norm, c.rms_norm_eps)?;
+        let m = b.gate.forward(&h)?.apply_op2(&b.up.forward(&h)?, SwiGlu)?;
+        Ok((x + b.down.forward(&m)?)?)
+    }
+
+    /// `log pi(target_i | prefix)` in nats, `[n]`, for the hidden rows `pred_rows[i]` of
+    /// [`Llama::hidden_states`] (the row before each target token): final norm, then the chunked
+    /// output projection + log-softmax of [`crate::ops::LogpHead`]. Also returns the per-row
+    /// log-sum-exp and logit sums of that forward.
+    pub fn token_logps(&self, hidden: &Tensor, pred_rows: &[u32], targets: Arc<Vec<u32>>) -> Result<(Tensor, Arc<Mutex<LogpHeadStats>>)> {
+        let h = hidden.index_select(&Tensor::new(pred_rows, &Device::Cpu)?, 0)?;
+        let h = rms_norm(&h, &self.norm, self.config.rms_norm_eps)?;
+        Ok(logp_head(&h, self.output_weight(), targets)?)
+    }
+
+    /// Full-vocabulary logits `[rows, vocab]` of the given hidden rows (inference and tests only).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let h = rms_norm(hidden, &self.norm, self.config.rms_norm_eps)?;
+        Ok(h.matmul(&self.output_weight().t()?)?)
+    }
+}

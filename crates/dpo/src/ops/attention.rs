@@ -1,0 +1,463 @@
+//! Causal self-attention over a packed batch in which completions share their prompt.
+
+use super::{by_dtype, cpu_slice, dispatch_float, gemm, slice_of, tensor_of, Real, SendPtr};
+use candle_core::{WithDType, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+/// A prompt and the completions that continue it, as row ranges of a packed batch.
+///
+/// Prompt rows attend causally to the prompt. The rows of each completion ("branch") attend to
+/// the whole prompt and causally to their own completion, never to a sibling completion, and take
+/// positions `prompt.len()..`: exactly the attention each `prompt + completion` sequence would get
+/// alone, with the prompt computed once (the prefix-sharing layout of the issue; cf. Hydra/"shared
+/// prefix" batching). A plain sequence is a group with one branch, or a prompt with no branches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub prompt: Range<usize>,
+    pub branches: Vec<Range<usize>>,
+}
+
+/// How the rows of a packed batch form attention [`Group`]s; rows not in a group are not allowed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionLayout {
+    pub groups: Vec<Group>,
+    pub rows: usize,
+}
+
+impl AttentionLayout {
+    /// The rotary position of every row (`prompt` rows from 0, each branch continuing the prompt).
+    pub fn positions(&self) -> Vec<u32> {
+        let mut pos = vec![0u32; self.rows];
+        for g in &self.groups {
+            for (i, r) in g.prompt.clone().enumerate() {
+                pos[r] = i as u32;
+            }
+            for b in &g.branches {
+                for (i, r) in b.clone().enumerate() {
+                    pos[r] = (g.prompt.len() + i) as u32;
+                }
+            }
+        }
+        pos
+    }
+
+    fn validate(&self) -> Result<()> {
+        let mut seen = vec![false; self.rows];
+        for g in &self.groups {
+            for r in std::iter::once(&g.prompt).chain(&g.branches) {
+                if r.end > self.rows {
+                    candle_core::bail!("attention layout: range {r:?} beyond {} rows", self.rows);
+                }
+                for i in r.clone() {
+                    if std::mem::replace(&mut seen[i], true) {
+                        candle_core::bail!("attention layout: row {i} is in two ranges");
+                    }
+                }
+            }
+        }
+        if let Some(i) = seen.iter().position(|s| !s) {
+            candle_core::bail!("attention layout: row {i} is in no group");
+        }
+        Ok(())
+    }
+}
+
+/// A run of key rows seen by a block of queries; `causal`: query `i` sees keys `0..=i` of the run.
+#[derive(Clone, Copy)]
+struct KeySpan {
+    start: usize,
+    len: usize,
+    causal: bool,
+}
+
+/// Query rows `q0..q0+nq` and the key runs they attend to.
+struct Block {
+    q0: usize,
+    nq: usize,
+    spans: Vec<KeySpan>,
+}
+
+fn blocks(g: &Group) -> Vec<Block> {
+    let p = KeySpan { start: g.prompt.start, len: g.prompt.len(), causal: false };
+    let mut out = Vec::with_capacity(1 + g.branches.len());
+    if !g.prompt.is_empty() {
+        out.push(Block { q0: p.start, nq: p.len, spans: vec![KeySpan { causal: true, ..p }] });
+    }
+    for b in g.branches.iter().filter(|b| !b.is_empty()) {
+        let own = KeySpan { start: b.start, len: b.len(), causal: true };
+        let spans = if p.len > 0 { vec![p, own] } else { vec![own] };
+        out.push(Block { q0: b.start, nq: b.len(), spans });
+    }
+    out
+}
+
+/// Scaled dot-product attention `softmax(Q K^T / sqrt(d) + mask) V` (Vaswani et al. 2017, eq. 1)
+/// with grouped-query heads (Ainslie et al. 2023: query head `h` reads key/value head
+/// `h / (n_heads / n_kv_heads)`) and the mask of an [`AttentionLayout`].
+///
+/// Inputs: `q` `[rows, n_heads*head_dim]`, `k`, `v` `[rows, n_kv_heads*head_dim]` (rotary already
+/// applied). Output `[rows, n_heads*head_dim]`. The forward pass keeps only the log-sum-exp of each
+/// query row (`[n_heads, rows]`); the backward pass recomputes the attention weights from it, as
+/// FlashAttention does (Dao et al. 2022, Algorithm 2), so no `[rows, rows]` matrix outlives a block.
+pub struct Attention {
+    pub layout: Arc<AttentionLayout>,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    lse: Mutex<Vec<f64>>,
+}
+
+const OP: &str = "attention";
+
+impl Attention {
+    pub fn new(layout: Arc<AttentionLayout>, n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Result<Self> {
+        layout.validate()?;
+        if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+            candle_core::bail!("{OP}: {n_heads} heads are not a multiple of {n_kv_heads} key/value heads");
+        }
+        Ok(Self { layout, n_heads, n_kv_heads, head_dim, lse: Mutex::new(Vec::new()) })
+    }
+
+    fn check(&self, lq: &Layout, lk: &Layout, lv: &Layout) -> Result<()> {
+        let rows = self.layout.rows;
+        let want_q = [rows, self.n_heads * self.head_dim];
+        let want_kv = [rows, self.n_kv_heads * self.head_dim];
+        if lq.dims() != want_q || lk.dims() != want_kv || lv.dims() != want_kv {
+            candle_core::bail!(
+                "{OP}: q {:?}, k {:?}, v {:?} do not fit {rows} rows, {} heads, {} kv heads of {}",
+                lq.dims(),
+                lk.dims(),
+                lv.dims(),
+                self.n_heads,
+                self.n_kv_heads,
+                self.head_dim
+            );
+        }
+        Ok(())
+    }
+
+    fn forward<T: Real>(&self, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
+        let (nh, d, rows) = (self.n_heads, self.head_dim, self.layout.rows);
+        let rep = nh / self.n_kv_heads;
+        let mut out = vec![T::zero(); rows * nh * d];
+        let mut lse = vec![0f64; nh * rows];
+        let (po, pl) = (SendPtr(out.as_mut_ptr()), SendPtr(lse.as_mut_ptr()));
+        let tasks: Vec<(usize, usize)> =
+            (0..self.layout.groups.len()).flat_map(|g| (0..nh).map(move |h| (g, h))).collect();
+        tasks.into_par_iter().for_each(|(g, h)| {
+            let (po, pl) = (po, pl);
+            let mut s = Vec::new();
+            for b in blocks(&self.layout.groups[g]) {
+                // SAFETY: task (g, h) writes only rows of group g in the columns of head h.
+                unsafe { self.block_fwd(q, k, v, po.0, pl.0.add(h * rows), h, h / rep, &b, &mut s) };
+            }
+        });
+        *self.lse.lock().unwrap() = lse;
+        out
+    }
+
+    /// Scores of one block into `s` `[nq, nk]`, masked and turned into attention weights in place;
+    /// returns `nk`. Writes the log-sum-exp of each row to `lse[q0 + i]` when `lse` is given.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn weights<T: Real>(
+        &self,
+        q: &[T],
+        k: &[T],
+        h: usize,
+        kvh: usize,
+        b: &Block,
+        s: &mut Vec<T>,
+        lse_out: Option<*mut f64>,
+        lse_in: Option<&[f64]>,
+    ) -> usize {
+        let d = self.head_dim;
+        let (q_rs, kv_rs) = (self.n_heads * d, self.n_kv_heads * d);
+        let scale = T::from(1.0 / (d as f64).sqrt()).unwrap();
+        let nk: usize = b.spans.iter().map(|s| s.len).sum();
+        s.clear();
+        s.resize(b.nq * nk, T::zero());
+        let mut c = 0;
+        for sp in &b.spans {
+            gemm(
+                b.nq,
+                sp.len,
+                d,
+                s.as_mut_ptr().add(c),
+                nk,
+                1,
+                false,
+                q.as_ptr().add(b.q0 * q_rs + h * d),
+                q_rs,
+                1,
+                k.as_ptr().add(sp.start * kv_rs + kvh * d),
+                1,
+                kv_rs,
+                scale,
+                1,
+            );
+            c += sp.len;
+        }
+        for i in 0..b.nq {
+            let row = &mut s[i * nk..(i + 1) * nk];
+            let mut c = 0;
+            for sp in &b.spans {
+                if sp.causal {
+                    for x in &mut row[c + i + 1..c + sp.len] {
+                        *x = T::neg_infinity();
+                    }
+                }
+                c += sp.len;
+            }
+            let lse = match lse_in {
+                Some(l) => T::from(l[b.q0 + i]).unwrap(),
+                None => {
+                    let m = row.iter().fold(T::neg_infinity(), |a, &x| num_traits::Float::max(a, x));
+                    let sum: f64 = row.iter().map(|&x| (x - m).exp().as_f64()).sum();
+                    let lse = T::from(m.as_f64() + sum.ln()).unwrap();
+                    if let Some(p) = lse_out {
+                        *p.add(b.q0 + i) = lse.as_f64();
+                    }
+                    lse
+                }
+            };
+            for x in row.iter_mut() {
+                *x = (*x - lse).exp();
+            }
+        }
+        nk
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block_fwd<T: Real>(
+        &self,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        out: *mut T,
+        lse: *mut f64,
+        h: usize,
+        kvh: usize,
+        b: &Block,
+        s: &mut Vec<T>,
+    ) {
+        let d = self.head_dim;
+        let (q_rs, kv_rs) = (self.n_heads * d, self.n_kv_heads * d);
+        let nk = self.weights(q, k, h, kvh, b, s, Some(lse), None);
+        let mut c = 0;
+        for (si, sp) in b.spans.iter().enumerate() {
+            gemm(
+                b.nq,
+                d,
+                sp.len,
+                out.add(b.q0 * q_rs + h * d),
+                q_rs,
+                1,
+                si > 0,
+                s.as_ptr().add(c),
+                nk,
+                1,
+                v.as_ptr().add(sp.start * kv_rs + kvh * d),
+                kv_rs,
+                1,
+                T::one(),
+                1,
+            );
+            c += sp.len;
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn backward<T: Real>(&self, q: &[T], k: &[T], v: &[T], o: &[T], g: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+        let (nh, nkv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let (q_rs, kv_rs) = (nh * d, nkv * d);
+        let rows = self.layout.rows;
+        let rep = nh / nkv;
+        let scale = T::from(1.0 / (d as f64).sqrt()).unwrap();
+        let lse = self.lse.lock().unwrap();
+        assert_eq!(lse.len(), nh * rows, "{OP}: backward before forward");
+        let mut dq = vec![T::zero(); q.len()];
+        let mut dk = vec![T::zero(); k.len()];
+        let mut dv = vec![T::zero(); v.len()];
+        let (pq, pk, pv) = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
+        let tasks: Vec<(usize, usize)> =
+            (0..self.layout.groups.len()).flat_map(|g| (0..nkv).map(move |h| (g, h))).collect();
+        tasks.into_par_iter().for_each(|(gi, kvh)| {
+            let (pq, pk, pv) = (pq, pk, pv);
+            let (mut a, mut ds) = (Vec::new(), Vec::new());
+            for h in kvh * rep..(kvh + 1) * rep {
+                let lse_h = &lse[h * rows..(h + 1) * rows];
+                for b in blocks(&self.layout.groups[gi]) {
+                    // SAFETY: task (group, kv head) writes only rows of its group, in the columns
+                    // of its kv head (dk, dv) and of the query heads that read it (dq).
+                    unsafe {
+                        let nk = self.weights(q, k, h, kvh, &b, &mut a, None, Some(lse_h));
+                        let qo = b.q0 * q_rs + h * d;
+                        ds.clear();
+                        ds.resize(b.nq * nk, T::zero());
+                        // dA = dO V^T
+                        let mut c = 0;
+                        for sp in &b.spans {
+                            gemm(b.nq, sp.len, d, ds.as_mut_ptr().add(c), nk, 1, false, g.as_ptr().add(qo), q_rs, 1,
+                                v.as_ptr().add(sp.start * kv_rs + kvh * d), 1, kv_rs, T::one(), 1);
+                            c += sp.len;
+                        }
+                        // dS = A * (dA - rowsum(dO * O))
+                        for i in 0..b.nq {
+                            let r = qo + i * q_rs;
+                            let di: T = (0..d).map(|j| g[r + j] * o[r + j]).sum();
+                            for j in 0..nk {
+                                let x = &mut ds[i * nk + j];
+                                *x = a[i * nk + j] * (*x - di);
+                            }
+                        }
+                        let mut c = 0;
+                        for (si, sp) in b.spans.iter().enumerate() {
+                            let ko = sp.start * kv_rs + kvh * d;
+                            // dV += A^T dO
+                            gemm(sp.len, d, b.nq, pv.0.add(ko), kv_rs, 1, true, a.as_ptr().add(c), 1, nk,
+                                g.as_ptr().add(qo), q_rs, 1, T::one(), 1);
+                            // dQ += scale dS K
+                            gemm(b.nq, d, sp.len, pq.0.add(qo), q_rs, 1, si > 0, ds.as_ptr().add(c), nk, 1,
+                                k.as_ptr().add(ko), kv_rs, 1, scale, 1);
+                            // dK += scale dS^T Q
+                            gemm(sp.len, d, b.nq, pk.0.add(ko), kv_rs, 1, true, ds.as_ptr().add(c), 1, nk,
+                                q.as_ptr().add(qo), q_rs, 1, scale, 1);
+                            c += sp.len;
+                        }
+                    }
+                }
+            }
+        });
+        (dq, dk, dv)
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.check(lq, lk, lv)?;
+        dispatch_float!(sq, OP, |T| {
+            let o = self.forward::<T>(slice_of(sq, lq, OP)?, slice_of(sk, lk, OP)?, slice_of(sv, lv, OP)?);
+            Ok((<T as WithDType>::to_cpu_storage_owned(o), lq.shape().clone()))
+        })
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dq, dk, dv) = by_dtype!(q.dtype(), OP, bwd_t(self, q, k, v, res, g))?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+fn bwd_t<T: Real>(op: &Attention, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    cpu_slice!(T, q => qs);
+    cpu_slice!(T, k => ks);
+    cpu_slice!(T, v => vs);
+    cpu_slice!(T, o => os);
+    cpu_slice!(T, g => gs);
+    let (dq, dk, dv) = op.backward(qs, ks, vs, os, gs);
+    Ok((tensor_of(dq, q.shape())?, tensor_of(dk, k.shape())?, tensor_of(dv, v.shape())?))
+}
+
+/// Attention of `q`, `k`, `v` under `layout` as a differentiable op (see [`Attention`]).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, layout: &Arc<AttentionLayout>, n_heads: usize, n_kv_heads: usize) -> Result<Tensor> {
+    let head_dim = q.dim(1)? / n_heads;
+    let op = Attention::new(layout.clone(), n_heads, n_kv_heads, head_dim)?;
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testutil::{check_grad, rand_t};
+    use candle_core::{DType, Device};
+
+    /// Reference: dense attention over one explicit sequence with candle ops.
+    fn dense(q: &Tensor, k: &Tensor, v: &Tensor, nh: usize, nkv: usize, visible: &dyn Fn(usize, usize) -> bool) -> Tensor {
+        let (rows, w) = q.dims2().unwrap();
+        let d = w / nh;
+        let mut heads = vec![];
+        for h in 0..nh {
+            let kvh = h / (nh / nkv);
+            let qh = q.narrow(1, h * d, d).unwrap();
+            let kh = k.narrow(1, kvh * d, d).unwrap();
+            let vh = v.narrow(1, kvh * d, d).unwrap();
+            let s = (qh.matmul(&kh.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
+            let mask: Vec<f64> = (0..rows * rows)
+                .map(|x| if visible(x / rows, x % rows) { 0.0 } else { f64::NEG_INFINITY })
+                .collect();
+            let s = (s + Tensor::from_vec(mask, (rows, rows), &Device::Cpu).unwrap()).unwrap();
+            let a = candle_nn::ops::softmax(&s, 1).unwrap();
+            heads.push(a.matmul(&vh).unwrap());
+        }
+        Tensor::cat(&heads, 1).unwrap()
+    }
+
+    fn layout() -> Arc<AttentionLayout> {
+        // group 0: prompt rows 0..3, branches 3..5 and 5..8; group 1: prompt 8..10, branch 10..11
+        Arc::new(AttentionLayout {
+            groups: vec![
+                Group { prompt: 0..3, branches: vec![3..5, 5..8] },
+                Group { prompt: 8..10, branches: vec![10..11] },
+            ],
+            rows: 11,
+        })
+    }
+
+    #[test]
+    fn packed_branches_equal_separate_sequences() {
+        let (nh, nkv, d) = (4, 2, 3);
+        let l = layout();
+        let q = rand_t(&[11, nh * d], 11);
+        let k = rand_t(&[11, nkv * d], 12);
+        let v = rand_t(&[11, nkv * d], 13);
+        let out = attention(&q, &k, &v, &l, nh, nkv).unwrap();
+        // Each prompt+branch as its own causal sequence.
+        for g in &l.groups {
+            for b in &g.branches {
+                let idx: Vec<u32> = g.prompt.clone().chain(b.clone()).map(|r| r as u32).collect();
+                let ix = Tensor::new(idx.as_slice(), &Device::Cpu).unwrap();
+                let want = dense(&q.index_select(&ix, 0).unwrap(), &k.index_select(&ix, 0).unwrap(),
+                    &v.index_select(&ix, 0).unwrap(), nh, nkv, &|i, j| j <= i);
+                let got = out.index_select(&ix, 0).unwrap();
+                let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+                assert!(diff < 1e-12, "{diff}");
+            }
+        }
+        assert_eq!(l.positions(), vec![0, 1, 2, 3, 4, 3, 4, 5, 0, 1, 2]);
+        assert_eq!(out.dtype(), DType::F64);
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let (nh, nkv, d) = (4, 2, 3);
+        let l = layout();
+        let inputs = [rand_t(&[11, nh * d], 14), rand_t(&[11, nkv * d], 15), rand_t(&[11, nkv * d], 16)];
+        check_grad(&inputs, &|t| attention(&t[0], &t[1], &t[2], &l, nh, nkv), 1e-6);
+    }
+
+    #[test]
+    fn rejects_overlapping_rows() {
+        let bad = AttentionLayout { groups: vec![Group { prompt: 0..2, branches: vec![1..3] }], rows: 3 };
+        assert!(Attention::new(Arc::new(bad), 2, 1, 4).is_err());
+    }
+}

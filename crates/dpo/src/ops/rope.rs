@@ -1,0 +1,161 @@
+//! Rotary position embedding with a backward pass.
+
+use super::{by_dtype, cpu_slice, dispatch_float, slice_of, tensor_of, Real};
+use candle_core::{WithDType, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// The rotation angles of each row of a packed batch: `cos`, `sin` `[rows, head_dim/2]`.
+///
+/// `theta_i = base^(-2i/head_dim)` (Su et al. 2021, RoFormer eq. 15), angle = position * theta_i,
+/// computed in the model's dtype exactly as Hugging Face `LlamaRotaryEmbedding` does (for f32:
+/// f32 `pow`, product and `cos`), so positions far into a sequence round the same way. Llama 3.1's
+/// frequency scaling (`rope_scaling.rope_type = "llama3"`) is applied to `theta` when configured.
+pub struct RopeTable {
+    half: usize,
+    cos: Vec<f64>,
+    sin: Vec<f64>,
+}
+
+/// Llama 3.1 rotary frequency scaling (`rope_scaling` with `rope_type = "llama3"`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
+}
+
+impl RopeTable {
+    /// Angles for `positions` with `head_dim` and `base`, computed in `T`.
+    pub fn new<T: Real>(head_dim: usize, base: f64, scaling: Option<Llama3Scaling>, positions: &[u32]) -> Self {
+        let half = head_dim / 2;
+        let dim = T::from(head_dim).unwrap();
+        let inv_freq: Vec<T> = (0..half)
+            .map(|i| {
+                let f = T::one() / T::from(base).unwrap().powf(T::from(2 * i).unwrap() / dim);
+                match scaling {
+                    None => f,
+                    Some(s) => llama3_scale(f, s),
+                }
+            })
+            .collect();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for &f in &inv_freq {
+                let a = T::from(p).unwrap() * f;
+                cos.push(a.cos().as_f64());
+                sin.push(a.sin().as_f64());
+            }
+        }
+        Self { half, cos, sin }
+    }
+
+    /// Number of rows the table covers.
+    pub fn rows(&self) -> usize {
+        self.cos.len() / self.half.max(1)
+    }
+}
+
+fn llama3_scale<T: Real>(f: T, s: Llama3Scaling) -> T {
+    let c = |v: f64| T::from(v).unwrap();
+    let two_pi = c(2.0 * std::f64::consts::PI);
+    let wavelen = two_pi / f;
+    let low_wavelen = c(s.original_max_position_embeddings / s.low_freq_factor);
+    let high_wavelen = c(s.original_max_position_embeddings / s.high_freq_factor);
+    if wavelen > low_wavelen {
+        f / c(s.factor)
+    } else if wavelen < high_wavelen {
+        f
+    } else {
+        let smooth = (c(s.original_max_position_embeddings) / wavelen - c(s.low_freq_factor))
+            / (c(s.high_freq_factor) - c(s.low_freq_factor));
+        (T::one() - smooth) * f / c(s.factor) + smooth * f
+    }
+}
+
+/// Applies the rotation of [`RopeTable`] to every head of `x` `[rows, n_heads*head_dim]`, in the
+/// "rotate half" layout of Hugging Face Llama: `y1 = x1 cos - x2 sin`, `y2 = x2 cos + x1 sin`,
+/// where `x1`, `x2` are the first and second halves of each head. The backward pass applies the
+/// inverse rotation (`sin -> -sin`).
+pub struct Rope {
+    pub table: Arc<RopeTable>,
+    pub head_dim: usize,
+}
+
+const OP: &str = "rope";
+
+fn rotate<T: Real>(x: &[T], table: &RopeTable, head_dim: usize, inverse: bool) -> Vec<T> {
+    let half = table.half;
+    let width = x.len() / table.rows();
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(width).zip(x.par_chunks(width)).enumerate().for_each(|(row, (y, x))| {
+        let cos = &table.cos[row * half..(row + 1) * half];
+        let sin = &table.sin[row * half..(row + 1) * half];
+        for (yh, xh) in y.chunks_mut(head_dim).zip(x.chunks(head_dim)) {
+            for i in 0..half {
+                let c = T::from(cos[i]).unwrap();
+                let s = T::from(sin[i]).unwrap();
+                let s = if inverse { -s } else { s };
+                let (x1, x2) = (xh[i], xh[i + half]);
+                yh[i] = x1 * c - x2 * s;
+                yh[i + half] = x2 * c + x1 * s;
+            }
+        }
+    });
+    y
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (rows, width) = l.shape().dims2()?;
+        if rows != self.table.rows() || width % self.head_dim != 0 {
+            candle_core::bail!("{OP}: input {:?} does not fit {} rows of head_dim {}", l.dims(), self.table.rows(), self.head_dim);
+        }
+        dispatch_float!(s, OP, |T| {
+            let y = rotate::<T>(slice_of(s, l, OP)?, &self.table, self.head_dim, false);
+            Ok((<T as WithDType>::to_cpu_storage_owned(y), l.shape().clone()))
+        })
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(by_dtype!(g.dtype(), OP, bwd_t(g, &self.table, self.head_dim))?))
+    }
+}
+
+fn bwd_t<T: Real>(g: &Tensor, table: &RopeTable, head_dim: usize) -> Result<Tensor> {
+    cpu_slice!(T, g => gs);
+    tensor_of(rotate(gs, table, head_dim, true), g.shape())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testutil::{check_grad, rand_t};
+
+    #[test]
+    fn rotation_preserves_norm_and_matches_rotate_half() {
+        let x = rand_t(&[3, 8], 5);
+        let table = Arc::new(RopeTable::new::<f64>(4, 10000.0, None, &[0, 1, 7]));
+        let y = x.apply_op1(Rope { table: table.clone(), head_dim: 4 }).unwrap();
+        let xs = x.to_vec2::<f64>().unwrap();
+        let ys = y.to_vec2::<f64>().unwrap();
+        // row 0 is position 0: identity
+        assert_eq!(xs[0], ys[0]);
+        // row 2, head 1, i = 1: theta_1 = 10000^(-2/4) = 0.01, angle 0.07
+        let (c, s) = (0.07f64.cos(), 0.07f64.sin());
+        let want = xs[2][4 + 1] * c - xs[2][4 + 3] * s;
+        assert!((ys[2][5] - want).abs() < 1e-12);
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let table = Arc::new(RopeTable::new::<f64>(4, 10000.0, None, &[0, 3, 9, 2, 5]));
+        check_grad(&[rand_t(&[5, 8], 6)], &|t| t[0].apply_op1(Rope { table: table.clone(), head_dim: 4 }), 1e-6);
+    }
+}

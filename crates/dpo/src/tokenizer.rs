@@ -1,0 +1,183 @@
+//! Text ↔ token ids: a Hugging Face `tokenizer.json`, or a byte-level BPE rebuilt from GGUF metadata.
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::quantized::gguf_file;
+use serde_json::{json, Value};
+use std::path::Path;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::AddedToken;
+
+/// A tokenizer with the special tokens preference training needs.
+#[derive(Clone)]
+pub struct Tokenizer {
+    pub inner: tokenizers::Tokenizer,
+    /// End-of-sequence text, appended to completions (TRL appends `eos_token` as text).
+    pub eos_token: String,
+    pub eos_id: u32,
+    pub bos_token: Option<String>,
+    pub pad_token: Option<String>,
+    /// Jinja chat template, if the model ships one.
+    pub chat_template: Option<String>,
+}
+
+fn token_field(v: &Value, key: &str) -> Option<String> {
+    match v.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+impl Tokenizer {
+    fn with_specials(
+        inner: tokenizers::Tokenizer,
+        eos_token: String,
+        bos_token: Option<String>,
+        pad_token: Option<String>,
+        chat_template: Option<String>,
+    ) -> Result<Self> {
+        let eos_id = inner
+            .token_to_id(&eos_token)
+            .with_context(|| format!("the EOS token `{eos_token}` is not in the vocabulary"))?;
+        Ok(Self { inner, eos_token, eos_id, bos_token, pad_token, chat_template })
+    }
+
+    /// Loads `dir/tokenizer.json`, taking the special tokens and chat template from
+    /// `tokenizer_config.json` (and `chat_template.jinja`) and, failing that, `config.json`'s ids.
+    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let read_json = |name: &str| -> Result<Value> {
+            let p = dir.join(name);
+            if !p.exists() {
+                return Ok(Value::Null);
+            }
+            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))
+        };
+        let tc = read_json("tokenizer_config.json")?;
+        let cfg = read_json("config.json")?;
+        let id_token = |key: &str| {
+            let id = match cfg.get(key)? {
+                Value::Array(a) => a.first()?.as_u64()?,
+                v => v.as_u64()?,
+            };
+            inner.id_to_token(id as u32)
+        };
+        let eos = token_field(&tc, "eos_token").or_else(|| id_token("eos_token_id")).with_context(|| {
+            format!("{}: no eos_token in tokenizer_config.json nor eos_token_id in config.json", dir.display())
+        })?;
+        let bos = token_field(&tc, "bos_token").or_else(|| id_token("bos_token_id"));
+        let pad = token_field(&tc, "pad_token").or_else(|| id_token("pad_token_id"));
+        let template = match tc.get("chat_template").and_then(Value::as_str) {
+            Some(t) => Some(t.to_string()),
+            None => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+        };
+        Self::with_specials(inner, eos, bos, pad, template)
+    }
+
+    /// Rebuilds the tokenizer of a GGUF file from its `tokenizer.ggml.*` metadata: a byte-level
+    /// BPE over the stored vocabulary and merges, GPT-2 byte-level pre-tokenization (for
+    /// `tokenizer.ggml.pre` = `smollm`, `gpt2` or `default`), the
+    /// control tokens (`token_type` 3) as special tokens, and a BOS when `add_bos_token` is set.
+    pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
+        let md = &content.metadata;
+        let get = |k: &str| md.get(k).with_context(|| format!("GGUF metadata has no `{k}`"));
+        let model = get("tokenizer.ggml.model")?.to_string()?.clone();
+        if model != "gpt2" {
+            bail!("GGUF tokenizer model `{model}` is not supported (byte-level BPE `gpt2` only); use a Hugging Face directory with tokenizer.json");
+        }
+        let tokens: Vec<String> =
+            get("tokenizer.ggml.tokens")?.to_vec()?.iter().map(|v| v.to_string().cloned()).collect::<candle_core::Result<_>>()?;
+        let merges: Vec<(String, String)> = get("tokenizer.ggml.merges")?
+            .to_vec()?
+            .iter()
+            .map(|v| {
+                let s = v.to_string()?;
+                let (a, b) = s.split_once(' ').ok_or_else(|| candle_core::Error::Msg(format!("bad merge `{s}`")))?;
+                Ok((a.to_string(), b.to_string()))
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let types: Vec<i64> = match md.get("tokenizer.ggml.token_type") {
+            Some(v) => v.to_vec()?.iter().map(|t| t.to_i32().map(i64::from)).collect::<candle_core::Result<_>>()?,
+            None => vec![1; tokens.len()],
+        };
+        let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| anyhow!("GGUF BPE: {e}"))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let pre = md.get("tokenizer.ggml.pre").map(|v| v.to_string().cloned()).transpose()?.unwrap_or_default();
+        let byte_level = ByteLevel::new(false, true, true);
+        match pre.as_str() {
+            // transformers' GGUF loader (the oracle's tokenizer, hence TRL's ids on this file)
+            // builds plain GPT-2 byte-level pre-tokenization for `smollm`; SmolLM2's original
+            // tokenizer.json splits digits first, which differs on whitespace before a digit
+            // ("\n\n1"). We follow the reference: ids then equal TRL's for the same GGUF.
+            "smollm" | "" | "default" | "gpt2" => {
+                inner.with_pre_tokenizer(Some(byte_level));
+            }
+            p => bail!("GGUF pre-tokenizer `{p}` is not supported (smollm, gpt2); use a Hugging Face directory with tokenizer.json"),
+        }
+        inner.with_decoder(Some(ByteLevel::default()));
+        let special: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &t)| t == 3)
+            .map(|(s, _)| AddedToken::from(s.clone(), true))
+            .collect();
+        inner.add_special_tokens(special).map_err(|e| anyhow!("GGUF special tokens: {e}"))?;
+        let id = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
+        let tok = |i: Option<u32>| i.and_then(|i| tokens.get(i as usize).cloned());
+        let bos = tok(id("tokenizer.ggml.bos_token_id"));
+        if md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()) == Some(true) {
+            let b = bos.clone().context("add_bos_token is set but there is no bos_token_id")?;
+            let bid = id("tokenizer.ggml.bos_token_id").unwrap();
+            let post = TemplateProcessing::builder()
+                .try_single(format!("{b} $A"))
+                .map_err(|e| anyhow!("{e}"))?
+                .special_tokens(vec![(b.clone(), bid)])
+                .build()
+                .map_err(|e| anyhow!("{e}"))?;
+            inner.with_post_processor(Some(post));
+        }
+        let eos = tok(id("tokenizer.ggml.eos_token_id")).context("GGUF metadata has no usable eos_token_id")?;
+        let template = md.get("tokenizer.chat_template").map(|v| v.to_string().cloned()).transpose()?;
+        Self::with_specials(inner, eos, bos, tok(id("tokenizer.ggml.padding_token_id")), template)
+    }
+
+    /// Token ids of `text`, with the special tokens the tokenizer's post-processor adds (a BOS for
+    /// Llama-style tokenizers, none for SmolLM2), as `tokenizer(text)` does in `transformers`.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.inner.encode(text, true).map_err(|e| anyhow!("tokenizing: {e}"))?.get_ids().to_vec())
+    }
+
+    /// Text of `ids`; special tokens are kept when `keep_special`.
+    pub fn decode(&self, ids: &[u32], keep_special: bool) -> Result<String> {
+        self.inner.decode(ids, !keep_special).map_err(|e| anyhow!("decoding: {e}"))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir` (loadable by `transformers`).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        self.inner
+            .save(dir.join("tokenizer.json"), false)
+            .map_err(|e| anyhow!("writing tokenizer.json: {e}"))?;
+        let mut tc = json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "eos_token": self.eos_token,
+            "clean_up_tokenization_spaces": false,
+            "model_max_length": 1_000_000_000u64,
+        });
+        for (k, v) in [("bos_token", &self.bos_token), ("pad_token", &self.pad_token), ("chat_template", &self.chat_template)] {
+            if let Some(v) = v {
+                tc[k] = json!(v);
+            }
+        }
+        std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&tc)?)?;
+        Ok(())
+    }
+}
