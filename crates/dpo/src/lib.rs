@@ -18,3 +18,5 @@ pub mod metrics;
 pub mod optim;
 pub mod policy;
 pub mod step;
+pub mod reference;
+pub mod train;

@@ -42,22 +42,38 @@ pub fn completion_logps(model: &Llama, batch: &PackedBatch) -> Result<Completion
     Ok(CompletionLogps { logps, tokens: batch.completion_targets.iter().map(|r| r.len()).collect(), logit_sums })
 }
 
-/// Inference-only log-probs of every completion of `examples` (`[example][completion]`, nats),
-/// `max_tokens` packed rows per forward pass; `progress(done_examples)` is called after each.
+/// Inference results for one example: per completion, its summed log-prob (nats), scored tokens
+/// and logit sum.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExampleLogps {
+    pub logps: Vec<f64>,
+    pub tokens: Vec<usize>,
+    pub logit_sums: Vec<f64>,
+}
+
+/// Inference-only log-probs of every completion of `examples`, `max_tokens` packed rows per
+/// forward pass; `progress(done_examples)` is called after each pass.
 pub fn dataset_logps(
     model: &Llama,
     examples: &[&Tokenized],
     max_tokens: usize,
     mut progress: impl FnMut(usize),
-) -> Result<Vec<Vec<f64>>> {
+) -> Result<Vec<ExampleLogps>> {
     let model = model.detached();
     let mut out = Vec::with_capacity(examples.len());
     for range in micro_batches(examples, max_tokens) {
         let batch = pack(&examples[range.clone()]);
-        let values = completion_logps(&model, &batch)?.values()?;
-        let mut it = values.into_iter();
+        let res = completion_logps(&model, &batch)?;
+        let values = res.values()?;
+        let mut c = 0;
         for ex in &examples[range] {
-            out.push(it.by_ref().take(ex.completions.len()).collect());
+            let k = ex.completions.len();
+            out.push(ExampleLogps {
+                logps: values[c..c + k].to_vec(),
+                tokens: res.tokens[c..c + k].to_vec(),
+                logit_sums: res.logit_sums[c..c + k].to_vec(),
+            });
+            c += k;
         }
         progress(out.len());
     }

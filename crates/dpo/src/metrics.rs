@@ -20,6 +20,23 @@ pub struct PairStats {
     pub rejected_logit_sum: f64,
 }
 
+impl PairStats {
+    /// Stats of a pair from per-completion values `[chosen, rejected]`.
+    pub fn new(loss: f64, policy: &[f64], reference: &[f64], tokens: &[usize], logit_sums: &[f64]) -> Self {
+        Self {
+            loss,
+            policy_chosen: policy[0],
+            policy_rejected: policy[1],
+            ref_chosen: reference[0],
+            ref_rejected: reference[1],
+            chosen_tokens: tokens[0],
+            rejected_tokens: tokens[1],
+            chosen_logit_sum: logit_sums[0],
+            rejected_logit_sum: logit_sums[1],
+        }
+    }
+}
+
 /// An ordered set of named metrics (one line of `metrics.jsonl`).
 pub type Metrics = Map<String, Value>;
 

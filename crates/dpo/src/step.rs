@@ -50,18 +50,8 @@ pub fn loss_and_gradients(
         }
         let pol = out.values()?;
         for (j, l) in losses.into_iter().enumerate() {
-            let (c, r) = (2 * j, 2 * j + 1);
-            stats.push(PairStats {
-                loss: l,
-                policy_chosen: pol[c],
-                policy_rejected: pol[r],
-                ref_chosen: refs[c],
-                ref_rejected: refs[r],
-                chosen_tokens: out.tokens[c],
-                rejected_tokens: out.tokens[r],
-                chosen_logit_sum: out.logit_sums[c],
-                rejected_logit_sum: out.logit_sums[r],
-            });
+            let c = 2 * j..2 * j + 2;
+            stats.push(PairStats::new(l, &pol[c.clone()], &refs[c.clone()], &out.tokens[c.clone()], &out.logit_sums[c]));
         }
     }
     Ok(BatchResult { grads: grads.into_iter().map(|g| g.expect("at least one micro-batch")).collect(), stats })

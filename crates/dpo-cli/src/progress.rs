@@ -1,0 +1,99 @@
+//! Progress bars (indicatif) for the library's [`Observer`] reports; plain lines when stderr is
+//! not a terminal.
+
+use dpo::train::{Observer, TrainSummary};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+pub struct Bars {
+    bar: Option<ProgressBar>,
+    tty: bool,
+    name: String,
+    total: usize,
+    last_line: Instant,
+}
+
+impl Bars {
+    pub fn new() -> Self {
+        Self { bar: None, tty: std::io::stderr().is_terminal(), name: String::new(), total: 0, last_line: Instant::now() }
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish();
+        }
+    }
+}
+
+impl Observer for Bars {
+    fn phase(&mut self, name: &str, total: usize, unit: &str) {
+        self.finish();
+        self.name = name.to_string();
+        self.total = total;
+        let bar = ProgressBar::with_draw_target(Some(total as u64), if self.tty { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
+        bar.set_style(
+            ProgressStyle::with_template(&format!("{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{elapsed_precise}}<{{eta_precise}} {{msg}}"))
+                .unwrap()
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(name.to_string());
+        bar.enable_steady_tick(Duration::from_millis(500));
+        self.bar = Some(bar);
+        if !self.tty {
+            eprintln!("[{name}] 0/{total} {unit}");
+        }
+    }
+
+    fn advance(&mut self, done: usize, info: &str) {
+        if let Some(b) = &self.bar {
+            b.set_position(done as u64);
+            b.set_message(info.to_string());
+            if !self.tty && (done == self.total || self.last_line.elapsed() > Duration::from_secs(10)) {
+                let eta = b.eta().as_secs();
+                eprintln!("[{}] {done}/{} eta {}m{:02}s {info}", self.name, self.total, eta / 60, eta % 60);
+                self.last_line = Instant::now();
+            }
+        }
+    }
+
+    fn message(&mut self, msg: &str) {
+        match &self.bar {
+            Some(b) if self.tty => b.println(msg),
+            _ => eprintln!("{msg}"),
+        }
+    }
+}
+
+/// The end-of-run summary as text.
+pub fn summary_text(s: &TrainSummary) -> String {
+    let g = |m: &serde_json::Map<String, serde_json::Value>, k: &str| dpo::metrics::get(m, k);
+    let mut out = format!(
+        "done: {} steps ({:.2} epochs) in {:.0}s ({:.0}s training); {:.1} tokens/s ({:.1} packed rows/s); peak RSS {}\n",
+        s.steps,
+        s.epochs,
+        s.total_seconds,
+        s.train_seconds,
+        s.train_tokens_per_second,
+        s.packed_tokens_per_second,
+        s.peak_rss_bytes.map(|b| format!("{:.2} GB", b as f64 / 1e9)).unwrap_or_else(|| "n/a".into())
+    );
+    out += &format!(
+        "final train: loss {:.4}, rewards/accuracies {:.3}, rewards/margins {:.4}, rewards/chosen {:.4}, rewards/rejected {:.4}\n",
+        g(&s.final_train, "loss"),
+        g(&s.final_train, "rewards/accuracies"),
+        g(&s.final_train, "rewards/margins"),
+        g(&s.final_train, "rewards/chosen"),
+        g(&s.final_train, "rewards/rejected")
+    );
+    if let Some(e) = &s.final_eval {
+        out += &format!(
+            "final eval: eval_loss {:.4}, eval_rewards/accuracies {:.3}, eval_rewards/margins {:.4}\n",
+            g(e, "eval_loss"),
+            g(e, "eval_rewards/accuracies"),
+            g(e, "eval_rewards/margins")
+        );
+    }
+    out += &format!("outputs in {} (metrics.jsonl, final/, summary.json)", s.output_dir.display());
+    out
+}

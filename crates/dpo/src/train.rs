@@ -1,0 +1,369 @@
+//! The DPO training loop, top to bottom.
+//!
+//! load model → read + tokenize data → reference log-probs (once, cached) → for each optimiser
+//! step: forward/backward over the step's examples ([`crate::step`]) → clip → AdamW → log one
+//! line of `metrics.jsonl` → evaluate / checkpoint on schedule → final checkpoint and summary.
+
+use crate::data::{self, TokenizeSettings, Tokenized, TokenizedSet};
+use crate::io::{peak_rss_bytes, write_atomic};
+use crate::logps::dataset_logps;
+use crate::loss::{Loss, LossBatch};
+use crate::metrics::{self, preference_metrics, with_eval_prefix, Metrics, PairStats};
+use crate::model::{self, save_hf_dir, Llama};
+use crate::optim::{clip_coefficient, global_grad_norm, lr_factor, AdamW, AdamWConfig, ScheduleKind};
+use crate::policy::Policy;
+use crate::reference::{self, reference_logps};
+use crate::step::loss_and_gradients;
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, ensure, Context, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Everything `dpo train` needs; defaults are TRL's `DPOConfig` defaults.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainConfig {
+    /// A `.gguf` file or a Hugging Face model directory; it is both the initial policy and the reference.
+    pub model: PathBuf,
+    /// Preference pairs (`.jsonl`, `.jsonl.gz`).
+    pub data: PathBuf,
+    pub eval_data: Option<PathBuf>,
+    pub output_dir: PathBuf,
+    /// Replace an earlier run's `metrics.jsonl` in `output_dir` (otherwise refuse).
+    pub overwrite_output_dir: bool,
+    /// A `dpo logps` file of the training data to use as reference log-probs.
+    pub ref_logps: Option<PathBuf>,
+    pub loss: Loss,
+    pub learning_rate: f64,
+    pub num_train_epochs: f64,
+    /// Overrides `num_train_epochs` when set.
+    pub max_steps: Option<usize>,
+    /// Pairs per batch; a step is `gradient_accumulation_steps` batches.
+    pub per_device_train_batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    pub tokenize: TokenizeSettings,
+    pub warmup_steps: usize,
+    pub lr_scheduler_type: ScheduleKind,
+    /// Clip the global gradient norm to this (0: no clipping).
+    pub max_grad_norm: f64,
+    pub adam: AdamWConfig,
+    /// Evaluate every this many steps (and at the end) when `eval_data` is set.
+    pub eval_steps: Option<usize>,
+    /// Write `checkpoint-STEP/` every this many steps.
+    pub save_steps: Option<usize>,
+    pub seed: u64,
+    /// Packed rows (tokens) per forward pass: the memory/speed trade-off of micro-batching.
+    pub max_tokens_per_forward: usize,
+}
+
+impl TrainConfig {
+    /// A configuration with TRL's defaults for the given model, data and output directory.
+    pub fn new(model: PathBuf, data: PathBuf, output_dir: PathBuf) -> Self {
+        Self {
+            model,
+            data,
+            eval_data: None,
+            output_dir,
+            overwrite_output_dir: false,
+            ref_logps: None,
+            loss: Loss::Sigmoid { beta: 0.1, label_smoothing: 0.0 },
+            learning_rate: 1e-6,
+            num_train_epochs: 3.0,
+            max_steps: None,
+            per_device_train_batch_size: 8,
+            gradient_accumulation_steps: 1,
+            tokenize: TokenizeSettings { max_length: Some(1024), max_prompt_length: None },
+            warmup_steps: 0,
+            lr_scheduler_type: ScheduleKind::Linear,
+            max_grad_norm: 1.0,
+            adam: AdamWConfig::default(),
+            eval_steps: None,
+            save_steps: None,
+            seed: 42,
+            max_tokens_per_forward: 2048,
+        }
+    }
+}
+
+/// Progress reports from the library to whoever shows them (the CLI's progress bars).
+pub trait Observer {
+    /// A phase with `total` units of work begins (`unit`: "pairs", "steps").
+    fn phase(&mut self, _name: &str, _total: usize, _unit: &str) {}
+    /// `done` units of the current phase are finished; `info` is a short status.
+    fn advance(&mut self, _done: usize, _info: &str) {}
+    /// A line worth showing (loaded data, cache hits, checkpoints).
+    fn message(&mut self, _msg: &str) {}
+}
+
+/// An observer that shows nothing.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub epochs: f64,
+    pub train_seconds: f64,
+    pub total_seconds: f64,
+    /// Training tokens per second, counted as TRL counts `num_tokens` (every prompt+completion sequence).
+    pub train_tokens_per_second: f64,
+    /// Rows actually computed per second (each prompt once).
+    pub packed_tokens_per_second: f64,
+    pub peak_rss_bytes: Option<u64>,
+    pub final_train: Metrics,
+    pub final_eval: Option<Metrics>,
+    pub output_dir: PathBuf,
+}
+
+/// Reads and tokenizes a preference file, reporting what was left out.
+pub fn load_pairs(path: &Path, tok: &Tokenizer, settings: TokenizeSettings, obs: &mut dyn Observer) -> Result<TokenizedSet> {
+    let (records, report) = data::read(path)?;
+    let set = data::tokenize_all(tok, &records, settings)?;
+    obs.message(&format!(
+        "{}: {} records, {} pairs used{}{}",
+        path.display(),
+        report.records,
+        set.examples.len(),
+        if report.skipped_disagreeing > 0 {
+            format!(", {} skipped (sides disagree before the last \"\\n\\nAssistant:\")", report.skipped_disagreeing)
+        } else {
+            String::new()
+        },
+        match set.skipped.len() - report.skipped_disagreeing {
+            0 => String::new(),
+            n => format!(", {n} dropped (prompt fills max_length)"),
+        }
+    ));
+    for ex in &set.examples {
+        ensure!(ex.completions.len() == 2, "{}: record {} is not a pair", path.display(), ex.index);
+    }
+    Ok(set)
+}
+
+/// The order in which examples are visited: a seeded shuffle per epoch, batches never spanning epochs.
+struct Order {
+    n: usize,
+    seed: u64,
+    epoch: usize,
+    perm: Vec<usize>,
+    pos: usize,
+    consumed: usize,
+}
+
+impl Order {
+    fn new(n: usize, seed: u64) -> Self {
+        Self { n, seed, epoch: 0, perm: Vec::new(), pos: n, consumed: 0 }
+    }
+
+    fn next_batch(&mut self, size: usize) -> Vec<usize> {
+        if self.pos >= self.n {
+            if !self.perm.is_empty() {
+                self.epoch += 1;
+            }
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed.wrapping_add(self.epoch as u64));
+            self.perm = (0..self.n).collect();
+            self.perm.shuffle(&mut rng);
+            self.pos = 0;
+        }
+        let end = (self.pos + size).min(self.n);
+        let b = self.perm[self.pos..end].to_vec();
+        self.pos = end;
+        self.consumed += b.len();
+        b
+    }
+
+    /// Epochs completed, fractional.
+    fn epoch(&self) -> f64 {
+        self.consumed as f64 / self.n as f64
+    }
+}
+
+/// Optimiser steps of a run: `max_steps`, else `ceil(epochs * ceil(batches_per_epoch / accumulation))`.
+pub fn total_steps(cfg: &TrainConfig, n_examples: usize) -> usize {
+    if let Some(m) = cfg.max_steps {
+        return m;
+    }
+    let batches = n_examples.div_ceil(cfg.per_device_train_batch_size);
+    let per_epoch = batches.div_ceil(cfg.gradient_accumulation_steps).max(1);
+    (cfg.num_train_epochs * per_epoch as f64).ceil() as usize
+}
+
+/// The preference metrics of `examples` under `model`, without gradients (evaluation).
+pub fn evaluate(model: &Llama, examples: &[&Tokenized], reference: &[Vec<f64>], loss: &Loss, max_tokens: usize, vocab: usize) -> Result<Metrics> {
+    let policy = dataset_logps(model, examples, max_tokens, |_| {})?;
+    let flat: Vec<f64> = policy.iter().flat_map(|p| p.logps.iter().copied()).collect();
+    let refs: Vec<f64> = reference.iter().flatten().copied().collect();
+    let tokens: Vec<usize> = policy.iter().flat_map(|p| p.tokens.iter().copied()).collect();
+    let t = candle_core::Tensor::new(flat.as_slice(), &candle_core::Device::Cpu)?;
+    let losses = loss.per_example(&LossBatch::new(t, &refs, &tokens, 2)?)?.to_vec1::<f64>()?;
+    let stats: Vec<PairStats> = policy
+        .iter()
+        .zip(reference)
+        .zip(losses)
+        .map(|((p, r), l)| PairStats::new(l, &p.logps, r, &p.tokens, &p.logit_sums))
+        .collect();
+    Ok(preference_metrics(&stats, loss.beta(), vocab))
+}
+
+fn append_line(path: &Path, v: &Value) -> Result<()> {
+    let mut f = OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+    // One write per line: a crash cannot interleave or half-write earlier lines.
+    f.write_all(format!("{v}\n").as_bytes())?;
+    Ok(())
+}
+
+/// Trains the policy with `cfg`, reporting to `obs`; see the module documentation.
+pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> {
+    let t_start = Instant::now();
+    ensure!(cfg.per_device_train_batch_size > 0, "per_device_train_batch_size must be at least 1");
+    ensure!(cfg.gradient_accumulation_steps > 0, "gradient_accumulation_steps must be at least 1");
+    ensure!(cfg.max_tokens_per_forward > 0, "max_tokens_per_forward must be at least 1");
+    let metrics_path = cfg.output_dir.join("metrics.jsonl");
+    if metrics_path.exists() && !cfg.overwrite_output_dir {
+        bail!("{} already holds a run (metrics.jsonl); choose another --output-dir or pass --overwrite-output-dir", cfg.output_dir.display());
+    }
+
+    obs.message(&format!("loading {}", cfg.model.display()));
+    let loaded = model::load(&cfg.model)?;
+    let vocab = loaded.config.vocab_size;
+    let train_set = load_pairs(&cfg.data, &loaded.tokenizer, cfg.tokenize, obs)?;
+    ensure!(!train_set.examples.is_empty(), "{}: no usable pairs", cfg.data.display());
+    let eval_set = match &cfg.eval_data {
+        Some(p) => Some(load_pairs(p, &loaded.tokenizer, cfg.tokenize, obs)?),
+        None => None,
+    };
+
+    // Reference log-probs, once, with the initial weights (= the reference model).
+    let reference_model = loaded.model()?;
+    let hash = reference::model_hash(&reference_model, &loaded.tokenizer)?;
+    let ref_for = |set: &TokenizedSet, data: &Path, given: Option<&Path>, obs: &mut dyn Observer| -> Result<Vec<Vec<f64>>> {
+        obs.phase(&format!("reference log-probs of {}", data.display()), set.examples.len(), "pairs");
+        let (v, origin) = reference_logps(&reference_model, &hash, data, set, cfg.tokenize, given, cfg.max_tokens_per_forward, |d| {
+            obs.advance(d, "")
+        })?;
+        obs.message(&match origin {
+            reference::Origin::Given(p) => format!("reference log-probs read from {}", p.display()),
+            reference::Origin::Cache(p) => format!("reference log-probs reused from the cache {}", p.display()),
+            reference::Origin::Computed(p) => format!("reference log-probs computed and cached in {}", p.display()),
+        });
+        Ok(v)
+    };
+    let train_ref = ref_for(&train_set, &cfg.data, cfg.ref_logps.as_deref(), obs)?;
+    let eval_ref = match (&eval_set, &cfg.eval_data) {
+        (Some(s), Some(p)) => Some(ref_for(s, p, None, obs)?),
+        _ => None,
+    };
+    drop(reference_model);
+
+    // Only the policy from here on.
+    let policy = Policy::new(loaded.config.clone(), &loaded.tensors)?;
+    let tokenizer = loaded.tokenizer.clone();
+    drop(loaded);
+    let vars = policy.vars();
+    let mut opt = AdamW::new(&vars, cfg.adam)?;
+    let steps = total_steps(cfg, train_set.examples.len());
+    std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
+    if metrics_path.exists() {
+        std::fs::remove_file(&metrics_path)?;
+    }
+    write_atomic(&cfg.output_dir.join("train_args.json"), |w| Ok(serde_json::to_writer_pretty(w, cfg)?))?;
+
+    let mut order = Order::new(train_set.examples.len(), cfg.seed);
+    let (mut seq_tokens_total, mut packed_total, mut train_secs) = (0usize, 0usize, 0f64);
+    let mut last_train = Metrics::new();
+    let mut last_eval = None;
+    let run_eval = |step: usize, epoch: f64, obs: &mut dyn Observer| -> Result<Option<Metrics>> {
+        let (Some(set), Some(refs)) = (&eval_set, &eval_ref) else { return Ok(None) };
+        obs.message(&format!("evaluating on {} pairs", set.examples.len()));
+        let ex: Vec<&Tokenized> = set.examples.iter().collect();
+        let m = with_eval_prefix(evaluate(&policy.model, &ex, refs, &cfg.loss, cfg.max_tokens_per_forward, vocab)?);
+        let mut line = json!({"step": step, "epoch": epoch});
+        line.as_object_mut().unwrap().extend(m.clone());
+        append_line(&metrics_path, &line)?;
+        obs.message(&format!(
+            "step {step}: eval_loss {:.4}, eval_rewards/accuracies {:.3}, eval_rewards/margins {:.4}",
+            metrics::get(&m, "eval_loss"),
+            metrics::get(&m, "eval_rewards/accuracies"),
+            metrics::get(&m, "eval_rewards/margins")
+        ));
+        Ok(Some(m))
+    };
+
+    obs.phase("training", steps, "steps");
+    for step in 0..steps {
+        let t0 = Instant::now();
+        let mut idx = Vec::new();
+        for _ in 0..cfg.gradient_accumulation_steps {
+            idx.extend(order.next_batch(cfg.per_device_train_batch_size));
+        }
+        let examples: Vec<&Tokenized> = idx.iter().map(|&i| &train_set.examples[i]).collect();
+        let refs: Vec<&[f64]> = idx.iter().map(|&i| train_ref[i].as_slice()).collect();
+        let res = loss_and_gradients(&policy, &examples, &refs, &cfg.loss, cfg.max_tokens_per_forward)?;
+        let grad_norm = global_grad_norm(&res.grads)?;
+        let lr = cfg.learning_rate * lr_factor(cfg.lr_scheduler_type, step, cfg.warmup_steps, steps);
+        opt.step(&vars, &res.grads, lr, clip_coefficient(grad_norm, cfg.max_grad_norm))?;
+        drop(res.grads);
+        let secs = t0.elapsed().as_secs_f64();
+        train_secs += secs;
+        let seq_tokens: usize = examples.iter().map(|e| e.sequence_tokens()).sum();
+        seq_tokens_total += seq_tokens;
+        packed_total += examples.iter().map(|e| e.packed_tokens()).sum::<usize>();
+
+        let mut line = json!({"step": step + 1, "epoch": order.epoch()});
+        let m = preference_metrics(&res.stats, cfg.loss.beta(), vocab);
+        let obj = line.as_object_mut().unwrap();
+        obj.extend(m.clone());
+        obj.insert("grad_norm".into(), grad_norm.into());
+        obj.insert("learning_rate".into(), lr.into());
+        obj.insert("num_tokens".into(), seq_tokens_total.into());
+        append_line(&metrics_path, &line)?;
+        obs.advance(
+            step + 1,
+            &format!(
+                "loss {:.4} acc {:.2} margin {:.3} | {:.0} tok/s",
+                metrics::get(&m, "loss"),
+                metrics::get(&m, "rewards/accuracies"),
+                metrics::get(&m, "rewards/margins"),
+                seq_tokens as f64 / secs
+            ),
+        );
+        last_train = line.as_object().unwrap().clone();
+
+        let done = step + 1;
+        if cfg.eval_steps.is_some_and(|e| done % e == 0) && done < steps {
+            last_eval = run_eval(done, order.epoch(), obs)?;
+        }
+        if cfg.save_steps.is_some_and(|s| done % s == 0) && done < steps {
+            let dir = cfg.output_dir.join(format!("checkpoint-{done}"));
+            save_hf_dir(&policy.model.detached(), &tokenizer, &dir)?;
+            obs.message(&format!("saved {}", dir.display()));
+        }
+    }
+    if eval_set.is_some() {
+        last_eval = run_eval(steps, order.epoch(), obs)?;
+    }
+    let final_dir = cfg.output_dir.join("final");
+    save_hf_dir(&policy.model.detached(), &tokenizer, &final_dir)?;
+    obs.message(&format!("saved {}", final_dir.display()));
+
+    let summary = TrainSummary {
+        steps,
+        epochs: order.epoch(),
+        train_seconds: train_secs,
+        total_seconds: t_start.elapsed().as_secs_f64(),
+        train_tokens_per_second: seq_tokens_total as f64 / train_secs.max(1e-9),
+        packed_tokens_per_second: packed_total as f64 / train_secs.max(1e-9),
+        peak_rss_bytes: peak_rss_bytes(),
+        final_train: last_train,
+        final_eval: last_eval,
+        output_dir: cfg.output_dir.clone(),
+    };
+    write_atomic(&cfg.output_dir.join("summary.json"), |w| Ok(serde_json::to_writer_pretty(w, &summary)?))?;
+    Ok(summary)
+}

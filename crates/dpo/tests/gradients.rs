@@ -1,0 +1,112 @@
+//! The DPO loss gradient of the whole model (f64, tiny random weights) against central finite
+//! differences, for every kind of parameter; and every parameter gets a non-zero gradient.
+
+use candle_core::{DType, Tensor};
+use dpo::batch::pack;
+use dpo::data::Tokenized;
+use dpo::logps::completion_logps;
+use dpo::loss::{Loss, LossBatch};
+use dpo::model::{random_tensors, Llama, LlamaConfig};
+use dpo::policy::Policy;
+use dpo::step::loss_and_gradients;
+use std::collections::HashMap;
+
+fn config(tied: bool, bias: bool) -> LlamaConfig {
+    LlamaConfig {
+        model_type: if bias { "qwen2".into() } else { "llama".into() },
+        vocab_size: 23,
+        hidden_size: 8,
+        intermediate_size: 12,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 4,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_scaling: None,
+        max_position_embeddings: 64,
+        tie_word_embeddings: tied,
+        attention_bias: bias,
+        bos_token_id: None,
+        eos_token_id: Some(1),
+        pad_token_id: None,
+    }
+}
+
+fn examples() -> Vec<Tokenized> {
+    vec![
+        Tokenized { index: 0, prompt: vec![3, 4, 5], completions: vec![vec![6, 7, 1], vec![8, 1]] },
+        Tokenized { index: 1, prompt: vec![9, 10, 11, 12, 2], completions: vec![vec![13, 14, 15, 1], vec![16, 17, 18, 19, 1]] },
+        Tokenized { index: 2, prompt: vec![20], completions: vec![vec![21, 1], vec![22, 3, 4, 1]] },
+    ]
+}
+
+/// Reference log-probs chosen so that the margins are far from 0 (both signs).
+const REFERENCE: [[f64; 2]; 3] = [[-9.0, -4.0], [-11.0, -16.0], [-5.0, -9.5]];
+const LOSS: Loss = Loss::Sigmoid { beta: 0.5, label_smoothing: 0.0 };
+
+fn mean_loss(config: &LlamaConfig, tensors: &HashMap<String, Tensor>) -> f64 {
+    let model = Llama::from_tensors(config.clone(), tensors).unwrap();
+    let ex = examples();
+    let refs: Vec<&Tokenized> = ex.iter().collect();
+    let out = completion_logps(&model, &pack(&refs)).unwrap();
+    let r: Vec<f64> = REFERENCE.iter().flatten().copied().collect();
+    let b = LossBatch::new(out.logps, &r, &out.tokens, 2).unwrap();
+    LOSS.per_example(&b).unwrap().mean_all().unwrap().to_scalar::<f64>().unwrap()
+}
+
+fn check(tied: bool, bias: bool) {
+    let cfg = config(tied, bias);
+    let tensors = random_tensors(&cfg, 7, 20.0, DType::F64).unwrap();
+    let policy = Policy::new(cfg.clone(), &tensors).unwrap();
+    let ex = examples();
+    let refs: Vec<&Tokenized> = ex.iter().collect();
+    let r: Vec<&[f64]> = REFERENCE.iter().map(|r| r.as_slice()).collect();
+    // 12 rows per forward: the three pairs go through two micro-batches whose gradients add up.
+    let res = loss_and_gradients(&policy, &refs, &r, &LOSS, 12).unwrap();
+    let loss: f64 = res.stats.iter().map(|s| s.loss).sum::<f64>() / 3.0;
+    assert!((loss - mean_loss(&cfg, &tensors)).abs() < 1e-12);
+    let mut kinds = std::collections::BTreeSet::new();
+    let mut worst = 0f64;
+    for ((name, _), g) in policy.params.iter().zip(&res.grads) {
+        let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        assert!(g.iter().any(|&x| x != 0.0), "{name}: zero gradient");
+        // the entries with the largest gradients, and a spread of others
+        let mut idx: Vec<usize> = (0..g.len()).collect();
+        idx.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+        let mut pick: Vec<usize> = idx[..3.min(g.len())].to_vec();
+        pick.extend((0..g.len()).step_by((g.len() / 4).max(1)).filter(|i| g[*i] != 0.0).take(4));
+        let base = tensors[name].flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let (mut num, mut den) = (0.0, 0.0);
+        for &j in &pick {
+            let at = |d: f64| {
+                let mut v = base.clone();
+                v[j] += d;
+                let mut t = tensors.clone();
+                t.insert(name.clone(), Tensor::from_vec(v, tensors[name].dims(), &candle_core::Device::Cpu).unwrap());
+                mean_loss(&cfg, &t)
+            };
+            let eps = 1e-5;
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+            num += (fd - g[j]).powi(2);
+            den += fd.powi(2);
+        }
+        let rel = (num / den).sqrt();
+        assert!(rel < 1e-5, "{name}: relative error {rel:.2e} against finite differences");
+        worst = worst.max(rel);
+        kinds.insert(name.split('.').rev().nth(1).unwrap().to_string() + if name.ends_with("bias") { ".bias" } else { "" });
+    }
+    let want = 11 + 3 * usize::from(bias) + usize::from(!tied);
+    assert_eq!(kinds.len(), want, "parameter kinds checked: {kinds:?}");
+    println!("{} parameter tensors of {} kinds: worst relative error {worst:.2e}", res.grads.len(), kinds.len());
+}
+
+#[test]
+fn dpo_gradient_matches_finite_differences_tied_embeddings() {
+    check(true, false);
+}
+
+#[test]
+fn dpo_gradient_matches_finite_differences_untied_with_qkv_bias() {
+    check(false, true);
+}
