@@ -24,6 +24,36 @@ pub enum Command {
     Logps(LogpsArgs),
     /// Train a policy with DPO against a frozen reference (the initial model).
     Train(TrainArgs),
+    /// The fixed training benchmark (compare with the oracle's trl_bench.py): tokens/s and peak RSS.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model (default: SmolLM2-135M-Instruct).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Pairs to take the first --pairs usable records from.
+    #[arg(long, default_value = "../shared/data/hh-rlhf/harmless-base/test.jsonl.gz")]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 48)]
+    pub pairs: usize,
+    /// Pairs per step.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 512)]
+    pub max_length: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 2048)]
+    pub max_tokens_per_forward: usize,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
 }
 
 /// How records become token ids.

@@ -24,11 +24,12 @@ fn run(cmd: args::Command) -> Result<()> {
     match cmd {
         args::Command::Logps(a) => commands::logps(a),
         args::Command::Train(a) => commands::train(a),
+        args::Command::Bench(a) => commands::bench(a),
     }
 }
 
 mod commands {
-    use super::args::{LogpsArgs, TrainArgs};
+    use super::args::{BenchArgs, LogpsArgs, TrainArgs};
     use super::progress::Bars;
     use anyhow::Result;
     use dpo::train::Observer;
@@ -65,6 +66,42 @@ mod commands {
         let s = dpo::train::train(&cfg, &mut bars)?;
         bars.finish();
         println!("{}", super::progress::summary_text(&s));
+        Ok(())
+    }
+
+    pub fn bench(a: BenchArgs) -> Result<()> {
+        let cfg = dpo::bench::BenchConfig {
+            model: super::args::model_or_default(a.model)?,
+            data: a.data,
+            pairs: a.pairs,
+            batch: a.batch,
+            max_length: a.max_length,
+            steps: a.steps,
+            warmup: a.warmup,
+            max_tokens_per_forward: a.max_tokens_per_forward,
+        };
+        let mut bars = Bars::new();
+        let r = dpo::bench::run(&cfg, &mut bars)?;
+        bars.finish();
+        println!(
+            "== dpo bench: {} pairs, batch {}, max_length {}, {} threads, {} timed steps after {} warm-up",
+            cfg.pairs, cfg.batch, cfg.max_length, r.threads, cfg.steps, cfg.warmup
+        );
+        println!(
+            "seconds/step: {:.3}   tokens/step: {:.1}   tokens/s: {:.1}   (packed rows/s: {:.1})",
+            r.seconds_per_step, r.tokens_per_step, r.tokens_per_second, r.packed_rows_per_second
+        );
+        println!("per-step seconds: {}", r.step_seconds.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(" "));
+        println!(
+            "time: forward {:.0}%, backward {:.0}%, clip+AdamW {:.0}%",
+            100.0 * r.forward_share,
+            100.0 * r.backward_share,
+            100.0 * r.optimizer_share
+        );
+        println!("peak RSS MB: {:.0}", r.peak_rss_bytes.unwrap_or(0) as f64 / (1u64 << 20) as f64);
+        if let Some(p) = a.json_out {
+            dpo::io::write_atomic(&p, |w| Ok(serde_json::to_writer_pretty(w, &r)?))?;
+        }
         Ok(())
     }
 }

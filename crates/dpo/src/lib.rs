@@ -20,3 +20,7 @@ pub mod policy;
 pub mod step;
 pub mod reference;
 pub mod train;
+
+/// The tensor library dpo-rs is built on (re-exported for callers that build tensors).
+pub use candle_core;
+pub mod bench;

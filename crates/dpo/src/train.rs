@@ -116,6 +116,13 @@ pub struct TrainSummary {
     /// Rows actually computed per second (each prompt once).
     pub packed_tokens_per_second: f64,
     pub peak_rss_bytes: Option<u64>,
+    /// Per optimiser step: wall seconds, training tokens (TRL's count), and the seconds spent in
+    /// forward passes, backward passes and the clip + AdamW update.
+    pub step_seconds: Vec<f64>,
+    pub step_tokens: Vec<usize>,
+    pub step_forward_seconds: Vec<f64>,
+    pub step_backward_seconds: Vec<f64>,
+    pub step_optimizer_seconds: Vec<f64>,
     pub final_train: Metrics,
     pub final_eval: Option<Metrics>,
     pub output_dir: PathBuf,
@@ -277,6 +284,8 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
     let mut order = Order::new(train_set.examples.len(), cfg.seed);
     let (mut seq_tokens_total, mut packed_total, mut train_secs) = (0usize, 0usize, 0f64);
     let mut last_train = Metrics::new();
+    let (mut step_seconds, mut step_tokens) = (Vec::new(), Vec::new());
+    let (mut fwd_s, mut bwd_s, mut opt_s) = (Vec::new(), Vec::new(), Vec::new());
     let mut last_eval = None;
     let run_eval = |step: usize, epoch: f64, obs: &mut dyn Observer| -> Result<Option<Metrics>> {
         let (Some(set), Some(refs)) = (&eval_set, &eval_ref) else { return Ok(None) };
@@ -305,14 +314,20 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
         let examples: Vec<&Tokenized> = idx.iter().map(|&i| &train_set.examples[i]).collect();
         let refs: Vec<&[f64]> = idx.iter().map(|&i| train_ref[i].as_slice()).collect();
         let res = loss_and_gradients(&policy, &examples, &refs, &cfg.loss, cfg.max_tokens_per_forward)?;
+        let t_opt = Instant::now();
         let grad_norm = global_grad_norm(&res.grads)?;
         let lr = cfg.learning_rate * lr_factor(cfg.lr_scheduler_type, step, cfg.warmup_steps, steps);
         opt.step(&vars, &res.grads, lr, clip_coefficient(grad_norm, cfg.max_grad_norm))?;
         drop(res.grads);
+        opt_s.push(t_opt.elapsed().as_secs_f64());
+        fwd_s.push(res.forward_seconds);
+        bwd_s.push(res.backward_seconds);
         let secs = t0.elapsed().as_secs_f64();
         train_secs += secs;
         let seq_tokens: usize = examples.iter().map(|e| e.sequence_tokens()).sum();
         seq_tokens_total += seq_tokens;
+        step_seconds.push(secs);
+        step_tokens.push(seq_tokens);
         packed_total += examples.iter().map(|e| e.packed_tokens()).sum::<usize>();
 
         let mut line = json!({"step": step + 1, "epoch": order.epoch()});
@@ -360,6 +375,11 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
         train_tokens_per_second: seq_tokens_total as f64 / train_secs.max(1e-9),
         packed_tokens_per_second: packed_total as f64 / train_secs.max(1e-9),
         peak_rss_bytes: peak_rss_bytes(),
+        step_seconds,
+        step_tokens,
+        step_forward_seconds: fwd_s,
+        step_backward_seconds: bwd_s,
+        step_optimizer_seconds: opt_s,
         final_train: last_train,
         final_eval: last_eval,
         output_dir: cfg.output_dir.clone(),

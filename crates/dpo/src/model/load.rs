@@ -26,12 +26,12 @@ impl Loaded {
 /// Loads `path`: a `.gguf` file, or a Hugging Face model directory (`config.json`,
 /// `model.safetensors` or `model.safetensors.index.json`, `tokenizer.json`). Weights become f32.
 pub fn load(path: &Path) -> Result<Loaded> {
-    if path.is_dir() {
+    if !path.exists() {
+        bail!("model {} does not exist", path.display())
+    } else if path.is_dir() {
         load_hf_dir(path)
     } else if path.extension().is_some_and(|e| e == "gguf") {
         load_gguf(path)
-    } else if !path.exists() {
-        bail!("model {} does not exist", path.display())
     } else {
         bail!("model {}: expected a .gguf file or a Hugging Face model directory", path.display())
     }
