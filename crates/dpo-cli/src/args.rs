@@ -5,6 +5,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use dpo::data::TokenizeSettings;
 use dpo::loss::Loss;
 use dpo::optim::{AdamWConfig, ScheduleKind};
+use dpo::task::Task;
 use dpo::train::TrainConfig;
 use std::path::PathBuf;
 
@@ -24,6 +25,8 @@ pub enum Command {
     Logps(LogpsArgs),
     /// Train a policy with DPO against a frozen reference (the initial model).
     Train(TrainArgs),
+    /// Supervised fine-tuning on completions (prompt tokens masked): the reference when no SFT model exists.
+    Sft(SftArgs),
     /// The fixed training benchmark (compare with the oracle's trl_bench.py): tokens/s and peak RSS.
     Bench(BenchArgs),
 }
@@ -91,19 +94,19 @@ pub struct LogpsArgs {
     pub max_tokens_per_forward: usize,
 }
 
+/// The flags every training command shares (`train`, `sft`).
 #[derive(Args, Debug)]
-#[command(args_override_self = true)]
-pub struct TrainArgs {
+pub struct RunArgs {
     /// A TOML file whose keys are these flags' names (e.g. `beta = 0.5`, `data = "pairs.jsonl"`); flags given on the command line win.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// A .gguf file or Hugging Face model directory: the initial policy and the reference (default: SmolLM2-135M-Instruct).
+    /// A .gguf file or Hugging Face model directory: the initial policy (and the reference) (default: SmolLM2-135M-Instruct).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Training pairs (.jsonl or .jsonl.gz).
+    /// Training data (.jsonl or .jsonl.gz).
     #[arg(long)]
     pub data: PathBuf,
-    /// Evaluation pairs.
+    /// Evaluation data.
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
     /// Where metrics.jsonl, checkpoints and summary.json go.
@@ -112,24 +115,15 @@ pub struct TrainArgs {
     /// Replace an earlier run in --output-dir.
     #[arg(long)]
     pub overwrite_output_dir: bool,
-    /// Reference log-probs of --data made by `dpo logps` (default: computed once and cached).
+    /// Peak learning rate (AdamW) [default: 1e-6 for train, 2e-5 for sft, as TRL].
     #[arg(long)]
-    pub ref_logps: Option<PathBuf>,
-    /// DPO's beta: the scale of the implicit reward beta*log(pi/pi_ref).
-    #[arg(long, default_value_t = 0.1)]
-    pub beta: f64,
-    /// Conservative-DPO label smoothing eps in [0, 0.5).
-    #[arg(long, default_value_t = 0.0)]
-    pub label_smoothing: f64,
-    /// Peak learning rate (AdamW).
-    #[arg(long, default_value_t = 1e-6)]
-    pub learning_rate: f64,
+    pub learning_rate: Option<f64>,
     #[arg(long, default_value_t = 3.0)]
     pub num_train_epochs: f64,
     /// Optimiser steps (overrides --num-train-epochs).
     #[arg(long)]
     pub max_steps: Option<usize>,
-    /// Pairs per batch.
+    /// Examples (pairs) per batch.
     #[arg(long, default_value_t = 8)]
     pub per_device_train_batch_size: usize,
     /// Batches per optimiser step.
@@ -169,6 +163,29 @@ pub struct TrainArgs {
     pub max_tokens_per_forward: usize,
 }
 
+#[derive(Args, Debug)]
+#[command(args_override_self = true)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Reference log-probs of --data made by `dpo logps` (default: computed once and cached).
+    #[arg(long)]
+    pub ref_logps: Option<PathBuf>,
+    /// DPO's beta: the scale of the implicit reward beta*log(pi/pi_ref).
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    /// Conservative-DPO label smoothing eps in [0, 0.5).
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
+}
+
+#[derive(Args, Debug)]
+#[command(args_override_self = true)]
+pub struct SftArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
 /// `model`, or the default model (fetched if missing).
 pub fn model_or_default(model: Option<PathBuf>) -> Result<PathBuf> {
     match model {
@@ -177,17 +194,14 @@ pub fn model_or_default(model: Option<PathBuf>) -> Result<PathBuf> {
     }
 }
 
-impl TrainArgs {
-    pub fn into_config(self) -> Result<TrainConfig> {
-        if !(0.0..0.5).contains(&self.label_smoothing) {
-            bail!("--label-smoothing must be in [0, 0.5), got {}", self.label_smoothing);
-        }
+impl RunArgs {
+    /// The training configuration for `task` (`default_lr` when --learning-rate is not given).
+    pub fn into_config(self, task: Task, default_lr: f64) -> Result<TrainConfig> {
         let mut c = TrainConfig::new(model_or_default(self.model)?, self.data, self.output_dir);
+        c.task = task;
         c.eval_data = self.eval_data;
         c.overwrite_output_dir = self.overwrite_output_dir;
-        c.ref_logps = self.ref_logps;
-        c.loss = Loss::Sigmoid { beta: self.beta, label_smoothing: self.label_smoothing };
-        c.learning_rate = self.learning_rate;
+        c.learning_rate = self.learning_rate.unwrap_or(default_lr);
         c.num_train_epochs = self.num_train_epochs;
         c.max_steps = self.max_steps;
         c.per_device_train_batch_size = self.per_device_train_batch_size;
@@ -201,6 +215,18 @@ impl TrainArgs {
         c.save_steps = self.save_steps;
         c.seed = self.seed;
         c.max_tokens_per_forward = self.max_tokens_per_forward;
+        Ok(c)
+    }
+}
+
+impl TrainArgs {
+    pub fn into_config(self) -> Result<TrainConfig> {
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            bail!("--label-smoothing must be in [0, 0.5), got {}", self.label_smoothing);
+        }
+        let loss = Loss::Sigmoid { beta: self.beta, label_smoothing: self.label_smoothing };
+        let mut c = self.run.into_config(Task::Preference(loss), 1e-6)?;
+        c.ref_logps = self.ref_logps;
         Ok(c)
     }
 }
@@ -268,7 +294,7 @@ mod tests {
         let argv: Vec<String> = ["dpo", "train", "--config", p.to_str().unwrap(), "--beta", "0.2"].map(String::from).to_vec();
         let cli = Cli::parse_from(expand_config(&argv).unwrap());
         let Command::Train(t) = cli.command else { panic!() };
-        assert_eq!((t.beta, t.learning_rate, t.data), (0.2, 5e-7, PathBuf::from("a.jsonl")));
+        assert_eq!((t.beta, t.run.learning_rate, t.run.data), (0.2, Some(5e-7), PathBuf::from("a.jsonl")));
         std::fs::write(&p, "betta = 0.5\n").unwrap();
         let e = expand_config(&argv).unwrap_err().to_string();
         assert!(e.contains("`betta` is not an option"), "{e}");

@@ -23,13 +23,14 @@ fn main() {
 fn run(cmd: args::Command) -> Result<()> {
     match cmd {
         args::Command::Logps(a) => commands::logps(a),
-        args::Command::Train(a) => commands::train(a),
+        args::Command::Train(a) => commands::train(a.into_config()?),
+        args::Command::Sft(a) => commands::train(a.run.into_config(dpo::task::Task::Sft, 2e-5)?),
         args::Command::Bench(a) => commands::bench(a),
     }
 }
 
 mod commands {
-    use super::args::{BenchArgs, LogpsArgs, TrainArgs};
+    use super::args::{BenchArgs, LogpsArgs};
     use super::progress::Bars;
     use anyhow::Result;
     use dpo::train::Observer;
@@ -60,8 +61,7 @@ mod commands {
         Ok(())
     }
 
-    pub fn train(a: TrainArgs) -> Result<()> {
-        let cfg = a.into_config()?;
+    pub fn train(cfg: dpo::train::TrainConfig) -> Result<()> {
         let mut bars = Bars::new();
         let s = dpo::train::train(&cfg, &mut bars)?;
         bars.finish();

@@ -67,7 +67,6 @@ impl Observer for Bars {
 
 /// The end-of-run summary as text.
 pub fn summary_text(s: &TrainSummary) -> String {
-    let g = |m: &serde_json::Map<String, serde_json::Value>, k: &str| dpo::metrics::get(m, k);
     let mut out = format!(
         "done: {} steps ({:.2} epochs) in {:.0}s ({:.0}s training); {:.1} tokens/s ({:.1} packed rows/s); peak RSS {}\n",
         s.steps,
@@ -78,21 +77,9 @@ pub fn summary_text(s: &TrainSummary) -> String {
         s.packed_tokens_per_second,
         s.peak_rss_bytes.map(|b| format!("{:.2} GB", b as f64 / 1e9)).unwrap_or_else(|| "n/a".into())
     );
-    out += &format!(
-        "final train: loss {:.4}, rewards/accuracies {:.3}, rewards/margins {:.4}, rewards/chosen {:.4}, rewards/rejected {:.4}\n",
-        g(&s.final_train, "loss"),
-        g(&s.final_train, "rewards/accuracies"),
-        g(&s.final_train, "rewards/margins"),
-        g(&s.final_train, "rewards/chosen"),
-        g(&s.final_train, "rewards/rejected")
-    );
+    out += &format!("final train: {}\n", dpo::metrics::brief(&s.final_train));
     if let Some(e) = &s.final_eval {
-        out += &format!(
-            "final eval: eval_loss {:.4}, eval_rewards/accuracies {:.3}, eval_rewards/margins {:.4}\n",
-            g(e, "eval_loss"),
-            g(e, "eval_rewards/accuracies"),
-            g(e, "eval_rewards/margins")
-        );
+        out += &format!("final eval: {}\n", dpo::metrics::brief(e));
     }
     out += &format!("outputs in {} (metrics.jsonl, final/, summary.json)", s.output_dir.display());
     out

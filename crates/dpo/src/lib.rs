@@ -24,3 +24,5 @@ pub mod train;
 /// The tensor library dpo-rs is built on (re-exported for callers that build tensors).
 pub use candle_core;
 pub mod bench;
+pub mod task;
+pub mod sample;

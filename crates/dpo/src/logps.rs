@@ -15,6 +15,8 @@ pub struct CompletionLogps {
     pub tokens: Vec<usize>,
     /// Per completion, `sum_t sum_v logit_{t,v}` over its tokens (for TRL's `logits/*` metrics).
     pub logit_sums: Vec<f64>,
+    /// Per completion, how many of its tokens are the model's most likely next token.
+    pub argmax_hits: Vec<usize>,
 }
 
 impl CompletionLogps {
@@ -39,16 +41,19 @@ pub fn completion_logps(model: &Llama, batch: &PackedBatch) -> Result<Completion
     let logps = ind.matmul(&token_logps.unsqueeze(1)?)?.squeeze(1)?;
     let stats = stats.lock().unwrap();
     let logit_sums = batch.completion_targets.iter().map(|r| stats.logit_sum[r.clone()].iter().sum()).collect();
-    Ok(CompletionLogps { logps, tokens: batch.completion_targets.iter().map(|r| r.len()).collect(), logit_sums })
+    let argmax_hits = batch.completion_targets.iter().map(|r| stats.argmax_hit[r.clone()].iter().filter(|&&h| h).count()).collect();
+    let tokens = batch.completion_targets.iter().map(|r| r.len()).collect();
+    Ok(CompletionLogps { logps, tokens, logit_sums, argmax_hits })
 }
 
-/// Inference results for one example: per completion, its summed log-prob (nats), scored tokens
-/// and logit sum.
+/// Inference results for one example: per completion, its summed log-prob (nats), scored tokens,
+/// logit sum and argmax hits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExampleLogps {
     pub logps: Vec<f64>,
     pub tokens: Vec<usize>,
     pub logit_sums: Vec<f64>,
+    pub argmax_hits: Vec<usize>,
 }
 
 /// Inference-only log-probs of every completion of `examples`, `max_tokens` packed rows per
@@ -72,6 +77,7 @@ pub fn dataset_logps(
                 logps: values[c..c + k].to_vec(),
                 tokens: res.tokens[c..c + k].to_vec(),
                 logit_sums: res.logit_sums[c..c + k].to_vec(),
+                argmax_hits: res.argmax_hits[c..c + k].to_vec(),
             });
             c += k;
         }

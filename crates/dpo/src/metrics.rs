@@ -2,39 +2,20 @@
 
 use serde_json::{Map, Value};
 
-/// What one forward pass tells about one preference pair.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PairStats {
-    /// Per-example loss.
+/// What one forward pass tells about one example; per completion (a pair: chosen, then rejected).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ExampleStats {
+    /// The example's loss term.
     pub loss: f64,
-    /// Summed log-probs (nats) of chosen and rejected under the policy and the reference.
-    pub policy_chosen: f64,
-    pub policy_rejected: f64,
-    pub ref_chosen: f64,
-    pub ref_rejected: f64,
+    /// Summed log-probs (nats) under the policy and the reference (empty without a reference).
+    pub policy: Vec<f64>,
+    pub reference: Vec<f64>,
     /// Scored completion tokens.
-    pub chosen_tokens: usize,
-    pub rejected_tokens: usize,
+    pub tokens: Vec<usize>,
     /// `sum_t sum_v logit_{t,v}` over the completion's tokens.
-    pub chosen_logit_sum: f64,
-    pub rejected_logit_sum: f64,
-}
-
-impl PairStats {
-    /// Stats of a pair from per-completion values `[chosen, rejected]`.
-    pub fn new(loss: f64, policy: &[f64], reference: &[f64], tokens: &[usize], logit_sums: &[f64]) -> Self {
-        Self {
-            loss,
-            policy_chosen: policy[0],
-            policy_rejected: policy[1],
-            ref_chosen: reference[0],
-            ref_rejected: reference[1],
-            chosen_tokens: tokens[0],
-            rejected_tokens: tokens[1],
-            chosen_logit_sum: logit_sums[0],
-            rejected_logit_sum: logit_sums[1],
-        }
-    }
+    pub logit_sums: Vec<f64>,
+    /// Completion tokens that are the model's most likely next token.
+    pub argmax_hits: Vec<usize>,
 }
 
 /// An ordered set of named metrics (one line of `metrics.jsonl`).
@@ -47,13 +28,12 @@ pub type Metrics = Map<String, Value>;
 /// - `rewards/accuracies`: fraction of pairs with `r(y_w) > r(y_l)` (a tie counts 0);
 /// - `logps/chosen`, `logps/rejected`: mean summed policy log-prob (nats);
 /// - `logits/chosen`, `logits/rejected`: mean over completion tokens of the vocabulary-mean logit.
-pub fn preference_metrics(pairs: &[PairStats], beta: f64, vocab: usize) -> Metrics {
+pub fn preference_metrics(pairs: &[ExampleStats], beta: f64, vocab: usize) -> Metrics {
     let n = pairs.len().max(1) as f64;
-    let mean = |f: &dyn Fn(&PairStats) -> f64| pairs.iter().map(f).sum::<f64>() / n;
-    let rc = |p: &PairStats| beta * (p.policy_chosen - p.ref_chosen);
-    let rr = |p: &PairStats| beta * (p.policy_rejected - p.ref_rejected);
-    let logits = |sum: &dyn Fn(&PairStats) -> (f64, usize)| {
-        let (s, t) = pairs.iter().map(sum).fold((0.0, 0usize), |a, b| (a.0 + b.0, a.1 + b.1));
+    let mean = |f: &dyn Fn(&ExampleStats) -> f64| pairs.iter().map(f).sum::<f64>() / n;
+    let r = |p: &ExampleStats, i: usize| beta * (p.policy[i] - p.reference[i]);
+    let logits = |i: usize| {
+        let (s, t) = pairs.iter().fold((0.0, 0usize), |a, p| (a.0 + p.logit_sums[i], a.1 + p.tokens[i]));
         s / (t.max(1) as f64 * vocab as f64)
     };
     let mut m = Metrics::new();
@@ -61,20 +41,47 @@ pub fn preference_metrics(pairs: &[PairStats], beta: f64, vocab: usize) -> Metri
         m.insert(k.to_string(), Value::from(v));
     };
     put("loss", mean(&|p| p.loss));
-    put("rewards/chosen", mean(&rc));
-    put("rewards/rejected", mean(&rr));
-    put("rewards/margins", mean(&|p| rc(p) - rr(p)));
-    put("rewards/accuracies", mean(&|p| if rc(p) > rr(p) { 1.0 } else { 0.0 }));
-    put("logps/chosen", mean(&|p| p.policy_chosen));
-    put("logps/rejected", mean(&|p| p.policy_rejected));
-    put("logits/chosen", logits(&|p| (p.chosen_logit_sum, p.chosen_tokens)));
-    put("logits/rejected", logits(&|p| (p.rejected_logit_sum, p.rejected_tokens)));
+    put("rewards/chosen", mean(&|p| r(p, 0)));
+    put("rewards/rejected", mean(&|p| r(p, 1)));
+    put("rewards/margins", mean(&|p| r(p, 0) - r(p, 1)));
+    put("rewards/accuracies", mean(&|p| if r(p, 0) > r(p, 1) { 1.0 } else { 0.0 }));
+    put("logps/chosen", mean(&|p| p.policy[0]));
+    put("logps/rejected", mean(&|p| p.policy[1]));
+    put("logits/chosen", logits(0));
+    put("logits/rejected", logits(1));
+    m
+}
+
+/// TRL `SFTTrainer`'s metrics over single-completion examples: `loss`, the negative log-likelihood
+/// per completion token (nats/token, the token-weighted mean over the step), and
+/// `mean_token_accuracy`, the fraction of completion tokens that are the model's argmax.
+pub fn sft_metrics(examples: &[ExampleStats]) -> Metrics {
+    let tokens: usize = examples.iter().map(|e| e.tokens[0]).sum();
+    let nll: f64 = examples.iter().map(|e| -e.policy[0]).sum();
+    let hits: usize = examples.iter().map(|e| e.argmax_hits[0]).sum();
+    let mut m = Metrics::new();
+    m.insert("loss".into(), Value::from(nll / tokens.max(1) as f64));
+    m.insert("mean_token_accuracy".into(), Value::from(hits as f64 / tokens.max(1) as f64));
     m
 }
 
 /// The same metrics with every name prefixed `eval_`.
 pub fn with_eval_prefix(m: Metrics) -> Metrics {
     m.into_iter().map(|(k, v)| (format!("eval_{k}"), v)).collect()
+}
+
+/// A short status line: loss and, when present, accuracy and margin (with or without `eval_`).
+pub fn brief(m: &Metrics) -> String {
+    let mut parts = Vec::new();
+    for (key, short, digits) in [("loss", "loss", 4), ("rewards/accuracies", "acc", 2), ("rewards/margins", "margin", 3), ("mean_token_accuracy", "tok_acc", 3)] {
+        for k in [key.to_string(), format!("eval_{key}")] {
+            if let Some(v) = m.get(&k).and_then(Value::as_f64) {
+                let name = if k.starts_with("eval_") { format!("eval_{short}") } else { short.to_string() };
+                parts.push(format!("{name} {v:.digits$}"));
+            }
+        }
+    }
+    parts.join(" ")
 }
 
 /// A metric as f64 (NaN if absent).
@@ -88,16 +95,13 @@ mod tests {
 
     #[test]
     fn rewards_margins_and_accuracy() {
-        let p = |pc, pr| PairStats {
+        let p = |pc, pr| ExampleStats {
             loss: 1.0,
-            policy_chosen: pc,
-            policy_rejected: pr,
-            ref_chosen: -10.0,
-            ref_rejected: -10.0,
-            chosen_tokens: 2,
-            rejected_tokens: 1,
-            chosen_logit_sum: 8.0,
-            rejected_logit_sum: 2.0,
+            policy: vec![pc, pr],
+            reference: vec![-10.0, -10.0],
+            tokens: vec![2, 1],
+            logit_sums: vec![8.0, 2.0],
+            argmax_hits: vec![1, 0],
         };
         let m = preference_metrics(&[p(-8.0, -12.0), p(-11.0, -10.0)], 0.5, 2);
         assert_eq!(get(&m, "rewards/chosen"), (1.0 - 0.5) / 2.0);
@@ -105,5 +109,7 @@ mod tests {
         assert_eq!(get(&m, "rewards/accuracies"), 0.5);
         assert_eq!(get(&m, "logits/chosen"), 16.0 / (4.0 * 2.0));
         assert!(with_eval_prefix(m).contains_key("eval_rewards/margins"));
+        let s = sft_metrics(&[p(-8.0, 0.0), p(-4.0, 0.0)]);
+        assert_eq!((get(&s, "loss"), get(&s, "mean_token_accuracy")), (12.0 / 4.0, 2.0 / 4.0));
     }
 }

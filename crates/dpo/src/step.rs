@@ -3,9 +3,9 @@
 use crate::batch::{micro_batches, pack};
 use crate::data::Tokenized;
 use crate::logps::completion_logps;
-use crate::loss::{Loss, LossBatch};
-use crate::metrics::PairStats;
+use crate::metrics::ExampleStats;
 use crate::policy::Policy;
+use crate::task::Task;
 use anyhow::{ensure, Context, Result};
 use candle_core::Tensor;
 use std::time::Instant;
@@ -15,25 +15,26 @@ pub struct BatchResult {
     /// d(mean loss)/d(param), one per parameter of the policy (same order).
     pub grads: Vec<Tensor>,
     /// What each example contributed (for the metrics).
-    pub stats: Vec<PairStats>,
+    pub stats: Vec<ExampleStats>,
     /// Wall time of the forward passes (model + loss) and of the backward passes, seconds.
     pub forward_seconds: f64,
     pub backward_seconds: f64,
 }
 
-/// Gradients of the mean loss over `examples` (`reference[i]` holds the reference log-probs of
-/// example `i`'s completions). The examples are cut into micro-batches of at most `max_tokens`
-/// packed rows; each is one forward and one backward of `sum(loss_i) / examples.len()`, and the
-/// gradients add up: the same gradient as one pass over the whole batch, in bounded memory.
+/// Gradients of the step's loss over `examples`: the sum of the task's loss terms divided by its
+/// normaliser (for DPO, the mean loss over the pairs). `reference[i]` holds the reference
+/// log-probs of example `i`'s completions (empty for SFT). The examples are cut into
+/// micro-batches of at most `max_tokens` packed rows; each is one forward and one backward, and
+/// the gradients add up: the same gradient as one pass over the whole batch, in bounded memory.
 pub fn loss_and_gradients(
     policy: &Policy,
     examples: &[&Tokenized],
     reference: &[&[f64]],
-    loss: &Loss,
+    task: &Task,
     max_tokens: usize,
 ) -> Result<BatchResult> {
     ensure!(examples.len() == reference.len(), "{} examples, {} reference entries", examples.len(), reference.len());
-    let scale = 1.0 / examples.len() as f64;
+    let scale = 1.0 / task.normalizer(examples);
     let vars = policy.vars();
     let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut stats = Vec::with_capacity(examples.len());
@@ -43,8 +44,7 @@ pub fn loss_and_gradients(
         let batch = pack(&examples[range.clone()]);
         let out = completion_logps(&policy.model, &batch)?;
         let refs: Vec<f64> = reference[range.clone()].iter().flat_map(|r| r.iter().copied()).collect();
-        let lb = LossBatch::new(out.logps.clone(), &refs, &out.tokens, 2)?;
-        let per_example = loss.per_example(&lb)?;
+        let per_example = task.loss_terms(&out, &refs)?;
         let losses = per_example.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
         let t1 = Instant::now();
         forward_seconds += (t1 - t0).as_secs_f64();
@@ -59,9 +59,17 @@ pub fn loss_and_gradients(
         drop(store);
         backward_seconds += t1.elapsed().as_secs_f64();
         let pol = out.values()?;
+        let k = task.completions();
         for (j, l) in losses.into_iter().enumerate() {
-            let c = 2 * j..2 * j + 2;
-            stats.push(PairStats::new(l, &pol[c.clone()], &refs[c.clone()], &out.tokens[c.clone()], &out.logit_sums[c]));
+            let c = k * j..k * j + k;
+            stats.push(ExampleStats {
+                loss: l,
+                policy: pol[c.clone()].to_vec(),
+                reference: refs.get(c.clone()).map(<[f64]>::to_vec).unwrap_or_default(),
+                tokens: out.tokens[c.clone()].to_vec(),
+                logit_sums: out.logit_sums[c.clone()].to_vec(),
+                argmax_hits: out.argmax_hits[c].to_vec(),
+            });
         }
     }
     let grads = grads.into_iter().map(|g| g.expect("at least one micro-batch")).collect();

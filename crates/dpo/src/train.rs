@@ -7,13 +7,15 @@
 use crate::data::{self, TokenizeSettings, Tokenized, TokenizedSet};
 use crate::io::{peak_rss_bytes, write_atomic};
 use crate::logps::dataset_logps;
-use crate::loss::{Loss, LossBatch};
-use crate::metrics::{self, preference_metrics, with_eval_prefix, Metrics, PairStats};
+use crate::logps::CompletionLogps;
+use crate::loss::Loss;
+use crate::metrics::{self, with_eval_prefix, ExampleStats, Metrics};
 use crate::model::{self, save_hf_dir, Llama};
 use crate::optim::{clip_coefficient, global_grad_norm, lr_factor, AdamW, AdamWConfig, ScheduleKind};
 use crate::policy::Policy;
 use crate::reference::{self, reference_logps};
 use crate::step::loss_and_gradients;
+use crate::task::Task;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
 use rand::seq::SliceRandom;
@@ -38,7 +40,8 @@ pub struct TrainConfig {
     pub overwrite_output_dir: bool,
     /// A `dpo logps` file of the training data to use as reference log-probs.
     pub ref_logps: Option<PathBuf>,
-    pub loss: Loss,
+    /// What is optimised: a preference loss, or SFT.
+    pub task: Task,
     pub learning_rate: f64,
     pub num_train_epochs: f64,
     /// Overrides `num_train_epochs` when set.
@@ -71,7 +74,7 @@ impl TrainConfig {
             output_dir,
             overwrite_output_dir: false,
             ref_logps: None,
-            loss: Loss::Sigmoid { beta: 0.1, label_smoothing: 0.0 },
+            task: Task::Preference(Loss::Sigmoid { beta: 0.1, label_smoothing: 0.0 }),
             learning_rate: 1e-6,
             num_train_epochs: 3.0,
             max_steps: None,
@@ -128,12 +131,23 @@ pub struct TrainSummary {
     pub output_dir: PathBuf,
 }
 
-/// Reads and tokenizes a preference file, reporting what was left out.
-pub fn load_pairs(path: &Path, tok: &Tokenizer, settings: TokenizeSettings, obs: &mut dyn Observer) -> Result<TokenizedSet> {
-    let (records, report) = data::read(path)?;
+/// Reads and tokenizes a data file for `task`, reporting what was left out: preference pairs,
+/// or for SFT one completion per record (`completion`, or the `chosen` side of a pair).
+pub fn load_examples(path: &Path, tok: &Tokenizer, settings: TokenizeSettings, task: &Task, obs: &mut dyn Observer) -> Result<TokenizedSet> {
+    let (mut records, report) = data::read(path)?;
+    for r in &mut records {
+        if let Ok(ex) = &mut r.example {
+            match (task, ex.completions.len()) {
+                (Task::Sft, _) => ex.completions.truncate(1),
+                (Task::Preference(_), 2) => {}
+                (Task::Preference(_), _) => bail!("{}: not a preference pair (needs `chosen` and `rejected`)", r.origin),
+            }
+        }
+    }
     let set = data::tokenize_all(tok, &records, settings)?;
+    let what = if matches!(task, Task::Sft) { "examples" } else { "pairs" };
     obs.message(&format!(
-        "{}: {} records, {} pairs used{}{}",
+        "{}: {} records, {} {what} used{}{}",
         path.display(),
         report.records,
         set.examples.len(),
@@ -147,10 +161,12 @@ pub fn load_pairs(path: &Path, tok: &Tokenizer, settings: TokenizeSettings, obs:
             n => format!(", {n} dropped (prompt fills max_length)"),
         }
     ));
-    for ex in &set.examples {
-        ensure!(ex.completions.len() == 2, "{}: record {} is not a pair", path.display(), ex.index);
-    }
     Ok(set)
+}
+
+/// [`load_examples`] for preference pairs.
+pub fn load_pairs(path: &Path, tok: &Tokenizer, settings: TokenizeSettings, obs: &mut dyn Observer) -> Result<TokenizedSet> {
+    load_examples(path, tok, settings, &Task::Preference(Loss::Sigmoid { beta: 0.1, label_smoothing: 0.0 }), obs)
 }
 
 /// The order in which examples are visited: a seeded shuffle per epoch, batches never spanning epochs.
@@ -201,21 +217,33 @@ pub fn total_steps(cfg: &TrainConfig, n_examples: usize) -> usize {
     (cfg.num_train_epochs * per_epoch as f64).ceil() as usize
 }
 
-/// The preference metrics of `examples` under `model`, without gradients (evaluation).
-pub fn evaluate(model: &Llama, examples: &[&Tokenized], reference: &[Vec<f64>], loss: &Loss, max_tokens: usize, vocab: usize) -> Result<Metrics> {
+/// The task's metrics of `examples` under `model`, without gradients (evaluation).
+/// `reference[i]`: the reference log-probs of example `i` (empty for SFT).
+pub fn evaluate(model: &Llama, examples: &[&Tokenized], reference: &[Vec<f64>], task: &Task, max_tokens: usize, vocab: usize) -> Result<Metrics> {
     let policy = dataset_logps(model, examples, max_tokens, |_| {})?;
     let flat: Vec<f64> = policy.iter().flat_map(|p| p.logps.iter().copied()).collect();
+    let out = CompletionLogps {
+        logps: candle_core::Tensor::new(flat.as_slice(), &candle_core::Device::Cpu)?,
+        tokens: policy.iter().flat_map(|p| p.tokens.iter().copied()).collect(),
+        logit_sums: policy.iter().flat_map(|p| p.logit_sums.iter().copied()).collect(),
+        argmax_hits: policy.iter().flat_map(|p| p.argmax_hits.iter().copied()).collect(),
+    };
     let refs: Vec<f64> = reference.iter().flatten().copied().collect();
-    let tokens: Vec<usize> = policy.iter().flat_map(|p| p.tokens.iter().copied()).collect();
-    let t = candle_core::Tensor::new(flat.as_slice(), &candle_core::Device::Cpu)?;
-    let losses = loss.per_example(&LossBatch::new(t, &refs, &tokens, 2)?)?.to_vec1::<f64>()?;
-    let stats: Vec<PairStats> = policy
-        .iter()
-        .zip(reference)
+    let losses = task.loss_terms(&out, &refs)?.to_vec1::<f64>()?;
+    let stats: Vec<ExampleStats> = policy
+        .into_iter()
         .zip(losses)
-        .map(|((p, r), l)| PairStats::new(l, &p.logps, r, &p.tokens, &p.logit_sums))
+        .enumerate()
+        .map(|(i, (p, loss))| ExampleStats {
+            loss,
+            policy: p.logps,
+            reference: reference.get(i).cloned().unwrap_or_default(),
+            tokens: p.tokens,
+            logit_sums: p.logit_sums,
+            argmax_hits: p.argmax_hits,
+        })
         .collect();
-    Ok(preference_metrics(&stats, loss.beta(), vocab))
+    Ok(task.metrics(&stats, vocab))
 }
 
 fn append_line(path: &Path, v: &Value) -> Result<()> {
@@ -239,10 +267,10 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
     obs.message(&format!("loading {}", cfg.model.display()));
     let loaded = model::load(&cfg.model)?;
     let vocab = loaded.config.vocab_size;
-    let train_set = load_pairs(&cfg.data, &loaded.tokenizer, cfg.tokenize, obs)?;
-    ensure!(!train_set.examples.is_empty(), "{}: no usable pairs", cfg.data.display());
+    let train_set = load_examples(&cfg.data, &loaded.tokenizer, cfg.tokenize, &cfg.task, obs)?;
+    ensure!(!train_set.examples.is_empty(), "{}: no usable examples", cfg.data.display());
     let eval_set = match &cfg.eval_data {
-        Some(p) => Some(load_pairs(p, &loaded.tokenizer, cfg.tokenize, obs)?),
+        Some(p) => Some(load_examples(p, &loaded.tokenizer, cfg.tokenize, &cfg.task, obs)?),
         None => None,
     };
 
@@ -261,9 +289,15 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
         });
         Ok(v)
     };
-    let train_ref = ref_for(&train_set, &cfg.data, cfg.ref_logps.as_deref(), obs)?;
+    let no_reference = |set: &TokenizedSet| vec![Vec::new(); set.examples.len()];
+    let train_ref = if cfg.task.needs_reference() {
+        ref_for(&train_set, &cfg.data, cfg.ref_logps.as_deref(), obs)?
+    } else {
+        no_reference(&train_set)
+    };
     let eval_ref = match (&eval_set, &cfg.eval_data) {
-        (Some(s), Some(p)) => Some(ref_for(s, p, None, obs)?),
+        (Some(s), Some(p)) if cfg.task.needs_reference() => Some(ref_for(s, p, None, obs)?),
+        (Some(s), Some(_)) => Some(no_reference(s)),
         _ => None,
     };
     drop(reference_model);
@@ -291,16 +325,11 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
         let (Some(set), Some(refs)) = (&eval_set, &eval_ref) else { return Ok(None) };
         obs.message(&format!("evaluating on {} pairs", set.examples.len()));
         let ex: Vec<&Tokenized> = set.examples.iter().collect();
-        let m = with_eval_prefix(evaluate(&policy.model, &ex, refs, &cfg.loss, cfg.max_tokens_per_forward, vocab)?);
+        let m = with_eval_prefix(evaluate(&policy.model, &ex, refs, &cfg.task, cfg.max_tokens_per_forward, vocab)?);
         let mut line = json!({"step": step, "epoch": epoch});
         line.as_object_mut().unwrap().extend(m.clone());
         append_line(&metrics_path, &line)?;
-        obs.message(&format!(
-            "step {step}: eval_loss {:.4}, eval_rewards/accuracies {:.3}, eval_rewards/margins {:.4}",
-            metrics::get(&m, "eval_loss"),
-            metrics::get(&m, "eval_rewards/accuracies"),
-            metrics::get(&m, "eval_rewards/margins")
-        ));
+        obs.message(&format!("step {step}: {}", metrics::brief(&m)));
         Ok(Some(m))
     };
 
@@ -313,7 +342,7 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
         }
         let examples: Vec<&Tokenized> = idx.iter().map(|&i| &train_set.examples[i]).collect();
         let refs: Vec<&[f64]> = idx.iter().map(|&i| train_ref[i].as_slice()).collect();
-        let res = loss_and_gradients(&policy, &examples, &refs, &cfg.loss, cfg.max_tokens_per_forward)?;
+        let res = loss_and_gradients(&policy, &examples, &refs, &cfg.task, cfg.max_tokens_per_forward)?;
         let t_opt = Instant::now();
         let grad_norm = global_grad_norm(&res.grads)?;
         let lr = cfg.learning_rate * lr_factor(cfg.lr_scheduler_type, step, cfg.warmup_steps, steps);
@@ -331,23 +360,14 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
         packed_total += examples.iter().map(|e| e.packed_tokens()).sum::<usize>();
 
         let mut line = json!({"step": step + 1, "epoch": order.epoch()});
-        let m = preference_metrics(&res.stats, cfg.loss.beta(), vocab);
+        let m = cfg.task.metrics(&res.stats, vocab);
         let obj = line.as_object_mut().unwrap();
         obj.extend(m.clone());
         obj.insert("grad_norm".into(), grad_norm.into());
         obj.insert("learning_rate".into(), lr.into());
         obj.insert("num_tokens".into(), seq_tokens_total.into());
         append_line(&metrics_path, &line)?;
-        obs.advance(
-            step + 1,
-            &format!(
-                "loss {:.4} acc {:.2} margin {:.3} | {:.0} tok/s",
-                metrics::get(&m, "loss"),
-                metrics::get(&m, "rewards/accuracies"),
-                metrics::get(&m, "rewards/margins"),
-                seq_tokens as f64 / secs
-            ),
-        );
+        obs.advance(step + 1, &format!("{} | {:.0} tok/s", metrics::brief(&m), seq_tokens as f64 / secs));
         last_train = line.as_object().unwrap().clone();
 
         let done = step + 1;

@@ -2,6 +2,7 @@
 //!
 //! Layouts, recognised per record:
 //! - explicit: `{"prompt": str, "chosen": str, "rejected": str}`;
+//! - prompt-completion (SFT): `{"prompt": str, "completion": str}`;
 //! - Anthropic HH raw: `{"chosen": str, "rejected": str}` holding whole transcripts; the prompt is
 //!   each side's text up to and including its last `"\n\nAssistant:"`, and a pair whose two sides
 //!   disagree on that prompt is skipped (and counted).
@@ -88,6 +89,11 @@ pub fn split_hh(chosen: &str, rejected: &str) -> std::result::Result<Example, St
 }
 
 fn parse_record(obj: &Map<String, Value>, origin: &Origin) -> Result<std::result::Result<Example, String>> {
+    if obj.contains_key("prompt") && obj.contains_key("completion") {
+        let prompt = string_field(obj, "prompt", origin)?;
+        let completion = string_field(obj, "completion", origin)?;
+        return Ok(Ok(Example { prompt, completions: vec![completion] }));
+    }
     if obj.contains_key("prompt") {
         let prompt = string_field(obj, "prompt", origin)?;
         let chosen = string_field(obj, "chosen", origin)?;
@@ -99,7 +105,7 @@ fn parse_record(obj: &Map<String, Value>, origin: &Origin) -> Result<std::result
         let rejected = string_field(obj, "rejected", origin)?;
         return Ok(split_hh(&chosen, &rejected));
     }
-    bail!("{origin}: missing field `prompt` (explicit layout) or `chosen`/`rejected` (HH transcripts)")
+    bail!("{origin}: missing field `prompt` (explicit and prompt-completion layouts) or `chosen`/`rejected` (HH transcripts)")
 }
 
 /// Reads every record of a `.jsonl` or `.jsonl.gz` file, in order. A line that is not a JSON

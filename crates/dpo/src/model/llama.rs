@@ -1,7 +1,7 @@
 //! The Llama decoder, built only from ops that have a backward pass.
 
 use super::LlamaConfig;
-use crate::ops::{attention, logp_head, rms_norm, AttentionLayout, LogpHeadStats, Rope, RopeTable, SwiGlu};
+use crate::ops::{attention, decode_attention, logp_head, rms_norm, AttentionLayout, Group, LogpHeadStats, Rope, RopeTable, SwiGlu};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -21,6 +21,22 @@ impl Linear {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+}
+
+/// The rotated keys and values of one sequence, per layer `[len * n_kv_heads * head_dim]` (f32),
+/// for generation.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    pub k: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+    /// Tokens cached.
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new(layers: usize) -> Self {
+        Self { k: vec![Vec::new(); layers], v: vec![Vec::new(); layers], len: 0 }
     }
 }
 
@@ -173,29 +189,92 @@ impl Llama {
         if ids.len() != layout.rows {
             bail!("{} token ids for a layout of {} rows", ids.len(), layout.rows);
         }
+        let c = &self.config;
+        self.forward_rows(ids, &layout.positions(), &mut |_, q, k, v| {
+            Ok(attention(q, k, v, layout, c.num_attention_heads, c.num_key_value_heads)?)
+        })
+    }
+
+    /// Hidden states of packed prompts (one attention group each) and every prompt's key/value
+    /// cache, for generation. Returns the hidden state of each prompt's last token `[prompts, hidden]`.
+    pub fn prefill(&self, prompts: &[&[u32]]) -> Result<(Tensor, Vec<KvCache>)> {
+        let c = &self.config;
+        let mut ids = Vec::new();
+        let mut groups = Vec::new();
+        for p in prompts {
+            if p.is_empty() {
+                bail!("cannot generate after an empty prompt (no token to condition on)");
+            }
+            groups.push(Group { prompt: ids.len()..ids.len() + p.len(), branches: vec![] });
+            ids.extend_from_slice(p);
+        }
+        let layout = Arc::new(AttentionLayout { rows: ids.len(), groups });
+        let mut caches = vec![KvCache::new(c.num_hidden_layers); prompts.len()];
+        let hidden = self.forward_rows(&ids, &layout.positions(), &mut |layer, q, k, v| {
+            let (k32, v32) = (k.to_dtype(DType::F32)?.to_vec2::<f32>()?, v.to_dtype(DType::F32)?.to_vec2::<f32>()?);
+            for (cache, g) in caches.iter_mut().zip(&layout.groups) {
+                cache.k[layer] = k32[g.prompt.clone()].concat();
+                cache.v[layer] = v32[g.prompt.clone()].concat();
+            }
+            Ok(attention(q, k, v, &layout, c.num_attention_heads, c.num_key_value_heads)?)
+        })?;
+        for (cache, p) in caches.iter_mut().zip(prompts) {
+            cache.len = p.len();
+        }
+        let last: Vec<u32> = layout.groups.iter().map(|g| (g.prompt.end - 1) as u32).collect();
+        Ok((hidden.index_select(&Tensor::new(last.as_slice(), &Device::Cpu)?, 0)?, caches))
+    }
+
+    /// One generation step: token `ids[b]` of sequence `b` at position `caches[b].len`, attending to
+    /// its cache, which grows by one. Returns the new hidden states `[sequences, hidden]`.
+    pub fn decode_step(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let c = &self.config;
+        let positions: Vec<u32> = caches.iter().map(|k| k.len as u32).collect();
+        let hidden = self.forward_rows(ids, &positions, &mut |layer, q, k, v| {
+            let (k32, v32) = (k.to_dtype(DType::F32)?.to_vec2::<f32>()?, v.to_dtype(DType::F32)?.to_vec2::<f32>()?);
+            for ((cache, kr), vr) in caches.iter_mut().zip(k32).zip(v32) {
+                cache.k[layer].extend(kr);
+                cache.v[layer].extend(vr);
+            }
+            let q32 = q.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let ks: Vec<&[f32]> = caches.iter().map(|k| k.k[layer].as_slice()).collect();
+            let vs: Vec<&[f32]> = caches.iter().map(|k| k.v[layer].as_slice()).collect();
+            let out = decode_attention(&q32, &ks, &vs, c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+            Ok(Tensor::from_vec(out, q.shape(), &Device::Cpu)?.to_dtype(q.dtype())?)
+        })?;
+        for k in caches.iter_mut() {
+            k.len += 1;
+        }
+        Ok(hidden)
+    }
+
+    /// The layers over rows of token ids at the given rotary positions; `attend(layer, q, k, v)`
+    /// (rotary already applied to `q` and `k`) computes each layer's attention output.
+    fn forward_rows(
+        &self,
+        ids: &[u32],
+        positions: &[u32],
+        attend: &mut dyn FnMut(usize, &Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         if let Some(&t) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
             bail!("token id {t} is outside the vocabulary of {}", self.config.vocab_size);
         }
-        let rope = self.rope_table(&layout.positions())?;
+        let c = &self.config;
+        let rope = self.rope_table(positions)?;
+        let rot = || Rope { table: rope.clone(), head_dim: c.head_dim };
         let mut x = self.embed.embedding(&Tensor::new(ids, &Device::Cpu)?)?;
-        for block in &self.layers {
-            x = self.block_forward(block, &x, layout, &rope)?;
+        for (i, b) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &b.input_norm, c.rms_norm_eps)?;
+            let q = b.q.forward(&h)?.apply_op1(rot())?;
+            let k = b.k.forward(&h)?.apply_op1(rot())?;
+            let v = b.v.forward(&h)?;
+            let a = attend(i, &q, &k, &v)?;
+            x = (x + b.o.forward(&a)?)?;
+            let h = rms_norm(&x, &b.post_norm, c.rms_norm_eps)?;
+            let m = b.gate.forward(&h)?.apply_op2(&b.up.forward(&h)?, SwiGlu)?;
+            x = (x + b.down.forward(&m)?)?;
         }
         Ok(x)
-    }
-
-    fn block_forward(&self, b: &Block, x: &Tensor, layout: &Arc<AttentionLayout>, rope: &Arc<RopeTable>) -> Result<Tensor> {
-        let c = &self.config;
-        let h = rms_norm(x, &b.input_norm, c.rms_norm_eps)?;
-        let rot = || Rope { table: rope.clone(), head_dim: c.head_dim };
-        let q = b.q.forward(&h)?.apply_op1(rot())?;
-        let k = b.k.forward(&h)?.apply_op1(rot())?;
-        let v = b.v.forward(&h)?;
-        let a = attention(&q, &k, &v, layout, c.num_attention_heads, c.num_key_value_heads)?;
-        let x = (x + b.o.forward(&a)?)?;
-        let h = rms_norm(&x, &b.post_norm, c.rms_norm_eps)?;
-        let m = b.gate.forward(&h)?.apply_op2(&b.up.forward(&h)?, SwiGlu)?;
-        Ok((x + b.down.forward(&m)?)?)
     }
 
     /// `log pi(target_i | prefix)` in nats, `[n]`, for the hidden rows `pred_rows[i]` of

@@ -5,7 +5,7 @@ mod llama;
 mod load;
 
 pub use config::LlamaConfig;
-pub use llama::{tensor_names, Block, Linear, Llama};
+pub use llama::{tensor_names, Block, KvCache, Linear, Llama};
 pub use load::{load, save_hf_dir, Loaded};
 
 use anyhow::Result;

@@ -378,6 +378,39 @@ fn bwd_t<T: Real>(op: &Attention, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor
     Ok((tensor_of(dq, q.shape())?, tensor_of(dk, k.shape())?, tensor_of(dv, v.shape())?))
 }
 
+/// Attention of one new query row per sequence over that sequence's cached keys and values
+/// (generation; no backward). `q` `[sequences, n_heads*head_dim]`; `ks[b]`, `vs[b]`
+/// `[len_b, n_kv_heads*head_dim]` include the new token. Returns `[sequences, n_heads*head_dim]`.
+pub fn decode_attention(q: &[f32], ks: &[&[f32]], vs: &[&[f32]], n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Vec<f32> {
+    let (qw, kw, rep) = (n_heads * head_dim, n_kv_heads * head_dim, n_heads / n_kv_heads);
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut out = vec![0f32; q.len()];
+    out.par_chunks_mut(qw).enumerate().for_each(|(b, o)| {
+        let (k, v) = (ks[b], vs[b]);
+        let len = k.len() / kw;
+        let mut s = vec![0f32; len];
+        for h in 0..n_heads {
+            let (qh, kvh) = (&q[b * qw + h * head_dim..b * qw + (h + 1) * head_dim], h / rep);
+            for (t, st) in s.iter_mut().enumerate() {
+                let kt = &k[t * kw + kvh * head_dim..t * kw + (kvh + 1) * head_dim];
+                *st = qh.iter().zip(kt).map(|(a, b)| a * b).sum::<f32>() * scale;
+            }
+            let m = s.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+            let sum: f64 = s.iter().map(|&x| ((x - m).exp()) as f64).sum();
+            let lse = m + sum.ln() as f32;
+            let oh = &mut o[h * head_dim..(h + 1) * head_dim];
+            for (t, &st) in s.iter().enumerate() {
+                let w = (st - lse).exp();
+                let vt = &v[t * kw + kvh * head_dim..t * kw + (kvh + 1) * head_dim];
+                for (x, y) in oh.iter_mut().zip(vt) {
+                    *x += w * y;
+                }
+            }
+        }
+    });
+    out
+}
+
 /// Attention of `q`, `k`, `v` under `layout` as a differentiable op (see [`Attention`]).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, layout: &Arc<AttentionLayout>, n_heads: usize, n_kv_heads: usize) -> Result<Tensor> {
     let head_dim = q.dim(1)? / n_heads;

@@ -31,6 +31,8 @@ pub struct LogpHeadStats {
     pub lse: Vec<f64>,
     /// `sum_v logit_v` (TRL's `logits/*` metrics are its mean over the vocabulary).
     pub logit_sum: Vec<f64>,
+    /// Whether the target is the most likely token (TRL's `mean_token_accuracy`).
+    pub argmax_hit: Vec<bool>,
 }
 
 const OP: &str = "logp-head";
@@ -55,12 +57,12 @@ impl LogpHead {
         let vocab = w.len() / hidden;
         let rows = h.len() / hidden;
         let mut out = vec![T::zero(); rows];
-        let mut stats = LogpHeadStats { lse: vec![0.0; rows], logit_sum: vec![0.0; rows] };
+        let mut stats = LogpHeadStats { lse: vec![0.0; rows], logit_sum: vec![0.0; rows], argmax_hit: vec![false; rows] };
         let mut buf = Vec::new();
         for r0 in (0..rows).step_by(CHUNK) {
             let c = CHUNK.min(rows - r0);
             Self::logits(h, w, hidden, vocab, r0, c, &mut buf);
-            let res: Vec<(T, f64, f64)> = buf
+            let res: Vec<(T, f64, f64, bool)> = buf
                 .par_chunks(vocab)
                 .enumerate()
                 .map(|(i, z)| {
@@ -71,13 +73,15 @@ impl LogpHead {
                     let sum_exp: f64 = z.iter().map(|&x| (x - m).exp().as_f64()).sum();
                     let lse = T::from(m.as_f64() + sum_exp.ln()).unwrap();
                     let sum: f64 = z.iter().map(|&x| x.as_f64()).sum();
-                    (z[self.targets[r0 + i] as usize] - lse, lse.as_f64(), sum)
+                    let t = z[self.targets[r0 + i] as usize];
+                    (t - lse, lse.as_f64(), sum, t == m)
                 })
                 .collect();
-            for (i, (lp, lse, sum)) in res.into_iter().enumerate() {
+            for (i, (lp, lse, sum, hit)) in res.into_iter().enumerate() {
                 out[r0 + i] = lp;
                 stats.lse[r0 + i] = lse;
                 stats.logit_sum[r0 + i] = sum;
+                stats.argmax_hit[r0 + i] = hit;
             }
         }
         *self.stats.lock().unwrap() = stats;

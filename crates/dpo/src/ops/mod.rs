@@ -14,7 +14,7 @@ mod rmsnorm;
 mod rope;
 mod swiglu;
 
-pub use attention::{attention, Attention, AttentionLayout, Group};
+pub use attention::{attention, decode_attention, Attention, AttentionLayout, Group};
 pub use log_sigmoid::{log_sigmoid, LogSigmoid};
 pub use logp_head::{logp_head, LogpHead, LogpHeadStats};
 pub use rmsnorm::{rms_norm, RmsNorm};
