@@ -3,7 +3,8 @@
 //! The data path, one module per arrow:
 //! records ([`data`]) → token ids ([`data::tokenize`]) → packed batch ([`batch`]) → model forward
 //! ([`model`]) → completion log-probs ([`logps`]) → loss and metrics ([`loss`]) → backward →
-//! clipping and AdamW ([`optim`]) → metrics file, checkpoints ([`train`], [`checkpoint`]).
+//! clipping and AdamW ([`optim`]) → metrics file, checkpoints ([`train`], [`checkpoint`]) → plots and
+//! an HTML page of the run ([`report`]).
 
 pub mod ops;
 pub mod io;
@@ -20,6 +21,7 @@ pub mod policy;
 pub mod step;
 pub mod reference;
 pub mod train;
+pub mod report;
 
 /// The tensor library dpo-rs is built on (re-exported for callers that build tensors).
 pub use candle_core;
