@@ -27,8 +27,161 @@ pub enum Command {
     Train(TrainArgs),
     /// Supervised fine-tuning on completions (prompt tokens masked): the reference when no SFT model exists.
     Sft(SftArgs),
+    /// Sample completions of prompts with a KV cache (batched, seeded).
+    Sample(SampleArgs),
+    /// Judge samples and write preference pairs or rankings.
+    Label(LabelArgs),
+    /// Evaluate a policy against its reference on preference data or on prompts.
+    Eval(EvalArgs),
+    /// The whole pipeline on the embedded default: sample -> judge -> DPO at several betas -> evaluate -> report.
+    Demo(DemoArgs),
+    /// Write the PNG plots and report.html of a training run or demo directory.
+    Report(ReportArgs),
     /// The fixed training benchmark (compare with the oracle's trl_bench.py): tokens/s and peak RSS.
     Bench(BenchArgs),
+}
+
+/// Sampling settings.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Completions per prompt.
+    #[arg(long, default_value_t = 4)]
+    pub n: usize,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Softmax temperature (0: greedy).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Nucleus sampling threshold (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Keep the k most likely tokens (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Seed: the same seed, prompts and settings give the same samples.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 64)]
+    pub max_batch: usize,
+}
+
+impl SamplingArgs {
+    pub fn config(&self) -> Result<dpo::sample::SampleConfig> {
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--top-p must be in (0, 1], got {}", self.top_p);
+        }
+        if self.n == 0 || self.max_new_tokens == 0 || self.max_batch == 0 {
+            bail!("--n, --max-new-tokens and --max-batch must be at least 1");
+        }
+        Ok(dpo::sample::SampleConfig {
+            n: self.n,
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed: self.seed,
+            max_batch: self.max_batch,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// Model (default: SmolLM2-135M-Instruct).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// JSONL of {"prompt": str}.
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// Output JSONL of {"prompt", "completions", "logps", "tokens"}.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LabelArgs {
+    /// Samples: JSONL of {"prompt", "completions": [...]} (the output of `dpo sample`).
+    #[arg(long)]
+    pub samples: PathBuf,
+    /// Output JSONL of pairs {"prompt","chosen","rejected","score_chosen","score_rejected"} or rankings {"prompt","completions","scores","ranking"}.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Judge: `sentiment` (VADER compound polarity of the completion) or `score` (a numeric list already in the data).
+    #[arg(long, default_value = "sentiment")]
+    pub judge: String,
+    /// The field the `score` judge reads: one number per completion.
+    #[arg(long, default_value = "scores")]
+    pub score_field: String,
+    /// best-worst (one pair per prompt), all-pairs (every ordered pair), or ranking.
+    #[arg(long, default_value = "best-worst")]
+    pub mode: dpo::label::LabelMode,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The trained policy (.gguf or Hugging Face directory, e.g. OUT/final).
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Its reference (default: SmolLM2-135M-Instruct).
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Preference pairs: report the eval_ metrics of LOSSES.md.
+    #[arg(long, required_unless_present = "prompts")]
+    pub data: Option<PathBuf>,
+    /// beta of the implicit reward for --data.
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    #[command(flatten)]
+    pub tokenize: TokenizeArgs,
+    /// Prompts (JSONL of {"prompt"}): sample from both models, judge, report reward ± 95% CI, win rate and KL.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Judge for --prompts.
+    #[arg(long, default_value = "sentiment")]
+    pub judge: String,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Write the results as JSON here (and, with --prompts, the judged samples next to it as *.samples.jsonl).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Model (default: SmolLM2-135M-Instruct, fetched if missing).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value = "runs/demo")]
+    pub output_dir: PathBuf,
+    /// The betas to train with, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0.1, 0.5])]
+    pub betas: Vec<f64>,
+    /// Training prompts (the first of the 220 embedded ones).
+    #[arg(long, default_value_t = 180)]
+    pub train_prompts: usize,
+    /// Held-out prompts (the last of the embedded ones).
+    #[arg(long, default_value_t = 40)]
+    pub eval_prompts: usize,
+    /// Samples per prompt (labelling and evaluation).
+    #[arg(long, default_value_t = 4)]
+    pub samples: usize,
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 1e-5)]
+    pub learning_rate: f64,
+    #[arg(long, default_value_t = 2.0)]
+    pub epochs: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// A training run directory (metrics.jsonl) or a demo directory (summary.json with policies).
+    pub run_dir: PathBuf,
 }
 
 #[derive(Args, Debug)]

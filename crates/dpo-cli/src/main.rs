@@ -26,11 +26,16 @@ fn run(cmd: args::Command) -> Result<()> {
         args::Command::Train(a) => commands::train(a.into_config()?),
         args::Command::Sft(a) => commands::train(a.run.into_config(dpo::task::Task::Sft, 2e-5)?),
         args::Command::Bench(a) => commands::bench(a),
+        args::Command::Sample(a) => commands::sample(a),
+        args::Command::Label(a) => commands::label(a),
+        args::Command::Eval(a) => commands::eval(a),
+        args::Command::Demo(a) => commands::demo(a),
+        args::Command::Report(a) => commands::report(a),
     }
 }
 
 mod commands {
-    use super::args::{BenchArgs, LogpsArgs};
+    use super::args::{BenchArgs, DemoArgs, EvalArgs, LabelArgs, LogpsArgs, ReportArgs, SampleArgs};
     use super::progress::Bars;
     use anyhow::Result;
     use dpo::train::Observer;
@@ -101,6 +106,155 @@ mod commands {
         println!("peak RSS MB: {:.0}", r.peak_rss_bytes.unwrap_or(0) as f64 / (1u64 << 20) as f64);
         if let Some(p) = a.json_out {
             dpo::io::write_atomic(&p, |w| Ok(serde_json::to_writer_pretty(w, &r)?))?;
+        }
+        Ok(())
+    }
+
+    pub fn sample(a: SampleArgs) -> Result<()> {
+        let cfg = a.sampling.config()?;
+        let prompts = dpo::sample::read_prompts(&a.prompts)?;
+        let mut bars = Bars::new();
+        let model_path = super::args::model_or_default(a.model)?;
+        bars.message(&format!("loading {}", model_path.display()));
+        let loaded = dpo::model::load(&model_path)?;
+        let model = loaded.model()?;
+        bars.phase("sampling", prompts.len(), "prompts");
+        let t0 = std::time::Instant::now();
+        let (records, stats) = dpo::sample::sample_texts(&model, &loaded.tokenizer, &prompts, &cfg, |d, g| {
+            bars.advance(d, &format!("{:.0} tok/s", g as f64 / t0.elapsed().as_secs_f64()))
+        })?;
+        dpo::sample::write_samples(&a.out, &records)?;
+        bars.finish();
+        eprintln!(
+            "wrote {} ({} prompts x {} completions): {} tokens in {:.1}s, {:.1} tokens/s",
+            a.out.display(),
+            records.len(),
+            cfg.n,
+            stats.tokens,
+            stats.seconds,
+            stats.tokens_per_second()
+        );
+        Ok(())
+    }
+
+    pub fn label(a: LabelArgs) -> Result<()> {
+        let judge = dpo::judge::by_name(&a.judge, &a.score_field)?;
+        let samples = dpo::label::read_samples(&a.samples)?;
+        let (records, report) = dpo::label::label(&samples, judge.as_ref(), a.mode)?;
+        dpo::io::write_atomic(&a.out, |w| {
+            for r in &records {
+                writeln!(w, "{r}")?;
+            }
+            Ok(())
+        })?;
+        eprintln!(
+            "{} prompts judged by `{}` (mean score {:.4}): wrote {} records to {}; {} tied {} dropped",
+            report.prompts,
+            judge.name(),
+            report.mean_score,
+            report.written,
+            a.out.display(),
+            report.ties_dropped,
+            if matches!(a.mode, dpo::label::LabelMode::Ranking) { "rankings (kept)" } else { "pairs" }
+        );
+        Ok(())
+    }
+
+    pub fn eval(a: EvalArgs) -> Result<()> {
+        let mut bars = Bars::new();
+        let judge = match &a.prompts {
+            Some(_) => Some(dpo::judge::by_name(&a.judge, "scores")?),
+            None => None,
+        };
+        let sampling = a.sampling.config()?;
+        let reference_path = super::args::model_or_default(a.reference)?;
+        bars.message(&format!("loading {} and {}", a.policy.display(), reference_path.display()));
+        let policy_loaded = dpo::model::load(&a.policy)?;
+        let reference_loaded = dpo::model::load(&reference_path)?;
+        let (policy, reference) = (policy_loaded.model()?, reference_loaded.model()?);
+        let mut out = serde_json::Map::new();
+        if let Some(data) = &a.data {
+            let task = dpo::task::Task::Preference(dpo::loss::Loss::Sigmoid { beta: a.beta, label_smoothing: 0.0 });
+            let set = dpo::train::load_examples(data, &policy_loaded.tokenizer, a.tokenize.settings(), &task, &mut bars)?;
+            let m = dpo::eval::preference_eval(&policy, &reference, &set, &task, 2048)?;
+            println!("preference data {}: {}", data.display(), dpo::metrics::brief(&m));
+            for (k, v) in &m {
+                println!("  {k}: {v}");
+            }
+            out.insert("preference".into(), serde_json::Value::Object(m));
+        }
+        if let (Some(prompts_path), Some(judge)) = (&a.prompts, &judge) {
+            let prompts = dpo::sample::read_prompts(prompts_path)?;
+            let tok = &policy_loaded.tokenizer;
+            bars.phase("sampling the reference", prompts.len(), "prompts");
+            let r = dpo::eval::sample_and_judge(&reference, tok, &prompts, &sampling, judge.as_ref(), |d, _| bars.advance(d, ""))?;
+            bars.phase("sampling the policy", prompts.len(), "prompts");
+            let p = dpo::eval::sample_and_judge(&policy, tok, &prompts, &sampling, judge.as_ref(), |d, _| bars.advance(d, ""))?;
+            bars.finish();
+            let ref_logps = dpo::eval::reference_logps_of_samples(&reference, &p, 2048)?;
+            let c = dpo::eval::compare(&p, &r, &ref_logps)?;
+            let (rm, rci) = dpo::eval::mean_ci95(&r.flat_rewards());
+            println!(
+                "prompts {} ({} samples each, judge `{}`): policy reward {:.4} ± {:.4}, reference {:.4} ± {:.4}; win rate {:.3}; KL(policy||reference) {:.3} ± {:.3} nats",
+                prompts_path.display(), sampling.n, judge.name(), c.reward_mean, c.reward_ci95, rm, rci, c.win_rate, c.kl, c.kl_ci95
+            );
+            out.insert("prompts".into(), serde_json::json!({"policy": c, "reference": {"reward_mean": rm, "reward_ci95": rci}}));
+            if let Some(o) = &a.out {
+                let rows: Vec<serde_json::Value> = [("reference", &r), ("policy", &p)]
+                    .iter()
+                    .flat_map(|(name, s)| {
+                        s.records.iter().zip(&s.rewards).flat_map(move |(rec, rw)| {
+                            rec.completions.iter().zip(rw).map(move |(c, x)| serde_json::json!({"model": name, "prompt": rec.prompt, "completion": c, "reward": x}))
+                        })
+                    })
+                    .collect();
+                dpo::io::write_atomic(&o.with_extension("samples.jsonl"), |w| {
+                    for r in &rows {
+                        writeln!(w, "{r}")?;
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+        if let Some(o) = &a.out {
+            dpo::io::write_atomic(o, |w| Ok(serde_json::to_writer_pretty(w, &out)?))?;
+        }
+        Ok(())
+    }
+
+    pub fn demo(a: DemoArgs) -> Result<()> {
+        let mut cfg = dpo::demo::DemoConfig::new(super::args::model_or_default(a.model)?, a.output_dir);
+        cfg.betas = a.betas;
+        cfg.train_prompts = a.train_prompts;
+        cfg.eval_prompts = a.eval_prompts;
+        cfg.samples = a.samples;
+        cfg.eval_samples = a.samples;
+        cfg.max_new_tokens = a.max_new_tokens;
+        cfg.learning_rate = a.learning_rate;
+        cfg.epochs = a.epochs;
+        cfg.seed = a.seed;
+        let mut bars = Bars::new();
+        let s = dpo::demo::run(&cfg, &mut bars)?;
+        bars.finish();
+        let r = &s.reference;
+        println!("demo done in {:.0}s; {} training pairs ({} prompts tied)", s.wall_seconds, s.pairs, s.ties_dropped);
+        println!("{:<10} {:>18} {:>10} {:>9}", "model", "judge reward", "KL (nats)", "win rate");
+        println!("{:<10} {:>10.4} ± {:<6.4} {:>10} {:>9}", "reference", r["reward_mean"].as_f64().unwrap_or(f64::NAN), r["reward_ci95"].as_f64().unwrap_or(f64::NAN), "0", "-");
+        for p in &s.policies {
+            println!("{:<10} {:>10.4} ± {:<6.4} {:>10.3} {:>9.3}", format!("beta={}", p.beta), p.reward_mean, p.reward_ci95, p.kl, p.win_rate);
+        }
+        println!("report: {}", cfg.output_dir.join("report.html").display());
+        Ok(())
+    }
+
+    pub fn report(a: ReportArgs) -> Result<()> {
+        let files = if a.run_dir.join("policies").is_dir() && a.run_dir.join("summary.json").exists() {
+            dpo::report::write_demo_report(&a.run_dir)?
+        } else {
+            dpo::report::write_run_report(&a.run_dir)?
+        };
+        for f in files {
+            println!("{}", f.display());
         }
         Ok(())
     }

@@ -28,3 +28,7 @@ pub use candle_core;
 pub mod bench;
 pub mod task;
 pub mod sample;
+pub mod judge;
+pub mod label;
+pub mod demo;
+pub mod eval;

@@ -405,5 +405,7 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
         output_dir: cfg.output_dir.clone(),
     };
     write_atomic(&cfg.output_dir.join("summary.json"), |w| Ok(serde_json::to_writer_pretty(w, &summary)?))?;
+    crate::report::write_run_report(&cfg.output_dir)?;
+    obs.message(&format!("report: {}", cfg.output_dir.join("report.html").display()));
     Ok(summary)
 }

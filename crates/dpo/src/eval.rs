@@ -1,0 +1,144 @@
+//! Evaluating a policy against its reference: on preference data (the `eval_` metrics), and on
+//! prompts (judge reward, win rate, and KL(policy ‖ reference) from policy samples).
+
+use crate::data::{TokenizedSet, Tokenized};
+use crate::judge::{Judge, JudgeInput};
+use crate::logps::dataset_logps;
+use crate::metrics::{with_eval_prefix, Metrics};
+use crate::model::Llama;
+use crate::sample::{sample_ids, SampleConfig, SampleRecord, Sampled};
+use crate::task::Task;
+use crate::tokenizer::Tokenizer;
+use anyhow::{ensure, Result};
+use serde::Serialize;
+use serde_json::Map;
+
+/// Mean and the half-width of its 95% confidence interval, `1.96 * sd / sqrt(n)` (normal
+/// approximation; sample standard deviation).
+pub fn mean_ci95(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    if xs.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = xs.iter().sum::<f64>() / n;
+    if xs.len() < 2 {
+        return (mean, f64::NAN);
+    }
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, 1.96 * (var / n).sqrt())
+}
+
+/// The `eval_` preference metrics of `policy` on `set`, with reference log-probs from `reference`.
+pub fn preference_eval(policy: &Llama, reference: &Llama, set: &TokenizedSet, task: &Task, max_tokens: usize) -> Result<Metrics> {
+    let ex: Vec<&Tokenized> = set.examples.iter().collect();
+    let refs: Vec<Vec<f64>> = dataset_logps(reference, &ex, max_tokens, |_| {})?.into_iter().map(|e| e.logps).collect();
+    let m = crate::train::evaluate(policy, &ex, &refs, task, max_tokens, policy.config.vocab_size)?;
+    Ok(with_eval_prefix(m))
+}
+
+/// A model's samples on a set of prompts, judged.
+#[derive(Debug, Clone)]
+pub struct JudgedSamples {
+    pub prompt_ids: Vec<Vec<u32>>,
+    /// `[prompt][sample]`.
+    pub sampled: Vec<Vec<Sampled>>,
+    pub records: Vec<SampleRecord>,
+    pub rewards: Vec<Vec<f64>>,
+}
+
+impl JudgedSamples {
+    /// All rewards, prompt by prompt.
+    pub fn flat_rewards(&self) -> Vec<f64> {
+        self.rewards.iter().flatten().copied().collect()
+    }
+}
+
+/// Samples from `model` on `prompts` and judges every completion.
+pub fn sample_and_judge(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[String],
+    cfg: &SampleConfig,
+    judge: &dyn Judge,
+    progress: impl FnMut(usize, usize),
+) -> Result<JudgedSamples> {
+    let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p)).collect::<Result<_>>()?;
+    let sampled = sample_ids(model, &prompt_ids, tok.eos_id, cfg, progress)?;
+    let mut records = Vec::with_capacity(prompts.len());
+    let mut rewards = Vec::with_capacity(prompts.len());
+    let empty = Map::new();
+    for (i, (p, s)) in prompts.iter().zip(&sampled).enumerate() {
+        let completions: Vec<String> = s.iter().map(|x| tok.decode(&x.tokens, false)).collect::<Result<_>>()?;
+        let origin = format!("prompt {}", i + 1);
+        rewards.push(judge.score(&JudgeInput { prompt: p, completions: &completions, fields: &empty, origin: &origin })?);
+        records.push(SampleRecord {
+            prompt: p.clone(),
+            completions,
+            logps: s.iter().map(|x| x.logp).collect(),
+            tokens: s.iter().map(|x| x.tokens.len()).collect(),
+        });
+    }
+    Ok(JudgedSamples { prompt_ids, sampled, records, rewards })
+}
+
+/// `log pi_ref(y|x)` of every sampled completion (the exact sampled token ids) under `reference`,
+/// `[prompt][sample]`: each prompt packed once with its samples as branches.
+pub fn reference_logps_of_samples(reference: &Llama, s: &JudgedSamples, max_tokens: usize) -> Result<Vec<Vec<f64>>> {
+    let items: Vec<Tokenized> = s
+        .prompt_ids
+        .iter()
+        .zip(&s.sampled)
+        .enumerate()
+        .map(|(i, (p, smp))| Tokenized { index: i, prompt: p.clone(), completions: smp.iter().map(|x| x.tokens.clone()).collect() })
+        .collect();
+    let refs: Vec<&Tokenized> = items.iter().collect();
+    Ok(dataset_logps(reference, &refs, max_tokens, |_| {})?.into_iter().map(|e| e.logps).collect())
+}
+
+/// The judge's view of a model on prompts, and how it compares with the reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptEval {
+    pub reward_mean: f64,
+    pub reward_ci95: f64,
+    /// Sequence-level KL(policy ‖ reference) in nats, estimated from policy samples as the mean of
+    /// `log pi(y|x) - log pi_ref(y|x)` (unbiased when sampling at temperature 1 without top-k/p).
+    pub kl: f64,
+    pub kl_ci95: f64,
+    /// Fraction of (prompt, sample index) where the policy's sample out-scores the reference's
+    /// sample with the same index (ties count one half).
+    pub win_rate: f64,
+}
+
+/// Compares judged policy samples with judged reference samples on the same prompts;
+/// `ref_logps[i][j]` is `log pi_ref` of the policy's sample `j` of prompt `i`.
+pub fn compare(policy: &JudgedSamples, reference: &JudgedSamples, ref_logps: &[Vec<f64>]) -> Result<PromptEval> {
+    ensure!(policy.rewards.len() == reference.rewards.len(), "policy and reference were sampled on different prompts");
+    let (reward_mean, reward_ci95) = mean_ci95(&policy.flat_rewards());
+    let kls: Vec<f64> = policy
+        .sampled
+        .iter()
+        .zip(ref_logps)
+        .flat_map(|(s, r)| s.iter().zip(r).map(|(x, r)| x.logp - r))
+        .collect();
+    let (kl, kl_ci95) = mean_ci95(&kls);
+    let mut wins = Vec::new();
+    for (p, r) in policy.rewards.iter().zip(&reference.rewards) {
+        for (a, b) in p.iter().zip(r) {
+            wins.push(if a > b { 1.0 } else if a == b { 0.5 } else { 0.0 });
+        }
+    }
+    Ok(PromptEval { reward_mean, reward_ci95, kl, kl_ci95, win_rate: mean_ci95(&wins).0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confidence_interval() {
+        let (m, ci) = mean_ci95(&[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(m, 2.5);
+        assert!((ci - 1.96 * (5.0f64 / 3.0 / 4.0).sqrt()).abs() < 1e-12);
+        assert!(mean_ci95(&[1.0]).1.is_nan());
+    }
+}
