@@ -43,6 +43,7 @@ fn logps_command_gives_golden_token_ids_and_logps() {
                 index: ex.index,
                 prompt: ids(&r["prompt_ids"]),
                 completions: vec![ids(&r["chosen_ids"]), ids(&r["rejected_ids"])],
+                kind: dpo::data::ExampleKind::Pair { scores: None },
             };
             assert_eq!(ex, &want, "{file} record {}", ex.index);
         }

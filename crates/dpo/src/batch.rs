@@ -94,11 +94,12 @@ pub fn micro_batches(examples: &[&Tokenized], max_tokens: usize) -> Vec<Range<us
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::ExampleKind;
 
     #[test]
     fn packs_prompt_once_and_predicts_each_completion_from_the_prompt() {
-        let a = Tokenized { index: 0, prompt: vec![10, 11], completions: vec![vec![20, 21], vec![30]] };
-        let b = Tokenized { index: 1, prompt: vec![], completions: vec![vec![40, 41]] };
+        let a = Tokenized { index: 0, prompt: vec![10, 11], completions: vec![vec![20, 21], vec![30]], kind: ExampleKind::Pair { scores: None } };
+        let b = Tokenized { index: 1, prompt: vec![], completions: vec![vec![40, 41]], kind: ExampleKind::Pair { scores: None } };
         let p = pack(&[&a, &b]);
         assert_eq!(p.ids, vec![10, 11, 20, 21, 30, 40, 41]);
         assert_eq!(p.layout.positions(), vec![0, 1, 2, 3, 2, 0, 1]);

@@ -89,7 +89,7 @@ pub fn reference_logps_of_samples(reference: &Llama, s: &JudgedSamples, max_toke
         .iter()
         .zip(&s.sampled)
         .enumerate()
-        .map(|(i, (p, smp))| Tokenized { index: i, prompt: p.clone(), completions: smp.iter().map(|x| x.tokens.clone()).collect() })
+        .map(|(i, (p, smp))| Tokenized { index: i, prompt: p.clone(), completions: smp.iter().map(|x| x.tokens.clone()).collect(), kind: crate::data::ExampleKind::Ranking { scores: None } })
         .collect();
     let refs: Vec<&Tokenized> = items.iter().collect();
     Ok(dataset_logps(reference, &refs, max_tokens, |_| {})?.into_iter().map(|e| e.logps).collect())

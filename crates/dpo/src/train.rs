@@ -138,7 +138,10 @@ pub fn load_examples(path: &Path, tok: &Tokenizer, settings: TokenizeSettings, t
     for r in &mut records {
         if let Ok(ex) = &mut r.example {
             match (task, ex.completions.len()) {
-                (Task::Sft, _) => ex.completions.truncate(1),
+                (Task::Sft, _) => {
+                    ex.completions.truncate(1);
+                    ex.kind = data::ExampleKind::Completion;
+                }
                 (Task::Preference(_), 2) => {}
                 (Task::Preference(_), _) => bail!("{}: not a preference pair (needs `chosen` and `rejected`)", r.origin),
             }

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Tensor};
 use dpo::batch::pack;
-use dpo::data::Tokenized;
+use dpo::data::{ExampleKind, Tokenized};
 use dpo::logps::completion_logps;
 use dpo::loss::{Loss, LossBatch};
 use dpo::model::{random_tensors, Llama, LlamaConfig};
@@ -35,9 +35,9 @@ fn config(tied: bool, bias: bool) -> LlamaConfig {
 
 fn examples() -> Vec<Tokenized> {
     vec![
-        Tokenized { index: 0, prompt: vec![3, 4, 5], completions: vec![vec![6, 7, 1], vec![8, 1]] },
-        Tokenized { index: 1, prompt: vec![9, 10, 11, 12, 2], completions: vec![vec![13, 14, 15, 1], vec![16, 17, 18, 19, 1]] },
-        Tokenized { index: 2, prompt: vec![20], completions: vec![vec![21, 1], vec![22, 3, 4, 1]] },
+        Tokenized { index: 0, prompt: vec![3, 4, 5], completions: vec![vec![6, 7, 1], vec![8, 1]], kind: ExampleKind::Pair { scores: None } },
+        Tokenized { index: 1, prompt: vec![9, 10, 11, 12, 2], completions: vec![vec![13, 14, 15, 1], vec![16, 17, 18, 19, 1]], kind: ExampleKind::Pair { scores: None } },
+        Tokenized { index: 2, prompt: vec![20], completions: vec![vec![21, 1], vec![22, 3, 4, 1]], kind: ExampleKind::Pair { scores: None } },
     ]
 }
 

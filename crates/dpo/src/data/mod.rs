@@ -7,5 +7,5 @@
 pub mod records;
 pub mod tokenize;
 
-pub use records::{read, Example, Origin, ReadReport, Record};
+pub use records::{read, Example, ExampleKind, Origin, ReadReport, Record};
 pub use tokenize::{tokenize_all, TokenizeSettings, Tokenized, TokenizedSet};

@@ -27,16 +27,47 @@ impl std::fmt::Display for Origin {
     }
 }
 
-/// One example as text: a prompt and its completions (for a preference pair `[chosen, rejected]`).
+/// What the completions of an example are, and what a loss may use besides them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExampleKind {
+    /// `[chosen, rejected]`, with a score each when the data has them (UltraFeedback's
+    /// `score_chosen`/`score_rejected`; the offset of ODPO).
+    Pair { scores: Option<[f64; 2]> },
+    /// Completions ranked best first (Plackett–Luce), with their scores when the data has them.
+    Ranking { scores: Option<Vec<f64>> },
+    /// One completion labelled desirable or undesirable (KTO).
+    Unpaired { desirable: bool },
+    /// One completion to imitate (SFT).
+    Completion,
+}
+
+/// One example as text: a prompt and its completions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
+    /// The prompt (conversational records: rendered by the chat template with the generation prompt).
     pub prompt: String,
+    /// The completions (conversational records: the assistant messages' text), see [`ExampleKind`].
     pub completions: Vec<String>,
+    pub kind: ExampleKind,
+    /// Conversational records only: each `prompt + completion` conversation rendered by the chat
+    /// template; tokenized whole (no EOS appended, no special tokens added), as TRL does.
+    pub rendered: Option<Vec<String>>,
 }
 
 impl Example {
+    /// A plain-text preference pair.
     pub fn pair(prompt: impl Into<String>, chosen: impl Into<String>, rejected: impl Into<String>) -> Self {
-        Self { prompt: prompt.into(), completions: vec![chosen.into(), rejected.into()] }
+        Self {
+            prompt: prompt.into(),
+            completions: vec![chosen.into(), rejected.into()],
+            kind: ExampleKind::Pair { scores: None },
+            rendered: None,
+        }
+    }
+
+    /// A plain-text prompt and one completion (SFT).
+    pub fn completion(prompt: impl Into<String>, completion: impl Into<String>) -> Self {
+        Self { prompt: prompt.into(), completions: vec![completion.into()], kind: ExampleKind::Completion, rendered: None }
     }
 }
 
@@ -92,7 +123,7 @@ fn parse_record(obj: &Map<String, Value>, origin: &Origin) -> Result<std::result
     if obj.contains_key("prompt") && obj.contains_key("completion") {
         let prompt = string_field(obj, "prompt", origin)?;
         let completion = string_field(obj, "completion", origin)?;
-        return Ok(Ok(Example { prompt, completions: vec![completion] }));
+        return Ok(Ok(Example::completion(prompt, completion)));
     }
     if obj.contains_key("prompt") {
         let prompt = string_field(obj, "prompt", origin)?;

@@ -1,6 +1,6 @@
 //! Text examples → token ids, by TRL 1.16's rule, then truncation.
 
-use super::{Example, Origin, Record};
+use super::{Example, ExampleKind, Origin, Record};
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use rayon::prelude::*;
@@ -29,6 +29,7 @@ pub struct Tokenized {
     pub index: usize,
     pub prompt: Vec<u32>,
     pub completions: Vec<Vec<u32>>,
+    pub kind: ExampleKind,
 }
 
 impl Tokenized {
@@ -93,7 +94,7 @@ pub fn tokenize_all(tok: &Tokenizer, records: &[Record], settings: TokenizeSetti
         .map(|r| match &r.example {
             Err(why) => Ok(Err(why.clone())),
             Ok(ex) => Ok(tokenize_example(tok, ex, settings)?
-                .map(|(prompt, completions)| Tokenized { index: r.origin.index, prompt, completions })),
+                .map(|(prompt, completions)| Tokenized { index: r.origin.index, prompt, completions, kind: ex.kind.clone() })),
         })
         .collect();
     let mut set = TokenizedSet { records: records.len(), ..Default::default() };
