@@ -3,10 +3,10 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use dpo::data::TokenizeSettings;
-use dpo::loss::Loss;
+use dpo::loss::{LossParams, Objective};
 use dpo::optim::{AdamWConfig, ScheduleKind};
 use dpo::task::Task;
-use dpo::train::TrainConfig;
+use dpo::train::{SyncReference, TrainConfig};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -256,15 +256,15 @@ pub struct RunArgs {
     /// A .gguf file or Hugging Face model directory: the initial policy (and the reference) (default: SmolLM2-135M-Instruct).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Training data (.jsonl or .jsonl.gz).
+    /// Training data (.jsonl, .jsonl.gz, .json, .parquet).
     #[arg(long)]
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
     /// Evaluation data.
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
     /// Where metrics.jsonl, checkpoints and summary.json go.
     #[arg(long)]
-    pub output_dir: PathBuf,
+    pub output_dir: Option<PathBuf>,
     /// Replace an earlier run in --output-dir.
     #[arg(long)]
     pub overwrite_output_dir: bool,
@@ -321,15 +321,48 @@ pub struct RunArgs {
 pub struct TrainArgs {
     #[command(flatten)]
     pub run: RunArgs,
+    /// Print every loss with its formula, source, data and hyper-parameters, and exit.
+    #[arg(long)]
+    pub loss_help: bool,
     /// Reference log-probs of --data made by `dpo logps` (default: computed once and cached).
     #[arg(long)]
     pub ref_logps: Option<PathBuf>,
-    /// DPO's beta: the scale of the implicit reward beta*log(pi/pi_ref).
+    /// The loss, or several comma-separated (see --loss-help).
+    #[arg(long, value_delimiter = ',', default_value = "sigmoid")]
+    pub loss: Vec<String>,
+    /// One weight per --loss (default: all 1).
+    #[arg(long, value_delimiter = ',')]
+    pub loss_weights: Vec<f64>,
+    /// Add alpha * the chosen completion's NLL per token (RPO).
+    #[arg(long, default_value_t = 0.0)]
+    pub rpo_alpha: f64,
+    /// beta: the scale of the implicit reward beta*log(pi/pi_ref) (ORPO: lambda).
     #[arg(long, default_value_t = 0.1)]
     pub beta: f64,
-    /// Conservative-DPO label smoothing eps in [0, 0.5).
+    /// Label smoothing eps: cDPO (sigmoid), robust (< 0.5), exo_pair.
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f64,
+    /// SimPO's target margin gamma.
+    #[arg(long, default_value_t = 0.5)]
+    pub simpo_gamma: f64,
+    /// ODPO's offset scale alpha.
+    #[arg(long, default_value_t = 1.0)]
+    pub odpo_alpha: f64,
+    /// KTO's weight of desirable examples.
+    #[arg(long, default_value_t = 1.0)]
+    pub desirable_weight: f64,
+    /// KTO's weight of undesirable examples.
+    #[arg(long, default_value_t = 1.0)]
+    pub undesirable_weight: f64,
+    /// TR-DPO: move the reference toward the policy during training (bypasses the reference cache).
+    #[arg(long)]
+    pub sync_ref_model: bool,
+    /// TR-DPO's alpha: reference <- (1-alpha) reference + alpha policy.
+    #[arg(long, default_value_t = 0.6)]
+    pub ref_model_mixup_alpha: f64,
+    /// TR-DPO's period tau, in optimizer steps.
+    #[arg(long, default_value_t = 512)]
+    pub ref_model_sync_steps: usize,
 }
 
 #[derive(Args, Debug)]
@@ -350,7 +383,9 @@ pub fn model_or_default(model: Option<PathBuf>) -> Result<PathBuf> {
 impl RunArgs {
     /// The training configuration for `task` (`default_lr` when --learning-rate is not given).
     pub fn into_config(self, task: Task, default_lr: f64) -> Result<TrainConfig> {
-        let mut c = TrainConfig::new(model_or_default(self.model)?, self.data, self.output_dir);
+        let data = self.data.context("--data is required")?;
+        let output_dir = self.output_dir.context("--output-dir is required")?;
+        let mut c = TrainConfig::new(model_or_default(self.model)?, data, output_dir);
         c.task = task;
         c.eval_data = self.eval_data;
         c.overwrite_output_dir = self.overwrite_output_dir;
@@ -374,12 +409,26 @@ impl RunArgs {
 
 impl TrainArgs {
     pub fn into_config(self) -> Result<TrainConfig> {
-        if !(0.0..0.5).contains(&self.label_smoothing) {
-            bail!("--label-smoothing must be in [0, 0.5), got {}", self.label_smoothing);
+        let params = LossParams {
+            beta: self.beta,
+            label_smoothing: self.label_smoothing,
+            simpo_gamma: self.simpo_gamma,
+            odpo_alpha: self.odpo_alpha,
+            desirable_weight: self.desirable_weight,
+            undesirable_weight: self.undesirable_weight,
+        };
+        if !(0.0..1.0).contains(&params.label_smoothing) {
+            bail!("--label-smoothing must be in [0, 1), got {}", params.label_smoothing);
         }
-        let loss = Loss::Sigmoid { beta: self.beta, label_smoothing: self.label_smoothing };
-        let mut c = self.run.into_config(Task::Preference(loss), 1e-6)?;
+        let objective = Objective::from_names(&self.loss, &self.loss_weights, self.rpo_alpha, &params)?;
+        let mut c = self.run.into_config(Task::Preference(objective), 1e-6)?;
         c.ref_logps = self.ref_logps;
+        if self.sync_ref_model {
+            if !(0.0..=1.0).contains(&self.ref_model_mixup_alpha) || self.ref_model_sync_steps == 0 {
+                bail!("--ref-model-mixup-alpha must be in [0, 1] and --ref-model-sync-steps at least 1");
+            }
+            c.sync_ref = Some(SyncReference { alpha: self.ref_model_mixup_alpha, steps: self.ref_model_sync_steps });
+        }
         Ok(c)
     }
 }
@@ -447,7 +496,7 @@ mod tests {
         let argv: Vec<String> = ["dpo", "train", "--config", p.to_str().unwrap(), "--beta", "0.2"].map(String::from).to_vec();
         let cli = Cli::parse_from(expand_config(&argv).unwrap());
         let Command::Train(t) = cli.command else { panic!() };
-        assert_eq!((t.beta, t.run.learning_rate, t.run.data), (0.2, Some(5e-7), PathBuf::from("a.jsonl")));
+        assert_eq!((t.beta, t.run.learning_rate, t.run.data), (0.2, Some(5e-7), Some(PathBuf::from("a.jsonl"))));
         std::fs::write(&p, "betta = 0.5\n").unwrap();
         let e = expand_config(&argv).unwrap_err().to_string();
         assert!(e.contains("`betta` is not an option"), "{e}");

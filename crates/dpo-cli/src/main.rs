@@ -23,6 +23,10 @@ fn main() {
 fn run(cmd: args::Command) -> Result<()> {
     match cmd {
         args::Command::Logps(a) => commands::logps(a),
+        args::Command::Train(a) if a.loss_help => {
+            print!("{}", dpo::loss::help_text());
+            Ok(())
+        }
         args::Command::Train(a) => commands::train(a.into_config()?),
         args::Command::Sft(a) => commands::train(a.run.into_config(dpo::task::Task::Sft, 2e-5)?),
         args::Command::Bench(a) => commands::bench(a),
@@ -174,7 +178,7 @@ mod commands {
         let (policy, reference) = (policy_loaded.model()?, reference_loaded.model()?);
         let mut out = serde_json::Map::new();
         if let Some(data) = &a.data {
-            let task = dpo::task::Task::Preference(dpo::loss::Loss::Sigmoid { beta: a.beta, label_smoothing: 0.0 });
+            let task = dpo::task::Task::dpo(a.beta);
             let set = dpo::train::load_examples(data, &policy_loaded.tokenizer, a.tokenize.settings(), &task, &mut bars)?;
             let m = dpo::eval::preference_eval(&policy, &reference, &set, &task, 2048)?;
             println!("preference data {}: {}", data.display(), dpo::metrics::brief(&m));

@@ -96,7 +96,7 @@ fn gradient_norms_against_the_perturbed_reference_match_golden() {
             .collect();
         let refs: Vec<&[f64]> = refs.iter().map(Vec::as_slice).collect();
         let examples: Vec<&Tokenized> = set.examples.iter().collect();
-        let res = dpo::step::loss_and_gradients(&policy, &examples, &refs, &dpo::task::Task::Preference(loss), 1024).unwrap();
+        let res = dpo::step::loss_and_gradients(&policy, &examples, &refs, &dpo::task::Task::Preference(dpo::loss::Objective::single(loss)), 1024, 64).unwrap();
         let gold = &gd["grad_ref_perturbed"];
         let mean_loss = res.stats.iter().map(|s| s.loss).sum::<f64>() / res.stats.len() as f64;
         assert!((mean_loss - gold["loss"].as_f64().unwrap()).abs() < 1e-4, "{file}: loss {mean_loss} vs {}", gold["loss"]);

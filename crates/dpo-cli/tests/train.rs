@@ -113,7 +113,7 @@ fn a_toml_config_is_an_alternative_to_flags() {
     assert!(dpo(d.path(), &["train", "--config", s(&cfg), "--max-steps", "3"]).status.success());
     assert_eq!(lines(&out.join("metrics.jsonl")).len(), 3, "the command line wins");
     let args: Value = serde_json::from_str(&std::fs::read_to_string(out.join("train_args.json")).unwrap()).unwrap();
-    assert_eq!(args["task"]["beta"], 0.5);
+    assert_eq!(args["task"]["objective"]["terms"][0][0]["beta"], 0.5);
 }
 
 #[test]

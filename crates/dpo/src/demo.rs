@@ -18,7 +18,6 @@ use crate::optim::ScheduleKind;
 use crate::sample::{write_samples, SampleConfig};
 use crate::task::Task;
 use crate::train::{train, Observer, TrainConfig};
-use crate::loss::Loss;
 use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -148,7 +147,7 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
         obs.message(&format!("DPO with beta = {beta}"));
         let mut tc = TrainConfig::new(cfg.model.clone(), pairs_path.clone(), policy_dir(&cfg.output_dir, beta));
         tc.overwrite_output_dir = true;
-        tc.task = Task::Preference(Loss::Sigmoid { beta, label_smoothing: 0.0 });
+        tc.task = Task::dpo(beta);
         tc.learning_rate = cfg.learning_rate;
         tc.num_train_epochs = cfg.epochs;
         tc.per_device_train_batch_size = cfg.batch;

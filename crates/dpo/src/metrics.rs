@@ -16,39 +16,88 @@ pub struct ExampleStats {
     pub logit_sums: Vec<f64>,
     /// Completion tokens that are the model's most likely next token.
     pub argmax_hits: Vec<usize>,
+    /// Unpaired examples (KTO): whether the completion is desirable, and the batch's KL
+    /// reference point `z0`.
+    pub desirable: Option<bool>,
+    pub kl: Option<f64>,
 }
 
 /// An ordered set of named metrics (one line of `metrics.jsonl`).
 pub type Metrics = Map<String, Value>;
 
-/// TRL's preference metrics over `pairs`, with the implicit reward `r = beta * (log pi - log pi_ref)`:
+/// TRL's preference metrics over pairs (or rankings: chosen = the best, rejected = the worst),
+/// with the implicit reward `r = beta * (log pi - log pi_ref)`, or, for reference-free losses
+/// (`normalized`), `r = beta * log pi / |y|` as TRL's CPO/ORPO trainers log it:
 /// - `loss`: mean loss;
 /// - `rewards/chosen`, `rewards/rejected`: mean `r(y_w)`, `r(y_l)`;
 /// - `rewards/margins`: mean `r(y_w) - r(y_l)`;
-/// - `rewards/accuracies`: fraction of pairs with `r(y_w) > r(y_l)` (a tie counts 0);
+/// - `rewards/accuracies`: fraction of pairs with `r(y_w) > r(y_l)` (a tie counts 0; for
+///   rankings, of all pairs ranked `i` above `j`);
 /// - `logps/chosen`, `logps/rejected`: mean summed policy log-prob (nats);
 /// - `logits/chosen`, `logits/rejected`: mean over completion tokens of the vocabulary-mean logit.
-pub fn preference_metrics(pairs: &[ExampleStats], beta: f64, vocab: usize) -> Metrics {
-    let n = pairs.len().max(1) as f64;
-    let mean = |f: &dyn Fn(&ExampleStats) -> f64| pairs.iter().map(f).sum::<f64>() / n;
-    let r = |p: &ExampleStats, i: usize| beta * (p.policy[i] - p.reference[i]);
-    let logits = |i: usize| {
-        let (s, t) = pairs.iter().fold((0.0, 0usize), |a, p| (a.0 + p.logit_sums[i], a.1 + p.tokens[i]));
+pub fn preference_metrics(examples: &[ExampleStats], beta: f64, vocab: usize, normalized: bool) -> Metrics {
+    let n = examples.len().max(1) as f64;
+    let mean = |f: &dyn Fn(&ExampleStats) -> f64| examples.iter().map(f).sum::<f64>() / n;
+    let r = |p: &ExampleStats, i: usize| {
+        let rho = p.policy[i] - p.reference.get(i).copied().unwrap_or(0.0);
+        if normalized { beta * rho / p.tokens[i].max(1) as f64 } else { beta * rho }
+    };
+    let last = |p: &ExampleStats| p.policy.len() - 1;
+    let logits = |pick: &dyn Fn(&ExampleStats) -> usize| {
+        let (s, t) = examples.iter().fold((0.0, 0usize), |a, p| (a.0 + p.logit_sums[pick(p)], a.1 + p.tokens[pick(p)]));
         s / (t.max(1) as f64 * vocab as f64)
     };
+    let (mut right, mut total) = (0usize, 0usize);
+    for p in examples {
+        for i in 0..p.policy.len() {
+            for j in i + 1..p.policy.len() {
+                total += 1;
+                right += usize::from(r(p, i) > r(p, j));
+            }
+        }
+    }
     let mut m = Metrics::new();
     let mut put = |k: &str, v: f64| {
         m.insert(k.to_string(), Value::from(v));
     };
     put("loss", mean(&|p| p.loss));
     put("rewards/chosen", mean(&|p| r(p, 0)));
-    put("rewards/rejected", mean(&|p| r(p, 1)));
-    put("rewards/margins", mean(&|p| r(p, 0) - r(p, 1)));
-    put("rewards/accuracies", mean(&|p| if r(p, 0) > r(p, 1) { 1.0 } else { 0.0 }));
+    put("rewards/rejected", mean(&|p| r(p, last(p))));
+    put("rewards/margins", mean(&|p| r(p, 0) - r(p, last(p))));
+    put("rewards/accuracies", right as f64 / total.max(1) as f64);
     put("logps/chosen", mean(&|p| p.policy[0]));
-    put("logps/rejected", mean(&|p| p.policy[1]));
-    put("logits/chosen", logits(0));
-    put("logits/rejected", logits(1));
+    put("logps/rejected", mean(&|p| p.policy[last(p)]));
+    put("logits/chosen", logits(&|_| 0));
+    put("logits/rejected", logits(&last));
+    m
+}
+
+/// TRL `KTOTrainer`'s metrics over unpaired examples: `loss`, `kl` (the mean reference point
+/// `z0`), `rewards/chosen` and `logps/chosen` over the desirable examples, `rewards/rejected` and
+/// `logps/rejected` over the undesirable ones, `rewards/margins` (their difference, when both
+/// are present), `logits/chosen`, `logits/rejected` (token-weighted vocabulary-mean logits).
+pub fn kto_metrics(examples: &[ExampleStats], beta: f64, vocab: usize) -> Metrics {
+    let mut m = Metrics::new();
+    let n = examples.len().max(1) as f64;
+    m.insert("loss".into(), Value::from(examples.iter().map(|e| e.loss).sum::<f64>() / n));
+    m.insert("kl".into(), Value::from(examples.iter().filter_map(|e| e.kl).sum::<f64>() / n));
+    let mut side = |want: bool, name: &str| -> Option<f64> {
+        let s: Vec<&ExampleStats> = examples.iter().filter(|e| e.desirable == Some(want)).collect();
+        if s.is_empty() {
+            return None;
+        }
+        let k = s.len() as f64;
+        let reward = s.iter().map(|e| beta * (e.policy[0] - e.reference[0])).sum::<f64>() / k;
+        m.insert(format!("rewards/{name}"), Value::from(reward));
+        m.insert(format!("logps/{name}"), Value::from(s.iter().map(|e| e.policy[0]).sum::<f64>() / k));
+        let (ls, t) = s.iter().fold((0.0, 0usize), |a, e| (a.0 + e.logit_sums[0], a.1 + e.tokens[0]));
+        m.insert(format!("logits/{name}"), Value::from(ls / (t.max(1) as f64 * vocab as f64)));
+        Some(reward)
+    };
+    let (c, r) = (side(true, "chosen"), side(false, "rejected"));
+    if let (Some(c), Some(r)) = (c, r) {
+        m.insert("rewards/margins".into(), Value::from(c - r));
+    }
     m
 }
 
@@ -102,8 +151,9 @@ mod tests {
             tokens: vec![2, 1],
             logit_sums: vec![8.0, 2.0],
             argmax_hits: vec![1, 0],
+            ..Default::default()
         };
-        let m = preference_metrics(&[p(-8.0, -12.0), p(-11.0, -10.0)], 0.5, 2);
+        let m = preference_metrics(&[p(-8.0, -12.0), p(-11.0, -10.0)], 0.5, 2, false);
         assert_eq!(get(&m, "rewards/chosen"), (1.0 - 0.5) / 2.0);
         assert_eq!(get(&m, "rewards/margins"), ((1.0 + 1.0) + (-0.5 - 0.0)) / 2.0);
         assert_eq!(get(&m, "rewards/accuracies"), 0.5);

@@ -1,44 +1,78 @@
-//! What a training run optimises: a preference loss against a reference, or supervised
+//! What a training run optimises: a preference objective against a reference, or supervised
 //! fine-tuning (SFT) on completions.
 
-use crate::data::Tokenized;
+use crate::data::{ExampleKind, Tokenized};
 use crate::logps::CompletionLogps;
-use crate::loss::{Loss, LossBatch};
-use crate::metrics::{preference_metrics, sft_metrics, ExampleStats, Metrics};
-use anyhow::Result;
+use crate::loss::{kto, Loss, LossBatch, Objective};
+use crate::metrics::{kto_metrics, preference_metrics, sft_metrics, ExampleStats, Metrics};
+use anyhow::{ensure, Result};
 use candle_core::Tensor;
 
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-#[serde(tag = "task", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "task", content = "objective", rename_all = "snake_case")]
 pub enum Task {
-    /// Preference optimisation of pairs (chosen, rejected) with `Loss`.
-    Preference(Loss),
+    /// Preference optimisation with a weighted sum of losses (see [`Objective`]).
+    Preference(Objective),
     /// Supervised fine-tuning: maximise `log pi(y|x)` of one completion per example, prompt
     /// tokens masked out (the SFT stage of the DPO paper §4, `pi_ref = argmax E log pi(y_w|x)`).
     Sft,
 }
 
 impl Task {
-    /// Completions per example.
-    pub fn completions(&self) -> usize {
-        match self {
-            Task::Preference(_) => 2,
-            Task::Sft => 1,
-        }
+    /// DPO with `beta` (the sigmoid loss).
+    pub fn dpo(beta: f64) -> Self {
+        Task::Preference(Objective::single(Loss::Sigmoid { beta, label_smoothing: 0.0 }))
     }
 
     /// Whether reference log-probs are needed.
     pub fn needs_reference(&self) -> bool {
-        matches!(self, Task::Preference(_))
+        match self {
+            Task::Preference(o) => o.needs_reference(),
+            Task::Sft => false,
+        }
     }
 
-    /// The per-example loss terms `[examples]` of a micro-batch; the step's loss is their sum
-    /// divided by [`Task::normalizer`].
-    pub fn loss_terms(&self, out: &CompletionLogps, reference: &[f64]) -> Result<Tensor> {
+    /// Whether the examples of a batch must share one forward pass (KTO's KL estimate).
+    pub fn couples_batch(&self) -> bool {
+        matches!(self, Task::Preference(o) if o.couples_batch())
+    }
+
+    /// The per-example loss terms `[examples]` of a micro-batch of `examples`; the step's loss
+    /// is their sum divided by [`Task::normalizer`]. Also returns KTO's `z0`, if any.
+    pub fn loss_terms(&self, examples: &[&Tokenized], out: &CompletionLogps, reference: &[f64]) -> Result<(Tensor, Option<f64>)> {
         match self {
-            Task::Preference(loss) => loss.per_example(&LossBatch::new(out.logps.clone(), reference, &out.tokens, 2)?),
+            Task::Preference(objective) => {
+                let k = examples[0].completions.len();
+                ensure!(
+                    examples.iter().all(|e| e.completions.len() == k),
+                    "examples of one batch have different numbers of completions (rankings must all have the same length)"
+                );
+                let mut b = LossBatch::new(out.logps.clone(), reference, &out.tokens, k)?;
+                let scores: Option<Vec<f64>> = examples
+                    .iter()
+                    .map(|e| match &e.kind {
+                        ExampleKind::Pair { scores: Some(s) } => Some(s.to_vec()),
+                        ExampleKind::Ranking { scores: Some(s) } => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<Vec<f64>>>>()
+                    .map(|v| v.concat());
+                b.scores = scores;
+                b.desirable = examples
+                    .iter()
+                    .map(|e| match e.kind {
+                        ExampleKind::Unpaired { desirable } => Some(desirable),
+                        _ => None,
+                    })
+                    .collect();
+                let z0 = match objective.main() {
+                    Loss::Kto { beta, desirable_weight, undesirable_weight } => Some(kto::kto(&b, beta, desirable_weight, undesirable_weight)?.1),
+                    _ => None,
+                };
+                Ok((objective.per_example(&b)?, z0))
+            }
             // the summed negative log-likelihood of each completion
-            Task::Sft => Ok(out.logps.neg()?),
+            Task::Sft => Ok((out.logps.neg()?, None)),
         }
     }
 
@@ -52,10 +86,13 @@ impl Task {
         }
     }
 
-    /// The metrics of a step or an evaluation (TRL's names).
+    /// The metrics of a step or an evaluation (TRL's names for each trainer).
     pub fn metrics(&self, stats: &[ExampleStats], vocab: usize) -> Metrics {
         match self {
-            Task::Preference(loss) => preference_metrics(stats, loss.beta(), vocab),
+            Task::Preference(o) => match o.main() {
+                Loss::Kto { beta, .. } => kto_metrics(stats, beta, vocab),
+                l => preference_metrics(stats, l.beta(), vocab, !o.needs_reference()),
+            },
             Task::Sft => sft_metrics(stats),
         }
     }

@@ -8,7 +8,6 @@ use crate::data::{self, TokenizeSettings, Tokenized, TokenizedSet};
 use crate::io::{peak_rss_bytes, write_atomic};
 use crate::logps::dataset_logps;
 use crate::logps::CompletionLogps;
-use crate::loss::Loss;
 use crate::metrics::{self, with_eval_prefix, ExampleStats, Metrics};
 use crate::model::{self, save_hf_dir, Llama};
 use crate::optim::{clip_coefficient, global_grad_norm, lr_factor, AdamW, AdamWConfig, ScheduleKind};
@@ -62,6 +61,18 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Packed rows (tokens) per forward pass: the memory/speed trade-off of micro-batching.
     pub max_tokens_per_forward: usize,
+    /// TR-DPO: update the reference during training (see [`SyncReference`]).
+    pub sync_ref: Option<SyncReference>,
+}
+
+/// TR-DPO's reference update (Gorbatovski et al. 2024, §3; TRL's `sync_ref_model`): after every
+/// `steps` optimiser steps, `theta_ref <- (1 - alpha) * theta_ref + alpha * theta` (`alpha` = 1
+/// is the paper's hard update). The reference then stays in memory and is run on every batch:
+/// the reference cache is bypassed. TRL's defaults: alpha 0.6, every 512 steps.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SyncReference {
+    pub alpha: f64,
+    pub steps: usize,
 }
 
 impl TrainConfig {
@@ -74,7 +85,7 @@ impl TrainConfig {
             output_dir,
             overwrite_output_dir: false,
             ref_logps: None,
-            task: Task::Preference(Loss::Sigmoid { beta: 0.1, label_smoothing: 0.0 }),
+            task: Task::dpo(0.1),
             learning_rate: 1e-6,
             num_train_epochs: 3.0,
             max_steps: None,
@@ -89,6 +100,7 @@ impl TrainConfig {
             save_steps: None,
             seed: 42,
             max_tokens_per_forward: 2048,
+            sync_ref: None,
         }
     }
 }
@@ -169,7 +181,7 @@ pub fn load_examples(path: &Path, tok: &Tokenizer, settings: TokenizeSettings, t
 
 /// [`load_examples`] for preference pairs.
 pub fn load_pairs(path: &Path, tok: &Tokenizer, settings: TokenizeSettings, obs: &mut dyn Observer) -> Result<TokenizedSet> {
-    load_examples(path, tok, settings, &Task::Preference(Loss::Sigmoid { beta: 0.1, label_smoothing: 0.0 }), obs)
+    load_examples(path, tok, settings, &Task::dpo(0.1), obs)
 }
 
 /// The order in which examples are visited: a seeded shuffle per epoch, batches never spanning epochs.
@@ -232,7 +244,8 @@ pub fn evaluate(model: &Llama, examples: &[&Tokenized], reference: &[Vec<f64>], 
         argmax_hits: policy.iter().flat_map(|p| p.argmax_hits.iter().copied()).collect(),
     };
     let refs: Vec<f64> = reference.iter().flatten().copied().collect();
-    let losses = task.loss_terms(&out, &refs)?.to_vec1::<f64>()?;
+    let (losses, z0) = task.loss_terms(examples, &out, &refs)?;
+    let losses = losses.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
     let stats: Vec<ExampleStats> = policy
         .into_iter()
         .zip(losses)
@@ -244,9 +257,25 @@ pub fn evaluate(model: &Llama, examples: &[&Tokenized], reference: &[Vec<f64>], 
             tokens: p.tokens,
             logit_sums: p.logit_sums,
             argmax_hits: p.argmax_hits,
+            desirable: match examples[i].kind {
+                data::ExampleKind::Unpaired { desirable } => Some(desirable),
+                _ => None,
+            },
+            kl: z0,
         })
         .collect();
     Ok(task.metrics(&stats, vocab))
+}
+
+/// TR-DPO's update: `(1 - alpha) * reference + alpha * policy`, tensor by tensor (new storage).
+fn mix_reference(reference: &Llama, policy: &Llama, alpha: f64) -> Result<Llama> {
+    let p: std::collections::HashMap<String, candle_core::Tensor> = policy.named_tensors().into_iter().collect();
+    let mut mixed = std::collections::HashMap::new();
+    for (name, r) in reference.named_tensors() {
+        let t = ((r * (1.0 - alpha))? + (p[&name].detach() * alpha)?)?;
+        mixed.insert(name, t);
+    }
+    Llama::from_tensors(reference.config.clone(), &mixed)
 }
 
 fn append_line(path: &Path, v: &Value) -> Result<()> {
@@ -277,33 +306,47 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
         None => None,
     };
 
-    // Reference log-probs, once, with the initial weights (= the reference model).
+    // Reference log-probs: once, with the initial weights (= the reference model), cached. With
+    // TR-DPO the reference moves: it stays in memory and is run on each batch instead.
     let reference_model = loaded.model()?;
-    let hash = reference::model_hash(&reference_model, &loaded.tokenizer)?;
-    let ref_for = |set: &TokenizedSet, data: &Path, given: Option<&Path>, obs: &mut dyn Observer| -> Result<Vec<Vec<f64>>> {
-        obs.phase(&format!("reference log-probs of {}", data.display()), set.examples.len(), "pairs");
-        let (v, origin) = reference_logps(&reference_model, &hash, data, set, cfg.tokenize, given, cfg.max_tokens_per_forward, |d| {
-            obs.advance(d, "")
-        })?;
-        obs.message(&match origin {
-            reference::Origin::Given(p) => format!("reference log-probs read from {}", p.display()),
-            reference::Origin::Cache(p) => format!("reference log-probs reused from the cache {}", p.display()),
-            reference::Origin::Computed(p) => format!("reference log-probs computed and cached in {}", p.display()),
-        });
-        Ok(v)
-    };
+    let synced = cfg.sync_ref.filter(|_| cfg.task.needs_reference());
     let no_reference = |set: &TokenizedSet| vec![Vec::new(); set.examples.len()];
-    let train_ref = if cfg.task.needs_reference() {
-        ref_for(&train_set, &cfg.data, cfg.ref_logps.as_deref(), obs)?
+    let (train_ref, eval_ref) = if let Some(s) = synced {
+        obs.message(&format!(
+            "TR-DPO: the reference moves toward the policy (alpha {}) every {} steps; its log-probs are computed on each batch, the reference cache is not used",
+            s.alpha, s.steps
+        ));
+        (no_reference(&train_set), eval_set.as_ref().map(no_reference))
     } else {
-        no_reference(&train_set)
+        let hash = reference::model_hash(&reference_model, &loaded.tokenizer)?;
+        let ref_for = |set: &TokenizedSet, data: &Path, given: Option<&Path>, obs: &mut dyn Observer| -> Result<Vec<Vec<f64>>> {
+            obs.phase(&format!("reference log-probs of {}", data.display()), set.examples.len(), "examples");
+            let (v, origin) = reference_logps(&reference_model, &hash, data, set, cfg.tokenize, given, cfg.max_tokens_per_forward, |d| {
+                obs.advance(d, "")
+            })?;
+            obs.message(&match origin {
+                reference::Origin::Given(p) => format!("reference log-probs read from {}", p.display()),
+                reference::Origin::Cache(p) => format!("reference log-probs reused from the cache {}", p.display()),
+                reference::Origin::Computed(p) => format!("reference log-probs computed and cached in {}", p.display()),
+            });
+            Ok(v)
+        };
+        let train_ref = if cfg.task.needs_reference() {
+            ref_for(&train_set, &cfg.data, cfg.ref_logps.as_deref(), obs)?
+        } else {
+            no_reference(&train_set)
+        };
+        let eval_ref = match (&eval_set, &cfg.eval_data) {
+            (Some(s), Some(p)) if cfg.task.needs_reference() => Some(ref_for(s, p, None, obs)?),
+            (Some(s), Some(_)) => Some(no_reference(s)),
+            _ => None,
+        };
+        (train_ref, eval_ref)
     };
-    let eval_ref = match (&eval_set, &cfg.eval_data) {
-        (Some(s), Some(p)) if cfg.task.needs_reference() => Some(ref_for(s, p, None, obs)?),
-        (Some(s), Some(_)) => Some(no_reference(s)),
-        _ => None,
+    let mut reference_model = synced.map(|_| reference_model);
+    let reference_logps_now = |model: &Llama, examples: &[&Tokenized]| -> Result<Vec<Vec<f64>>> {
+        Ok(dataset_logps(model, examples, cfg.max_tokens_per_forward, |_| {})?.into_iter().map(|e| e.logps).collect())
     };
-    drop(reference_model);
 
     // Only the policy from here on.
     let policy = Policy::new(loaded.config.clone(), &loaded.tensors)?;
@@ -324,10 +367,18 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
     let (mut step_seconds, mut step_tokens) = (Vec::new(), Vec::new());
     let (mut fwd_s, mut bwd_s, mut opt_s) = (Vec::new(), Vec::new(), Vec::new());
     let mut last_eval = None;
-    let run_eval = |step: usize, epoch: f64, obs: &mut dyn Observer| -> Result<Option<Metrics>> {
+    let run_eval = |step: usize, epoch: f64, reference: Option<&Llama>, obs: &mut dyn Observer| -> Result<Option<Metrics>> {
         let (Some(set), Some(refs)) = (&eval_set, &eval_ref) else { return Ok(None) };
-        obs.message(&format!("evaluating on {} pairs", set.examples.len()));
+        obs.message(&format!("evaluating on {} examples", set.examples.len()));
         let ex: Vec<&Tokenized> = set.examples.iter().collect();
+        let moved;
+        let refs = match reference {
+            Some(r) => {
+                moved = reference_logps_now(r, &ex)?;
+                &moved
+            }
+            None => refs,
+        };
         let m = with_eval_prefix(evaluate(&policy.model, &ex, refs, &cfg.task, cfg.max_tokens_per_forward, vocab)?);
         let mut line = json!({"step": step, "epoch": epoch});
         line.as_object_mut().unwrap().extend(m.clone());
@@ -344,8 +395,15 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
             idx.extend(order.next_batch(cfg.per_device_train_batch_size));
         }
         let examples: Vec<&Tokenized> = idx.iter().map(|&i| &train_set.examples[i]).collect();
-        let refs: Vec<&[f64]> = idx.iter().map(|&i| train_ref[i].as_slice()).collect();
-        let res = loss_and_gradients(&policy, &examples, &refs, &cfg.task, cfg.max_tokens_per_forward)?;
+        let moved = match &reference_model {
+            Some(r) => reference_logps_now(r, &examples)?,
+            None => Vec::new(),
+        };
+        let refs: Vec<&[f64]> = match &reference_model {
+            Some(_) => moved.iter().map(Vec::as_slice).collect(),
+            None => idx.iter().map(|&i| train_ref[i].as_slice()).collect(),
+        };
+        let res = loss_and_gradients(&policy, &examples, &refs, &cfg.task, cfg.max_tokens_per_forward, cfg.per_device_train_batch_size)?;
         let t_opt = Instant::now();
         let grad_norm = global_grad_norm(&res.grads)?;
         let lr = cfg.learning_rate * lr_factor(cfg.lr_scheduler_type, step, cfg.warmup_steps, steps);
@@ -374,8 +432,14 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
         last_train = line.as_object().unwrap().clone();
 
         let done = step + 1;
+        if let (Some(s), Some(r)) = (synced, &mut reference_model) {
+            if done % s.steps.max(1) == 0 {
+                *r = mix_reference(r, &policy.model, s.alpha)?;
+                obs.message(&format!("step {done}: reference <- {:.2} * reference + {:.2} * policy", 1.0 - s.alpha, s.alpha));
+            }
+        }
         if cfg.eval_steps.is_some_and(|e| done % e == 0) && done < steps {
-            last_eval = run_eval(done, order.epoch(), obs)?;
+            last_eval = run_eval(done, order.epoch(), reference_model.as_ref(), obs)?;
         }
         if cfg.save_steps.is_some_and(|s| done % s == 0) && done < steps {
             let dir = cfg.output_dir.join(format!("checkpoint-{done}"));
@@ -384,7 +448,7 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
         }
     }
     if eval_set.is_some() {
-        last_eval = run_eval(steps, order.epoch(), obs)?;
+        last_eval = run_eval(steps, order.epoch(), reference_model.as_ref(), obs)?;
     }
     let final_dir = cfg.output_dir.join("final");
     save_hf_dir(&policy.model.detached(), &tokenizer, &final_dir)?;

@@ -63,7 +63,7 @@ fn check(tied: bool, bias: bool) {
     let refs: Vec<&Tokenized> = ex.iter().collect();
     let r: Vec<&[f64]> = REFERENCE.iter().map(|r| r.as_slice()).collect();
     // 12 rows per forward: the three pairs go through two micro-batches whose gradients add up.
-    let res = loss_and_gradients(&policy, &refs, &r, &dpo::task::Task::Preference(LOSS), 12).unwrap();
+    let res = loss_and_gradients(&policy, &refs, &r, &dpo::task::Task::Preference(dpo::loss::Objective::single(LOSS)), 12, 3).unwrap();
     let loss: f64 = res.stats.iter().map(|s| s.loss).sum::<f64>() / 3.0;
     assert!((loss - mean_loss(&cfg, &tensors)).abs() < 1e-12);
     let mut kinds = std::collections::BTreeSet::new();

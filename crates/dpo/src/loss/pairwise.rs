@@ -1,20 +1,29 @@
-//! Pairwise losses of the DPO family on `(chosen, rejected)` completions.
+//! Pairwise losses of the DPO family on `(chosen y_w, rejected y_l)`, with a reference.
+//!
+//! Notation: `rho = log pi(y) - log pi_ref(y)` (summed over completion tokens, nats),
+//! `delta = rho(y_w) - rho(y_l)`; every function returns one loss per pair `[pairs]`.
 
 use super::LossBatch;
-use crate::ops::log_sigmoid;
-use anyhow::{ensure, Result};
-use candle_core::Tensor;
+use crate::ops::{log_sigmoid, sigmoid as sig};
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{Device, Tensor};
 
-/// The DPO margin `delta = rho(y_w) - rho(y_l)` `[pairs]`, where `rho = log pi - log pi_ref`.
-pub fn delta(b: &LossBatch) -> Result<Tensor> {
+/// `(rho(y_w), rho(y_l))`, each `[pairs]`.
+fn rhos(b: &LossBatch) -> Result<(Tensor, Tensor)> {
     ensure!(b.k == 2, "a pairwise loss needs 2 completions per example, got {}", b.k);
     let rho = b.log_ratios()?;
-    Ok((b.column(&rho, 0)? - b.column(&rho, 1)?)?)
+    Ok((b.column(&rho, 0)?, b.column(&rho, 1)?))
+}
+
+/// The DPO margin `delta = rho(y_w) - rho(y_l)` `[pairs]`.
+pub fn delta(b: &LossBatch) -> Result<Tensor> {
+    let (w, l) = rhos(b)?;
+    Ok((w - l)?)
 }
 
 /// DPO (Rafailov et al. 2023, eq. 7): `-log sigma(beta * delta)`; with label smoothing `eps`
-/// ("conservative DPO", Mitchell 2023; TRL ≤ 0.26's `label_smoothing`):
-/// `-(1-eps) log sigma(beta*delta) - eps log sigma(-beta*delta)`. `[pairs]`.
+/// ("conservative DPO", Mitchell 2023; TRL ≤ 0.26's `label_smoothing`; TRL 1.16 ignores it for
+/// `sigmoid`): `-(1-eps) log sigma(beta*delta) - eps log sigma(-beta*delta)`.
 ///
 /// Its gradient is `-beta * sigma(-beta*delta) * (grad log pi(y_w) - grad log pi(y_l))` (the
 /// paper's §4): pairs the implicit reward ranks wrongly weigh more.
@@ -27,40 +36,242 @@ pub fn sigmoid(b: &LossBatch, beta: f64, eps: f64) -> Result<Tensor> {
     Ok(((clean * (1.0 - eps))? - (log_sigmoid(&z.neg()?)? * eps)?)?)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{Device, Var};
+/// Robust DPO (Chowdhury, Kini & Natarajan 2024, §3, the unbiased loss under label-flip rate
+/// `eps < 1/2`; TRL's `robust`): `[-(1-eps) log sigma(beta*delta) + eps log sigma(-beta*delta)] / (1-2eps)`.
+/// With `eps = 0` it is DPO.
+pub fn robust(b: &LossBatch, beta: f64, eps: f64) -> Result<Tensor> {
+    ensure!((0.0..0.5).contains(&eps), "robust DPO needs label_smoothing in [0, 0.5), got {eps}");
+    let z = (delta(b)? * beta)?;
+    let clean = (log_sigmoid(&z)? * -(1.0 - eps))?;
+    let flipped = (log_sigmoid(&z.neg()?)? * eps)?;
+    Ok(((clean + flipped)? / (1.0 - 2.0 * eps))?)
+}
 
-    fn batch(policy: &[f64], reference: &[f64]) -> (Var, LossBatch) {
+/// The hinge loss of SLiC (Zhao et al. 2023, eq. 2 with the DPO margin; TRL's `hinge`):
+/// `max(0, 1 - beta * delta)`.
+pub fn hinge(b: &LossBatch, beta: f64) -> Result<Tensor> {
+    Ok((1.0 - (delta(b)? * beta)?)?.relu()?)
+}
+
+/// IPO (Azar et al. 2023, eq. 17, with `tau = beta`) as TRL computes it, from per-token average
+/// log-ratios: `(rho(y_w)/|y_w| - rho(y_l)/|y_l| - 1/(2 beta))^2`. (The paper sums over tokens;
+/// TRL's averaging was agreed with the authors. Seed 004 writes the constant as `1/beta`.)
+pub fn ipo(b: &LossBatch, beta: f64) -> Result<Tensor> {
+    ensure!(b.k == 2, "ipo needs pairs");
+    let avg = (b.log_ratios()? / b.tokens.clamp(1.0, f64::INFINITY)?)?;
+    let d = (b.column(&avg, 0)? - b.column(&avg, 1)?)?;
+    Ok((d - 1.0 / (2.0 * beta))?.sqr()?)
+}
+
+/// ODPO (Amini, Vieira & Cotterell 2024; the authors' `preference_loss`; seed 002):
+/// `-log sigma(beta * delta - alpha * log(s_w - s_l))`, where `s` are the completions' scores
+/// from the data (e.g. UltraFeedback's `score_chosen`, `score_rejected`): the chosen completion
+/// must win by more when the scores differ more. Needs `s_w > s_l`.
+pub fn odpo(b: &LossBatch, beta: f64, alpha: f64) -> Result<Tensor> {
+    let s = b.scores.as_ref().context("odpo needs a score for each completion (score_chosen, score_rejected)")?;
+    let offsets: Vec<f64> = s
+        .chunks(2)
+        .enumerate()
+        .map(|(i, c)| {
+            if c[0] > c[1] {
+                Ok(alpha * (c[0] - c[1]).ln())
+            } else {
+                bail!("odpo: pair {i} has score_chosen {} <= score_rejected {}", c[0], c[1])
+            }
+        })
+        .collect::<Result<_>>()?;
+    let offsets = Tensor::new(offsets, &Device::Cpu)?.to_dtype(b.policy.dtype())?;
+    let z = ((delta(b)? * beta)? - offsets)?;
+    Ok(log_sigmoid(&z)?.neg()?)
+}
+
+/// TRL 1.16's `bco_pair` (BCO, Jung et al. 2024, on pairs, without the running-mean baseline
+/// TRL ≤ 0.26 had): `-log sigma(beta*rho_w) - log sigma(-beta*rho_l)`.
+pub fn bco_pair(b: &LossBatch, beta: f64) -> Result<Tensor> {
+    let (w, l) = rhos(b)?;
+    Ok((log_sigmoid(&(w * beta)?)?.neg()? - log_sigmoid(&(l * -beta)?)?)?)
+}
+
+/// NCA on pairs (Chen et al. 2024, "Noise Contrastive Alignment", eq. 10; TRL's `nca_pair`):
+/// `-log sigma(beta*rho_w) - 0.5 log sigma(-beta*rho_w) - 0.5 log sigma(-beta*rho_l)`.
+pub fn nca_pair(b: &LossBatch, beta: f64) -> Result<Tensor> {
+    let (w, l) = rhos(b)?;
+    let (rw, rl) = ((w * beta)?, (l * beta)?);
+    let a = log_sigmoid(&rw)?.neg()?;
+    let c = (log_sigmoid(&rw.neg()?)? * 0.5)?;
+    let d = (log_sigmoid(&rl.neg()?)? * 0.5)?;
+    Ok(((a - c)? - d)?)
+}
+
+/// APO-zero (D'Oosterlinck et al. 2024, "Anchored Preference Optimization", eq. 7; TRL's
+/// `apo_zero`): `1 - sigma(beta*rho_w) + sigma(beta*rho_l)`: raise the winner, lower the loser.
+pub fn apo_zero(b: &LossBatch, beta: f64) -> Result<Tensor> {
+    let (w, l) = rhos(b)?;
+    Ok(((1.0 - sig(&(w * beta)?)?)? + sig(&(l * beta)?)?)?)
+}
+
+/// APO-down (the same paper, eq. 8; TRL's `apo_down`): `sigma(beta*rho_w) + 1 - sigma(beta*(rho_w - rho_l))`:
+/// lower both, the loser more.
+pub fn apo_down(b: &LossBatch, beta: f64) -> Result<Tensor> {
+    let (w, l) = rhos(b)?;
+    let a = sig(&(&w * beta)?)?;
+    let c = sig(&((w - l)? * beta)?)?;
+    Ok(((a + 1.0)? - c)?)
+}
+
+/// SPPO with hard labels (Wu et al. 2024, eq. 4.7 with win probability 1 and 0; TRL's
+/// `sppo_hard`): `(rho_w - 1/(2 beta))^2 + (rho_l + 1/(2 beta))^2`.
+pub fn sppo_hard(b: &LossBatch, beta: f64) -> Result<Tensor> {
+    let (w, l) = rhos(b)?;
+    let h = 0.5 / beta;
+    Ok(((w - h)?.sqr()? + (l + h)?.sqr()?)?)
+}
+
+/// EXO on pairs (Ji et al. 2024, eq. 16 with K = 2; TRL's `exo_pair`), the reverse KL between
+/// the model's pairwise preference and a label smoothed by `eps > 0`:
+/// `sigma(z)(log sigma(z) - log(1-eps)) + sigma(-z)(log sigma(-z) - log eps)`, `z = beta*delta`.
+pub fn exo_pair(b: &LossBatch, beta: f64, eps: f64) -> Result<Tensor> {
+    ensure!(eps > 0.0 && eps < 1.0, "exo_pair needs label_smoothing in (0, 1), got {eps}");
+    let z = (delta(b)? * beta)?;
+    let (lw, ll) = (log_sigmoid(&z)?, log_sigmoid(&z.neg()?)?);
+    let a = (lw.exp()? * (&lw - (-eps).ln_1p())?)?;
+    let c = (ll.exp()? * (&ll - eps.ln())?)?;
+    Ok((a + c)?)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::loss::{Loss, LossBatch};
+    use candle_core::Var;
+
+    /// Hand-picked pairs: policy and reference log-probs, token counts, scores.
+    pub const POLICY: [f64; 6] = [-4.0, -9.0, -12.5, -7.25, -3.0, -3.5];
+    pub const REFERENCE: [f64; 6] = [-5.0, -7.5, -11.0, -9.0, -3.2, -3.1];
+    pub const TOKENS: [usize; 6] = [4, 7, 10, 5, 2, 3];
+    pub const SCORES: [f64; 6] = [8.0, 3.0, 6.5, 6.0, 9.0, 1.0];
+
+    pub fn batch(policy: &[f64]) -> (Var, LossBatch) {
         let v = Var::new(policy, &Device::Cpu).unwrap();
-        let b = LossBatch::new(v.as_tensor().clone(), reference, &vec![3; policy.len()], 2).unwrap();
+        let mut b = LossBatch::new(v.as_tensor().clone(), &REFERENCE, &TOKENS, 2).unwrap();
+        b.scores = Some(SCORES.to_vec());
         (v, b)
     }
 
-    #[test]
-    fn sigmoid_is_dpo_eq7_and_its_gradient() {
-        let (pc, pr, rc, rr, beta) = (-4.0, -9.0, -5.0, -7.5, 0.1);
-        let (v, b) = batch(&[pc, pr], &[rc, rr]);
-        let l = sigmoid(&b, beta, 0.0).unwrap();
-        let d = (pc - rc) - (pr - rr);
-        let want = (1.0 + (-beta * d).exp()).ln();
-        assert!((l.to_vec1::<f64>().unwrap()[0] - want).abs() < 1e-15);
-        let g = l.sum_all().unwrap().backward().unwrap();
-        let g = g.get(&v).unwrap().to_vec1::<f64>().unwrap();
-        let w = beta / (1.0 + (beta * d).exp()); // beta * sigma(-beta*delta)
-        assert!((g[0] + w).abs() < 1e-15 && (g[1] - w).abs() < 1e-15, "{g:?}");
-        // at policy == reference the loss is log 2
-        let (_, b) = batch(&[-3.0, -4.0], &[-3.0, -4.0]);
-        assert!((sigmoid(&b, beta, 0.0).unwrap().to_vec1::<f64>().unwrap()[0] - 2f64.ln()).abs() < 1e-15);
+    pub fn ls(x: f64) -> f64 {
+        crate::ops::log_sigmoid_f64(x)
+    }
+
+    pub fn sg(x: f64) -> f64 {
+        1.0 / (1.0 + (-x).exp())
+    }
+
+    /// Checks `loss`'s values against `want(pair)` and its gradient against finite differences.
+    pub fn check(loss: Loss, want: &dyn Fn(usize, &[f64]) -> f64) {
+        let (v, b) = batch(&POLICY);
+        let got = loss.per_example(&b).unwrap().to_vec1::<f64>().unwrap();
+        for (i, g) in got.iter().enumerate() {
+            let w = want(i, &POLICY);
+            assert!((g - w).abs() < 1e-12 * w.abs().max(1.0), "{loss:?} pair {i}: {g} vs closed form {w}");
+        }
+        let grads = loss.per_example(&b).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = grads.get(&v).unwrap().to_vec1::<f64>().unwrap();
+        for j in 0..POLICY.len() {
+            let f = |d: f64| {
+                let mut p = POLICY;
+                p[j] += d;
+                (0..3).map(|i| want(i, &p)).sum::<f64>()
+            };
+            let fd = (f(1e-6) - f(-1e-6)) / 2e-6;
+            assert!((fd - g[j]).abs() < 1e-6 * fd.abs().max(1.0), "{loss:?} d/dpolicy[{j}]: {} vs finite difference {fd}", g[j]);
+        }
+    }
+
+    fn rho(p: &[f64], i: usize) -> (f64, f64) {
+        (p[2 * i] - REFERENCE[2 * i], p[2 * i + 1] - REFERENCE[2 * i + 1])
     }
 
     #[test]
-    fn label_smoothing_mixes_in_the_flipped_label() {
-        let (_, b) = batch(&[-4.0, -9.0], &[-5.0, -7.5]);
-        let z: f64 = 0.1 * ((-4.0 + 5.0) - (-9.0 + 7.5));
-        let ls = |x: f64| -(1.0 + (-x).exp()).ln();
-        let want = -0.8 * ls(z) - 0.2 * ls(-z);
-        assert!((sigmoid(&b, 0.1, 0.2).unwrap().to_vec1::<f64>().unwrap()[0] - want).abs() < 1e-15);
+    fn sigmoid_is_dpo_eq7_and_cdpo_with_smoothing() {
+        let beta = 0.5;
+        check(Loss::Sigmoid { beta, label_smoothing: 0.0 }, &|i, p| {
+            let (w, l) = rho(p, i);
+            (1.0 + (-beta * (w - l)).exp()).ln()
+        });
+        check(Loss::Sigmoid { beta, label_smoothing: 0.2 }, &|i, p| {
+            let (w, l) = rho(p, i);
+            -0.8 * ls(beta * (w - l)) - 0.2 * ls(-beta * (w - l))
+        });
+        // at policy == reference the loss is log 2
+        let (_, b) = batch(&REFERENCE);
+        for x in sigmoid(&b, beta, 0.0).unwrap().to_vec1::<f64>().unwrap() {
+            assert!((x - 2f64.ln()).abs() < 1e-15);
+        }
+    }
+
+    #[test]
+    fn robust_with_eps_0_is_sigmoid_and_matches_its_formula() {
+        let beta = 0.3;
+        check(Loss::Robust { beta, label_smoothing: 0.1 }, &|i, p| {
+            let (w, l) = rho(p, i);
+            (-(0.9) * ls(beta * (w - l)) + 0.1 * ls(-beta * (w - l))) / 0.8
+        });
+        let (_, b) = batch(&POLICY);
+        let r = robust(&b, beta, 0.0).unwrap().to_vec1::<f64>().unwrap();
+        let s = sigmoid(&b, beta, 0.0).unwrap().to_vec1::<f64>().unwrap();
+        assert_eq!(r, s);
+    }
+
+    #[test]
+    fn hinge_ipo_odpo() {
+        let beta = 0.2;
+        check(Loss::Hinge { beta }, &|i, p| {
+            let (w, l) = rho(p, i);
+            (1.0 - beta * (w - l)).max(0.0)
+        });
+        check(Loss::Ipo { beta }, &|i, p| {
+            let (w, l) = rho(p, i);
+            let d = w / TOKENS[2 * i] as f64 - l / TOKENS[2 * i + 1] as f64;
+            (d - 1.0 / (2.0 * beta)).powi(2)
+        });
+        check(Loss::Odpo { beta, alpha: 0.7 }, &|i, p| {
+            let (w, l) = rho(p, i);
+            -ls(beta * (w - l) - 0.7 * (SCORES[2 * i] - SCORES[2 * i + 1]).ln())
+        });
+        let (_, mut b) = batch(&POLICY);
+        b.scores = Some(vec![1.0, 2.0, 3.0, 1.0, 1.0, 0.0]);
+        let e = odpo(&b, beta, 1.0).unwrap_err().to_string();
+        assert!(e.contains("pair 0 has score_chosen 1 <= score_rejected 2"), "{e}");
+    }
+
+    #[test]
+    fn trl_pairwise_family() {
+        let beta = 0.4;
+        check(Loss::BcoPair { beta }, &|i, p| {
+            let (w, l) = rho(p, i);
+            -ls(beta * w) - ls(-beta * l)
+        });
+        check(Loss::NcaPair { beta }, &|i, p| {
+            let (w, l) = rho(p, i);
+            -ls(beta * w) - 0.5 * ls(-beta * w) - 0.5 * ls(-beta * l)
+        });
+        check(Loss::ApoZero { beta }, &|i, p| {
+            let (w, l) = rho(p, i);
+            1.0 - sg(beta * w) + sg(beta * l)
+        });
+        check(Loss::ApoDown { beta }, &|i, p| {
+            let (w, l) = rho(p, i);
+            sg(beta * w) + 1.0 - sg(beta * (w - l))
+        });
+        check(Loss::SppoHard { beta }, &|i, p| {
+            let (w, l) = rho(p, i);
+            (w - 0.5 / beta).powi(2) + (l + 0.5 / beta).powi(2)
+        });
+        let eps: f64 = 0.01;
+        check(Loss::ExoPair { beta, label_smoothing: eps }, &|i, p| {
+            let (w, l) = rho(p, i);
+            let z = beta * (w - l);
+            sg(z) * (ls(z) - (1.0 - eps).ln()) + sg(-z) * (ls(-z) - eps.ln())
+        });
     }
 }

@@ -15,7 +15,7 @@ mod rope;
 mod swiglu;
 
 pub use attention::{attention, decode_attention, Attention, AttentionLayout, Group};
-pub use log_sigmoid::{log_sigmoid, LogSigmoid};
+pub use log_sigmoid::{log1mexp, log1mexp_f64, log_sigmoid, log_sigmoid_f64, sigmoid, Elementwise};
 pub use logp_head::{logp_head, LogpHead, LogpHeadStats};
 pub use rmsnorm::{rms_norm, RmsNorm};
 pub use rope::{Llama3Scaling, Rope, RopeTable};
