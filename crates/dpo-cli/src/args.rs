@@ -115,7 +115,7 @@ pub struct LabelArgs {
     /// The field the `score` judge reads: one number per completion.
     #[arg(long, default_value = "scores")]
     pub score_field: String,
-    /// best-worst (one pair per prompt), all-pairs (every ordered pair), or ranking.
+    /// best-worst (one pair per prompt), rank-pairs (best vs worst, 2nd vs 2nd-worst, ...), all-pairs (every ordered pair), or ranking.
     #[arg(long, default_value = "best-worst")]
     pub mode: dpo::label::LabelMode,
 }

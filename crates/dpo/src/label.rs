@@ -17,6 +17,9 @@ pub enum LabelMode {
     BestWorst,
     /// Every ordered pair `(i, j)` with `score_i > score_j`.
     AllPairs,
+    /// Disjoint pairs from the ranking's two ends: best vs worst, second best vs second worst, …
+    /// (`n/2` pairs per prompt, each completion used once).
+    RankPairs,
     /// The completions ranked best first (for the Plackett–Luce loss).
     Ranking,
 }
@@ -27,8 +30,9 @@ impl std::str::FromStr for LabelMode {
         match s {
             "best-worst" | "best_worst" => Ok(Self::BestWorst),
             "all-pairs" | "all_pairs" => Ok(Self::AllPairs),
+            "rank-pairs" | "rank_pairs" => Ok(Self::RankPairs),
             "ranking" | "rankings" => Ok(Self::Ranking),
-            _ => Err(format!("unknown mode `{s}` (best-worst, all-pairs, ranking)")),
+            _ => Err(format!("unknown mode `{s}` (best-worst, rank-pairs, all-pairs, ranking)")),
         }
     }
 }
@@ -116,6 +120,16 @@ pub fn label(records: &[SampleLine], judge: &dyn Judge, mode: LabelMode) -> Resu
                     report.ties_dropped += 1;
                 }
             }
+            LabelMode::RankPairs => {
+                for i in 0..order.len() / 2 {
+                    let (hi, lo) = (order[i], order[order.len() - 1 - i]);
+                    if s[hi] > s[lo] {
+                        out.push(pair(hi, lo));
+                    } else {
+                        report.ties_dropped += 1;
+                    }
+                }
+            }
             LabelMode::AllPairs => {
                 for i in 0..s.len() {
                     for j in 0..s.len() {
@@ -163,6 +177,9 @@ mod tests {
         let (bw, rep) = label(&recs, &j, LabelMode::BestWorst).unwrap();
         assert_eq!(bw, vec![json!({"prompt":"P","chosen":"c1","rejected":"c0","score_chosen":0.9,"score_rejected":0.1})]);
         assert_eq!((rep.written, rep.ties_dropped), (1, 1));
+        let (rp, rep) = label(&recs, &j, LabelMode::RankPairs).unwrap();
+        assert_eq!((rp.len(), rep.ties_dropped), (2, 1), "c1>c0, c3>c2; the tied second prompt");
+        assert_eq!((rp[1]["chosen"].as_str(), rp[1]["rejected"].as_str()), (Some("c3"), Some("c2")));
         let (all, rep) = label(&recs, &j, LabelMode::AllPairs).unwrap();
         assert_eq!((all.len(), rep.ties_dropped), (5, 2), "c1>c0,c1>c2,c3>c0,c3>c2,c2>c0; ties c1=c3 and the second prompt");
         let (rk, _) = label(&recs[..1], &j, LabelMode::Ranking).unwrap();

@@ -5,8 +5,9 @@
 //! only the policy in memory. The file format is that of `dpo logps`: one JSON line per input
 //! record, in input order,
 //! `{"index": 0, "chosen_logps": -85.07, "rejected_logps": -166.76, "chosen_tokens": 29, "rejected_tokens": 62}`
-//! (summed log-probs in nats; token counts of the scored completion tokens), or
-//! `{"index": 5, "skipped": "why"}` for a record that was left out.
+//! (summed log-probs in nats; token counts of the scored completion tokens) for a pair,
+//! `{"index": 0, "logps": [...], "tokens": [...]}` for other examples (rankings; KTO's completion
+//! and its mismatched completion), or `{"index": 5, "skipped": "why"}` for a record left out.
 
 use crate::data::{TokenizeSettings, TokenizedSet};
 use crate::io::{open_text, write_atomic};
@@ -35,7 +36,7 @@ pub fn write_file(path: &Path, set: &TokenizedSet, logps: &[Vec<f64>]) -> Result
         .zip(logps)
         .map(|(ex, lp)| {
             let tokens: Vec<usize> = scored_tokens(ex);
-            let v = if lp.len() == 2 {
+            let v = if matches!(ex.kind, crate::data::ExampleKind::Pair { .. }) && lp.len() == 2 {
                 json!({"index": ex.index, "chosen_logps": lp[0], "rejected_logps": lp[1],
                        "chosen_tokens": tokens[0], "rejected_tokens": tokens[1]})
             } else {
