@@ -152,6 +152,13 @@ impl Tokenizer {
         Ok(self.inner.encode(text, true).map_err(|e| anyhow!("tokenizing: {e}"))?.get_ids().to_vec())
     }
 
+    /// Token ids of `text` without added special tokens (`tokenizer(text, add_special_tokens=False)`,
+    /// what `apply_chat_template(..., tokenize=True)` does with the rendered text); special tokens
+    /// written in the text are still recognised.
+    pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.inner.encode(text, false).map_err(|e| anyhow!("tokenizing: {e}"))?.get_ids().to_vec())
+    }
+
     /// Text of `ids`; special tokens are kept when `keep_special`.
     pub fn decode(&self, ids: &[u32], keep_special: bool) -> Result<String> {
         self.inner.decode(ids, !keep_special).map_err(|e| anyhow!("decoding: {e}"))

@@ -1,29 +1,40 @@
-//! Reading preference records.
+//! Records: examples as text, where each came from, and reading a data file into them.
 //!
-//! Layouts, recognised per record:
-//! - explicit: `{"prompt": str, "chosen": str, "rejected": str}`;
-//! - prompt-completion (SFT): `{"prompt": str, "completion": str}`;
-//! - Anthropic HH raw: `{"chosen": str, "rejected": str}` holding whole transcripts; the prompt is
-//!   each side's text up to and including its last `"\n\nAssistant:"`, and a pair whose two sides
-//!   disagree on that prompt is skipped (and counted).
+//! [`read_with`] reads a file ([`super::formats`]), recognises each record's layout
+//! ([`super::layouts`]) and renders conversational records with the chat template
+//! ([`super::chat`]).
 
-use crate::io::open_text;
-use anyhow::{bail, Context, Result};
-use serde_json::{Map, Value};
-use std::io::BufRead;
+use super::chat::ChatTemplate;
+use super::formats::{read_objects, Position};
+use super::layouts::{parse_record, Chat};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Result};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// Where a record came from: its file, 1-based line, and 0-based index among the file's records.
+/// Where a record came from: its file, its 1-based line (or, in a JSON list or a Parquet file, its
+/// 1-based record number: see [`Position`]), and its 0-based index among the records (after a
+/// conversion such as [`super::to_unpaired`], its index in the converted list).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Origin {
     pub file: PathBuf,
     pub line: usize,
     pub index: usize,
+    pub position: Position,
+}
+
+impl Origin {
+    pub fn new(file: &Path, line: usize, index: usize, position: Position) -> Self {
+        Self { file: file.to_path_buf(), line, index, position }
+    }
 }
 
 impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.file.display(), self.line)
+        match self.position {
+            Position::Line => write!(f, "{}:{}", self.file.display(), self.line),
+            Position::Record => write!(f, "{}: record {}", self.file.display(), self.line),
+        }
     }
 }
 
@@ -69,6 +80,16 @@ impl Example {
     pub fn completion(prompt: impl Into<String>, completion: impl Into<String>) -> Self {
         Self { prompt: prompt.into(), completions: vec![completion.into()], kind: ExampleKind::Completion, rendered: None }
     }
+
+    /// A plain-text prompt and one completion labelled desirable or undesirable (KTO).
+    pub fn unpaired(prompt: impl Into<String>, completion: impl Into<String>, desirable: bool) -> Self {
+        Self { prompt: prompt.into(), completions: vec![completion.into()], kind: ExampleKind::Unpaired { desirable }, rendered: None }
+    }
+
+    /// A plain-text prompt and completions ranked best first, with their scores if known.
+    pub fn ranking(prompt: impl Into<String>, completions: Vec<String>, scores: Option<Vec<f64>>) -> Self {
+        Self { prompt: prompt.into(), completions, kind: ExampleKind::Ranking { scores }, rendered: None }
+    }
 }
 
 /// A record of a data file: the example it holds, or why it was skipped.
@@ -78,23 +99,19 @@ pub struct Record {
     pub example: std::result::Result<Example, String>,
 }
 
-/// What [`read`] found.
+/// What [`read_with`] found.
 #[derive(Debug, Clone, Default)]
 pub struct ReadReport {
     pub records: usize,
     /// HH pairs whose sides disagree before the last `"\n\nAssistant:"`.
     pub skipped_disagreeing: usize,
+    /// Records rendered with the chat template.
+    pub conversational: usize,
+    /// Conversational records whose rendered prompt is not a prefix of a rendered conversation.
+    pub prompt_not_prefix: usize,
 }
 
 const HH_MARK: &str = "\n\nAssistant:";
-
-fn string_field(obj: &Map<String, Value>, key: &str, origin: &Origin) -> Result<String> {
-    match obj.get(key) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(v) => bail!("{origin}: field `{key}` must be a string, found {}", kind(v)),
-        None => bail!("{origin}: missing field `{key}`"),
-    }
-}
 
 pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
@@ -119,51 +136,75 @@ pub fn split_hh(chosen: &str, rejected: &str) -> std::result::Result<Example, St
     }
 }
 
-fn parse_record(obj: &Map<String, Value>, origin: &Origin) -> Result<std::result::Result<Example, String>> {
-    if obj.contains_key("prompt") && obj.contains_key("completion") {
-        let prompt = string_field(obj, "prompt", origin)?;
-        let completion = string_field(obj, "completion", origin)?;
-        return Ok(Ok(Example::completion(prompt, completion)));
-    }
-    if obj.contains_key("prompt") {
-        let prompt = string_field(obj, "prompt", origin)?;
-        let chosen = string_field(obj, "chosen", origin)?;
-        let rejected = string_field(obj, "rejected", origin)?;
-        return Ok(Ok(Example::pair(prompt, chosen, rejected)));
-    }
-    if obj.contains_key("chosen") || obj.contains_key("rejected") {
-        let chosen = string_field(obj, "chosen", origin)?;
-        let rejected = string_field(obj, "rejected", origin)?;
-        return Ok(split_hh(&chosen, &rejected));
-    }
-    bail!("{origin}: missing field `prompt` (explicit and prompt-completion layouts) or `chosen`/`rejected` (HH transcripts)")
+/// How conversational records are rendered while reading.
+#[derive(Debug, Default)]
+pub struct ReadOptions {
+    /// The chat template (and special tokens) conversational records are rendered with; without
+    /// one, a conversational record is an error.
+    pub chat_template: Option<ChatTemplate>,
+    /// Why there is no template, for that error.
+    no_template: Option<String>,
 }
 
-/// Reads every record of a `.jsonl` or `.jsonl.gz` file, in order. A line that is not a JSON
-/// object, or a record missing a field, stops with an error naming the file, line and field.
-pub fn read(path: &Path) -> Result<(Vec<Record>, ReadReport)> {
-    let reader = open_text(path)?;
+impl ReadOptions {
+    /// Renders with `tok`'s chat template (`tokenizer_config.json`, `chat_template.jinja`, or the
+    /// GGUF metadata `tokenizer.chat_template`). Fails if the template does not compile.
+    pub fn for_tokenizer(tok: &Tokenizer) -> Result<Self> {
+        let chat_template = ChatTemplate::from_tokenizer(tok)?;
+        Ok(Self { no_template: chat_template.is_none().then(|| "the model's tokenizer has no chat template".into()), chat_template })
+    }
+
+    /// Renders with `template`.
+    pub fn with_template(template: ChatTemplate) -> Self {
+        Self { chat_template: Some(template), no_template: None }
+    }
+
+    fn chat(&self) -> Chat<'_> {
+        match &self.chat_template {
+            Some(t) => Chat::Template(t),
+            None => Chat::Missing(self.no_template.as_deref().unwrap_or("the data was read without a tokenizer (read it with `data::read_with` and `ReadOptions::for_tokenizer`)")),
+        }
+    }
+}
+
+/// Reads every record of a data file, in order, in any format of [`super::formats`] and any
+/// layout of [`super::layouts`]; conversational records are rendered with `opts`' chat template.
+/// A malformed record stops with an error naming the file, line (or record number) and field.
+/// Records that are kept but unusable (HH pairs whose sides disagree) have `Err(reason)` examples.
+/// When a rendered prompt is not a prefix of its rendered conversation (TRL's warning), a warning
+/// with the count is logged once for the file.
+pub fn read_with(path: &Path, opts: &ReadOptions) -> Result<(Vec<Record>, ReadReport)> {
+    let chat = opts.chat();
     let mut out = Vec::new();
     let mut report = ReadReport::default();
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("{}:{}: reading", path.display(), i + 1))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let origin = Origin { file: path.to_path_buf(), line: i + 1, index: out.len() };
-        let v: Value = serde_json::from_str(&line).with_context(|| format!("{origin}: not valid JSON"))?;
-        let Value::Object(obj) = v else { bail!("{origin}: expected a JSON object, found {}", kind(&v)) };
-        let example = parse_record(&obj, &origin)?;
-        if example.is_err() {
-            report.skipped_disagreeing += 1;
-        }
-        out.push(Record { origin, example });
+    for (origin, obj) in read_objects(path)? {
+        let parsed = parse_record(&obj, &origin, &chat)?;
+        report.skipped_disagreeing += usize::from(parsed.example.is_err());
+        report.conversational += usize::from(parsed.conversational);
+        report.prompt_not_prefix += usize::from(parsed.prompt_not_prefix);
+        out.push(Record { origin, example: parsed.example });
     }
     report.records = out.len();
     if out.is_empty() {
         bail!("{}: no records", path.display());
     }
+    if report.prompt_not_prefix > 0 {
+        tracing::warn!(
+            "{}: in {} of {} conversational records the chat template's rendering of the prompt (with the generation prompt) \
+             is not a prefix of its rendering of prompt + completion; the token ids of the prompt are then their common prefix, \
+             as TRL does, and the rest goes to the completion",
+            path.display(),
+            report.prompt_not_prefix,
+            report.conversational
+        );
+    }
     Ok((out, report))
+}
+
+/// [`read_with`] without a chat template: plain-text layouts only (a conversational record is an
+/// error saying that a template is needed).
+pub fn read(path: &Path) -> Result<(Vec<Record>, ReadReport)> {
+    read_with(path, &ReadOptions::default())
 }
 
 #[cfg(test)]
@@ -203,5 +244,67 @@ mod tests {
         assert!(e.contains("d.jsonl:1") && e.contains("`chosen` must be a string"), "{e}");
         let (_d, p) = write("{oops\n");
         assert!(format!("{:#}", read(&p).unwrap_err()).contains("d.jsonl:1: not valid JSON"));
+    }
+
+    #[test]
+    fn conversational_records_need_read_with_a_template() {
+        let (_d, p) = write(concat!(
+            r#"{"prompt":"P","chosen":" a","rejected":" b"}"#, "\n",
+            r#"{"prompt":[{"role":"user","content":"Q"}],"chosen":[{"role":"assistant","content":"A"}],"rejected":[{"role":"assistant","content":"B"}]}"#, "\n",
+        ));
+        let e = read(&p).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}:2: a conversational record", p.display())) && e.contains("read_with"), "{e}");
+        let opts = ReadOptions::with_template(crate::data::chat::tests::smol());
+        let (recs, rep) = read_with(&p, &opts).unwrap();
+        assert_eq!((rep.records, rep.conversational, rep.prompt_not_prefix), (2, 1, 0));
+        assert_eq!(recs[0].example.as_ref().unwrap(), &Example::pair("P", " a", " b"));
+        let ex = recs[1].example.as_ref().unwrap();
+        assert!(ex.prompt.ends_with("<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n"));
+        assert_eq!(ex.completions, ["A", "B"]);
+        // a template that does not render the prompt as a prefix is counted (and warned about)
+        let t = ChatTemplate::new("{% for m in messages %}{{ m.content }}{% endfor %}{% if add_generation_prompt %}:{% endif %}", None, None, None).unwrap();
+        let (_, rep) = read_with(&p, &ReadOptions::with_template(t)).unwrap();
+        assert_eq!((rep.conversational, rep.prompt_not_prefix), (1, 1));
+    }
+
+    #[test]
+    fn json_list_files_name_records_by_position() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("d.json");
+        std::fs::write(&p, r#"[{"prompt":"P","completion":"c"}, {"prompt":"P","completion":"c","label":true}, {"prompt":"P","completion":"c","label":1}]"#).unwrap();
+        let e = read(&p).unwrap_err().to_string();
+        assert_eq!(e, format!("{}: record 3: field `label` must be a boolean, found a number", p.display()));
+        std::fs::write(&p, r#"[{"prompt":"P","completion":"c"}, {"prompt":"P","completion":"d","label":true}]"#).unwrap();
+        let (recs, _) = read(&p).unwrap();
+        assert_eq!(recs[1].example.as_ref().unwrap(), &Example::unpaired("P", "d", true));
+        assert_eq!((recs[1].origin.line, recs[1].origin.index, recs[1].origin.to_string()), (2, 1, format!("{}: record 2", p.display())));
+        std::fs::write(&p, "[]").unwrap();
+        assert!(read(&p).unwrap_err().to_string().ends_with("d.json: no records"));
+    }
+
+    #[test]
+    fn parquet_files_in_ultrafeedback_layout() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("uf.parquet");
+        crate::data::formats::tests::write_parquet(
+            &p,
+            &[
+                ("Q1", &[("user", "Q1"), ("assistant", "A")], &[("user", "Q1"), ("assistant", "B")], [7.5, 1.0]),
+                ("Q2", &[("user", "Q2"), ("assistant", "C")], &[("user", "Q2")], [2.0, 3.0]),
+            ],
+        );
+        let e = read(&p).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}: record 1: a conversational record", p.display())), "{e}");
+        let opts = ReadOptions::with_template(crate::data::chat::tests::smol());
+        let (recs, rep) = read_with(&p, &opts).unwrap();
+        assert_eq!((rep.records, rep.conversational), (2, 2));
+        let ex = recs[0].example.as_ref().unwrap();
+        assert_eq!((ex.completions.as_slice(), &ex.kind), (&["A".to_string(), "B".to_string()][..], &ExampleKind::Pair { scores: Some([7.5, 1.0]) }));
+        assert!(ex.prompt.ends_with("<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\n"));
+        // TRL's extract_prompt when one side is a prefix of the other: the shorter side's last message
+        // (here the only one) starts the completions, so the prompt is empty
+        let ex = recs[1].example.as_ref().unwrap();
+        assert_eq!(ex.completions, ["Q2C", "Q2"]);
+        assert_eq!(ex.prompt, "<|im_start|>assistant\n");
     }
 }

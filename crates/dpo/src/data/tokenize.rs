@@ -22,7 +22,8 @@ pub struct TokenizeSettings {
     pub max_prompt_length: Option<usize>,
 }
 
-/// An example as token ids: the prompt, and each completion (ending in EOS unless truncated).
+/// An example as token ids: the prompt, and each completion (plain text: ending in EOS unless
+/// truncated; conversational: as the chat template ends a turn).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tokenized {
     /// Index of the record in its file.
@@ -56,18 +57,30 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-/// TRL 1.16's rule (`DPOTrainer._prepare_dataset`; `trl_tokenize` in the oracle): append the EOS
-/// text to each completion that does not already end with it; tokenize `prompt` and every
-/// `prompt + completion`; the prompt ids are the longest prefix common to all of them, and each
-/// completion is the rest of its sequence (a token merged across the boundary goes to the
-/// completion). Then the truncation of [`TokenizeSettings`]; `Err(reason)` if the example is dropped.
+/// TRL 1.16's rule (`DPOTrainer._prepare_dataset`; `trl_tokenize` in the oracle). Plain text:
+/// append the EOS text to each completion that does not already end with it; tokenize `prompt`
+/// and every `prompt + completion` (with the tokenizer's special tokens, e.g. a BOS).
+/// Conversational (`rendered` is set): tokenize the rendered prompt and each rendered conversation
+/// as they are, adding no special tokens and no EOS (the chat template wrote what there is; as
+/// `apply_chat_template(..., tokenize=True)`). Then in both cases the prompt ids are the longest
+/// prefix common to all of them, and each completion is the rest of its sequence (a token merged
+/// across the boundary goes to the completion). Then the truncation of [`TokenizeSettings`];
+/// `Err(reason)` if the example is dropped.
 pub fn tokenize_example(tok: &Tokenizer, ex: &Example, settings: TokenizeSettings) -> Result<std::result::Result<(Vec<u32>, Vec<Vec<u32>>), String>> {
-    let prompt_ids = tok.encode(&ex.prompt)?;
-    let mut full = Vec::with_capacity(ex.completions.len());
-    for c in &ex.completions {
-        let text = if c.ends_with(&tok.eos_token) { format!("{}{c}", ex.prompt) } else { format!("{}{c}{}", ex.prompt, tok.eos_token) };
-        full.push(tok.encode(&text)?);
-    }
+    let (prompt_ids, full) = match &ex.rendered {
+        Some(rendered) => {
+            let full = rendered.iter().map(|t| tok.encode_raw(t)).collect::<Result<Vec<_>>>()?;
+            (tok.encode_raw(&ex.prompt)?, full)
+        }
+        None => {
+            let mut full = Vec::with_capacity(ex.completions.len());
+            for c in &ex.completions {
+                let text = if c.ends_with(&tok.eos_token) { format!("{}{c}", ex.prompt) } else { format!("{}{c}{}", ex.prompt, tok.eos_token) };
+                full.push(tok.encode(&text)?);
+            }
+            (tok.encode(&ex.prompt)?, full)
+        }
+    };
     let plen = full.iter().map(|f| common_prefix(&prompt_ids, f)).min().unwrap_or(prompt_ids.len());
     let mut prompt = prompt_ids[..plen].to_vec();
     let mut completions: Vec<Vec<u32>> = full.into_iter().map(|f| f[plen..].to_vec()).collect();
