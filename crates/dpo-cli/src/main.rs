@@ -179,7 +179,7 @@ mod commands {
         let mut out = serde_json::Map::new();
         if let Some(data) = &a.data {
             let task = dpo::task::Task::dpo(a.beta);
-            let set = dpo::train::load_examples(data, &policy_loaded.tokenizer, a.tokenize.settings(), &task, &mut bars)?;
+            let set = dpo::train::load_examples(data, &policy_loaded.tokenizer, a.tokenize.settings(), &task, 1, &mut bars)?;
             let m = dpo::eval::preference_eval(&policy, &reference, &set, &task, 2048)?;
             println!("preference data {}: {}", data.display(), dpo::metrics::brief(&m));
             for (k, v) in &m {

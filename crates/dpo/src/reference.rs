@@ -127,6 +127,7 @@ pub fn model_hash(model: &Llama, tokenizer: &Tokenizer) -> Result<String> {
     let mut h = blake3::Hasher::new();
     h.update(tokenizer.inner.to_string(false).map_err(|e| anyhow::anyhow!("{e}"))?.as_bytes());
     h.update(tokenizer.eos_token.as_bytes());
+    h.update(tokenizer.chat_template.as_deref().unwrap_or("").as_bytes());
     for (name, t) in model.named_tensors() {
         h.update(name.as_bytes());
         h.update(format!("{:?}", t.dims()).as_bytes());
@@ -147,10 +148,10 @@ pub fn file_hash(path: &Path) -> Result<String> {
     Ok(h.finalize().to_hex().to_string())
 }
 
-/// Where the cache keeps the reference log-probs of this model, data and tokenization:
-/// `DPO_HOME/ref-logps/<hash>.jsonl`.
-pub fn cache_path(model_hash: &str, data_hash: &str, settings: TokenizeSettings) -> PathBuf {
-    let key = format!("{model_hash}|{data_hash}|{}", serde_json::to_string(&settings).unwrap());
+/// Where the cache keeps the reference log-probs of this model, data file, view of the data (how
+/// its records were converted: pairs, unpaired, ...) and tokenization: `DPO_HOME/ref-logps/<hash>.jsonl`.
+pub fn cache_path(model_hash: &str, data_hash: &str, view: &str, settings: TokenizeSettings) -> PathBuf {
+    let key = format!("{model_hash}|{data_hash}|{view}|{}", serde_json::to_string(&settings).unwrap());
     let name = blake3::hash(key.as_bytes()).to_hex();
     crate::fetch::home().join("ref-logps").join(format!("{}.jsonl", &name[..32]))
 }
@@ -168,11 +169,13 @@ pub enum Origin {
 
 /// The reference log-probs of `set` (aligned with its examples): read from `given` if set, else
 /// from the cache, else computed with `reference` (`max_tokens` rows per forward) and cached.
+/// `view` says how the data file's records became `set` (part of the cache key).
 #[allow(clippy::too_many_arguments)]
 pub fn reference_logps(
     reference: &Llama,
     model_hash: &str,
     data: &Path,
+    view: &str,
     set: &TokenizedSet,
     settings: TokenizeSettings,
     given: Option<&Path>,
@@ -182,7 +185,7 @@ pub fn reference_logps(
     if let Some(g) = given {
         return Ok((align(g, &read_file(g)?, set)?, Origin::Given(g.to_path_buf())));
     }
-    let path = cache_path(model_hash, &file_hash(data)?, settings);
+    let path = cache_path(model_hash, &file_hash(data)?, view, settings);
     if path.exists() {
         if let Ok(v) = read_file(&path).and_then(|e| align(&path, &e, set)) {
             return Ok((v, Origin::Cache(path)));

@@ -8,6 +8,7 @@ use crate::data::{self, TokenizeSettings, Tokenized, TokenizedSet};
 use crate::io::{peak_rss_bytes, write_atomic};
 use crate::logps::dataset_logps;
 use crate::logps::CompletionLogps;
+use crate::loss::Needs;
 use crate::metrics::{self, with_eval_prefix, ExampleStats, Metrics};
 use crate::model::{self, save_hf_dir, Llama};
 use crate::optim::{clip_coefficient, global_grad_norm, lr_factor, AdamW, AdamWConfig, ScheduleKind};
@@ -143,35 +144,93 @@ pub struct TrainSummary {
     pub output_dir: PathBuf,
 }
 
-/// Reads and tokenizes a data file for `task`, reporting what was left out: preference pairs,
-/// or for SFT one completion per record (`completion`, or the `chosen` side of a pair).
-pub fn load_examples(path: &Path, tok: &Tokenizer, settings: TokenizeSettings, task: &Task, obs: &mut dyn Observer) -> Result<TokenizedSet> {
-    let (mut records, report) = data::read(path)?;
-    for r in &mut records {
-        if let Ok(ex) = &mut r.example {
-            match (task, ex.completions.len()) {
-                (Task::Sft, _) => {
-                    ex.completions.truncate(1);
-                    ex.kind = data::ExampleKind::Completion;
+/// How the examples of a data file are prepared for a task: the layout its loss needs, and (for
+/// KTO) the batch size that pairs each example with a mismatched completion.
+pub fn data_view(task: &Task, batch_size: usize) -> Result<String> {
+    Ok(match task {
+        Task::Sft => "completions".into(),
+        Task::Preference(o) => match o.needs()? {
+            Needs::Unpaired => format!("unpaired, KL pairs in batches of {batch_size}"),
+            n => format!("{n:?}").to_lowercase(),
+        },
+    })
+}
+
+/// Reads and tokenizes a data file for `task`, reporting what was left out. Records of any layout
+/// (see [`crate::data`]) are converted to what the task needs: for SFT one completion per record
+/// (the chosen or best one); pairs for the pairwise losses (rankings become all their ordered
+/// pairs); rankings for Plackett–Luce (a pair is a ranking of 2; all of one length); unpaired
+/// examples for KTO (pairs are split), each then given the completion of its neighbour in its
+/// batch of `batch_size` (TRL's rotation) for the KL estimate. A record that cannot be converted
+/// is an error naming its file and line.
+pub fn load_examples(path: &Path, tok: &Tokenizer, settings: TokenizeSettings, task: &Task, batch_size: usize, obs: &mut dyn Observer) -> Result<TokenizedSet> {
+    let (records, report) = data::read_with(path, &data::ReadOptions::for_tokenizer(tok)?)?;
+    let needs = match task {
+        Task::Sft => None,
+        Task::Preference(o) => Some(o.needs()?),
+    };
+    let records = match needs {
+        None => data::to_completions(records),
+        Some(Needs::Pairs | Needs::ScoredPairs | Needs::Any) => {
+            let r = data::rankings_to_pairs(records)?;
+            data::require(&r, data::Layout::Pair)?;
+            r
+        }
+        Some(Needs::Unpaired) => {
+            let r = data::to_unpaired(records)?;
+            data::require(&r, data::Layout::Unpaired)?;
+            r
+        }
+        Some(Needs::Rankings) => {
+            for r in &records {
+                if let Ok(ex) = &r.example {
+                    if !matches!(ex.kind, data::ExampleKind::Pair { .. } | data::ExampleKind::Ranking { .. }) {
+                        data::require(std::slice::from_ref(r), data::Layout::Ranking)?;
+                    }
                 }
-                (Task::Preference(_), 2) => {}
-                (Task::Preference(_), _) => bail!("{}: not a preference pair (needs `chosen` and `rejected`)", r.origin),
+            }
+            records
+        }
+    };
+    if needs == Some(Needs::ScoredPairs) {
+        for r in &records {
+            if let Ok(ex) = &r.example {
+                ensure!(
+                    matches!(ex.kind, data::ExampleKind::Pair { scores: Some(_) }),
+                    "{}: this loss needs a score for each side (`score_chosen`, `score_rejected`)",
+                    r.origin
+                );
             }
         }
     }
-    let set = data::tokenize_all(tok, &records, settings)?;
-    let what = if matches!(task, Task::Sft) { "examples" } else { "pairs" };
+    let mut set = data::tokenize_all(tok, &records, settings)?;
+    if needs == Some(Needs::Rankings) {
+        let k = set.examples.first().map(|e| e.completions.len()).unwrap_or(2);
+        if let Some(e) = set.examples.iter().find(|e| e.completions.len() != k) {
+            bail!("{}: record {} ranks {} completions, the first ranks {k}: plackett_luce needs rankings of one length", path.display(), e.index, e.completions.len());
+        }
+    }
+    if needs == Some(Needs::Unpaired) {
+        add_kl_completions(&mut set, batch_size);
+    }
+    let what = match needs {
+        None => "examples",
+        Some(Needs::Unpaired) => "unpaired examples",
+        Some(Needs::Rankings) => "rankings",
+        _ => "pairs",
+    };
     obs.message(&format!(
-        "{}: {} records, {} {what} used{}{}",
+        "{}: {} records, {} {what} used{}{}{}",
         path.display(),
         report.records,
         set.examples.len(),
+        if report.conversational > 0 { format!(" ({} conversational, chat template applied)", report.conversational) } else { String::new() },
         if report.skipped_disagreeing > 0 {
             format!(", {} skipped (sides disagree before the last \"\\n\\nAssistant:\")", report.skipped_disagreeing)
         } else {
             String::new()
         },
-        match set.skipped.len() - report.skipped_disagreeing {
+        match set.skipped.len().saturating_sub(report.skipped_disagreeing) {
             0 => String::new(),
             n => format!(", {n} dropped (prompt fills max_length)"),
         }
@@ -179,9 +238,23 @@ pub fn load_examples(path: &Path, tok: &Tokenizer, settings: TokenizeSettings, t
     Ok(set)
 }
 
+/// KTO's mismatched completions (TRL's `add_kl_completion_ids`): in each run of `batch` examples
+/// (file order), example `i` gets the completion of example `i - 1` (the first, of the last) as a
+/// second completion, used only to estimate the KL reference point `z0`.
+fn add_kl_completions(set: &mut TokenizedSet, batch: usize) {
+    for chunk in set.examples.chunks_mut(batch.max(1)) {
+        let firsts: Vec<Vec<u32>> = chunk.iter().map(|e| e.completions[0].clone()).collect();
+        let n = chunk.len();
+        for (i, e) in chunk.iter_mut().enumerate() {
+            e.completions.truncate(1);
+            e.completions.push(firsts[(i + n - 1) % n].clone());
+        }
+    }
+}
+
 /// [`load_examples`] for preference pairs.
 pub fn load_pairs(path: &Path, tok: &Tokenizer, settings: TokenizeSettings, obs: &mut dyn Observer) -> Result<TokenizedSet> {
-    load_examples(path, tok, settings, &Task::dpo(0.1), obs)
+    load_examples(path, tok, settings, &Task::dpo(0.1), 1, obs)
 }
 
 /// The order in which examples are visited: a seeded shuffle per epoch, batches never spanning epochs.
@@ -299,10 +372,10 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
     obs.message(&format!("loading {}", cfg.model.display()));
     let loaded = model::load(&cfg.model)?;
     let vocab = loaded.config.vocab_size;
-    let train_set = load_examples(&cfg.data, &loaded.tokenizer, cfg.tokenize, &cfg.task, obs)?;
+    let train_set = load_examples(&cfg.data, &loaded.tokenizer, cfg.tokenize, &cfg.task, cfg.per_device_train_batch_size, obs)?;
     ensure!(!train_set.examples.is_empty(), "{}: no usable examples", cfg.data.display());
     let eval_set = match &cfg.eval_data {
-        Some(p) => Some(load_examples(p, &loaded.tokenizer, cfg.tokenize, &cfg.task, obs)?),
+        Some(p) => Some(load_examples(p, &loaded.tokenizer, cfg.tokenize, &cfg.task, cfg.per_device_train_batch_size, obs)?),
         None => None,
     };
 
@@ -319,9 +392,10 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
         (no_reference(&train_set), eval_set.as_ref().map(no_reference))
     } else {
         let hash = reference::model_hash(&reference_model, &loaded.tokenizer)?;
+        let view = data_view(&cfg.task, cfg.per_device_train_batch_size)?;
         let ref_for = |set: &TokenizedSet, data: &Path, given: Option<&Path>, obs: &mut dyn Observer| -> Result<Vec<Vec<f64>>> {
             obs.phase(&format!("reference log-probs of {}", data.display()), set.examples.len(), "examples");
-            let (v, origin) = reference_logps(&reference_model, &hash, data, set, cfg.tokenize, given, cfg.max_tokens_per_forward, |d| {
+            let (v, origin) = reference_logps(&reference_model, &hash, data, &view, set, cfg.tokenize, given, cfg.max_tokens_per_forward, |d| {
                 obs.advance(d, "")
             })?;
             obs.message(&match origin {
