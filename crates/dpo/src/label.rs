@@ -1,12 +1,11 @@
 //! Turning judged samples into preference data: pairs or rankings.
 
 use crate::data::records::kind;
-use crate::io::open_text;
+use crate::data::read_objects;
 use crate::judge::{Judge, JudgeInput};
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use std::io::BufRead;
 use std::path::Path;
 
 /// What to write.
@@ -46,18 +45,12 @@ pub struct SampleLine {
     pub fields: Map<String, Value>,
 }
 
-/// Reads sample records (the output of `dpo sample`, or any JSONL with `prompt` and
-/// `completions`); errors name the file, line and field; an empty file is an error.
+/// Reads sample records (the output of `dpo sample`, or any records with `prompt` and
+/// `completions`, in any data file format); errors name the file, line and field; an empty file
+/// is an error.
 pub fn read_samples(path: &Path) -> Result<Vec<SampleLine>> {
     let mut out = Vec::new();
-    for (i, line) in open_text(path)?.lines().enumerate() {
-        let line = line.with_context(|| format!("{}:{}: reading", path.display(), i + 1))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let origin = format!("{}:{}", path.display(), i + 1);
-        let v: Value = serde_json::from_str(&line).with_context(|| format!("{origin}: not valid JSON"))?;
-        let Value::Object(fields) = v else { bail!("{origin}: expected a JSON object, found {}", kind(&v)) };
+    for (origin, fields) in read_objects(path)? {
         let prompt = match fields.get("prompt") {
             Some(Value::String(s)) => s.clone(),
             Some(v) => bail!("{origin}: field `prompt` must be a string, found {}", kind(v)),
@@ -71,7 +64,7 @@ pub fn read_samples(path: &Path) -> Result<Vec<SampleLine>> {
             Some(v) => bail!("{origin}: field `completions` must be a list of strings, found {}", kind(v)),
             None => bail!("{origin}: missing field `completions`"),
         };
-        out.push(SampleLine { origin, prompt, completions, fields });
+        out.push(SampleLine { origin: origin.to_string(), prompt, completions, fields });
     }
     ensure!(!out.is_empty(), "{}: no records", path.display());
     Ok(out)

@@ -2,16 +2,16 @@
 //! key/value cache, batched across prompts and samples.
 
 use crate::data::records::kind;
-use crate::io::{open_text, write_atomic};
+use crate::data::read_objects;
+use crate::io::write_atomic;
 use crate::model::{KvCache, Llama};
 use crate::tokenizer::Tokenizer;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use candle_core::DType;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde_json::Value;
-use std::io::BufRead;
 use std::path::Path;
 use std::time::Instant;
 
@@ -170,21 +170,15 @@ pub struct SampleRecord {
     pub tokens: Vec<usize>,
 }
 
-/// Reads `{"prompt": str}` records (other fields ignored). Errors name the file, line and field;
-/// an empty file is an error.
+/// Reads `{"prompt": str}` records (other fields ignored) from any data file format (see
+/// [`crate::data`]). Errors name the file, line and field; an empty file is an error.
 pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for (i, line) in open_text(path)?.lines().enumerate() {
-        let line = line.with_context(|| format!("{}:{}: reading", path.display(), i + 1))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = format!("{}:{}", path.display(), i + 1);
-        let v: Value = serde_json::from_str(&line).with_context(|| format!("{at}: not valid JSON"))?;
-        match v.get("prompt") {
+    for (origin, obj) in read_objects(path)? {
+        match obj.get("prompt") {
             Some(Value::String(p)) => out.push(p.clone()),
-            Some(other) => bail!("{at}: field `prompt` must be a string, found {}", kind(other)),
-            None => bail!("{at}: missing field `prompt`"),
+            Some(other) => bail!("{origin}: field `prompt` must be a string, found {}", kind(other)),
+            None => bail!("{origin}: missing field `prompt`"),
         }
     }
     ensure!(!out.is_empty(), "{}: no prompts", path.display());

@@ -35,5 +35,6 @@ pub mod tokenize;
 pub use chat::{ChatTemplate, Message};
 pub use convert::{rankings_to_pairs, require, to_completions, to_unpaired, Layout};
 pub use formats::{Format, Position};
+pub(crate) use formats::read_objects;
 pub use records::{read, read_with, Example, ExampleKind, Origin, ReadOptions, ReadReport, Record};
 pub use tokenize::{tokenize_all, TokenizeSettings, Tokenized, TokenizedSet};
