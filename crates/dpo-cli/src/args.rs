@@ -165,14 +165,17 @@ pub struct DemoArgs {
     /// Held-out prompts (the last of the embedded ones).
     #[arg(long, default_value_t = 40)]
     pub eval_prompts: usize,
-    /// Samples per prompt (labelling and evaluation).
-    #[arg(long, default_value_t = 4)]
+    /// Samples per training prompt (labelled into samples/2 pairs: best vs worst, 2nd vs 2nd-worst, ...).
+    #[arg(long, default_value_t = 8)]
     pub samples: usize,
-    #[arg(long, default_value_t = 32)]
+    /// Samples per held-out prompt for the evaluation.
+    #[arg(long, default_value_t = 4)]
+    pub eval_samples: usize,
+    #[arg(long, default_value_t = 24)]
     pub max_new_tokens: usize,
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = 2e-5)]
     pub learning_rate: f64,
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 1.0)]
     pub epochs: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -232,7 +232,7 @@ mod commands {
         cfg.train_prompts = a.train_prompts;
         cfg.eval_prompts = a.eval_prompts;
         cfg.samples = a.samples;
-        cfg.eval_samples = a.samples;
+        cfg.eval_samples = a.eval_samples;
         cfg.max_new_tokens = a.max_new_tokens;
         cfg.learning_rate = a.learning_rate;
         cfg.epochs = a.epochs;

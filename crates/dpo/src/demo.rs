@@ -1,8 +1,9 @@
 //! The whole DPO pipeline on an embedded default (`dpo demo`): the DPO paper's controlled
 //! sentiment generation (§6.1, Fig. 2) at the scale of one CPU.
 //!
-//! 1. sample 4 completions per training prompt from the reference (SmolLM2-135M-Instruct);
-//! 2. label them with the sentiment judge: best against worst, ties dropped;
+//! 1. sample completions of every training prompt from the reference (SmolLM2-135M-Instruct);
+//! 2. label them with the sentiment judge: best against worst, second best against second
+//!    worst, … (`rank-pairs`), ties dropped;
 //! 3. train a policy with DPO at each beta (reference log-probs computed once, shared);
 //! 4. sample from the reference and every policy on held-out prompts: judge reward (mean ± 95%
 //!    CI), win rate against the reference, KL(policy ‖ reference) from the policy's samples;
@@ -36,7 +37,7 @@ pub struct DemoConfig {
     /// Prompts used for training (the first ones); the last `eval_prompts` are held out.
     pub train_prompts: usize,
     pub eval_prompts: usize,
-    /// Samples per prompt, for labelling and for evaluation.
+    /// Samples per training prompt (labelled into `samples / 2` pairs) and per held-out prompt.
     pub samples: usize,
     pub eval_samples: usize,
     pub max_new_tokens: usize,
@@ -54,11 +55,11 @@ impl DemoConfig {
             betas: vec![0.1, 0.5],
             train_prompts: 180,
             eval_prompts: 40,
-            samples: 4,
+            samples: 8,
             eval_samples: 4,
-            max_new_tokens: 32,
-            learning_rate: 1e-5,
-            epochs: 2.0,
+            max_new_tokens: 24,
+            learning_rate: 2e-5,
+            epochs: 1.0,
             batch: 8,
             seed: 0,
         }
@@ -125,7 +126,7 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
         .enumerate()
         .map(|(i, r)| SampleLine { origin: format!("train prompt {}", i + 1), prompt: r.prompt.clone(), completions: r.completions.clone(), fields: Default::default() })
         .collect();
-    let (pairs, report) = label(&lines, &judge, LabelMode::BestWorst)?;
+    let (pairs, report) = label(&lines, &judge, LabelMode::RankPairs)?;
     let pairs_path = cfg.output_dir.join("pairs.jsonl");
     write_atomic(&pairs_path, |w| {
         for p in &pairs {
@@ -134,7 +135,7 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
         Ok(())
     })?;
     obs.message(&format!(
-        "{} pairs from {} prompts ({} with tied scores dropped); mean reference reward {:.3}",
+        "{} pairs from {} prompts ({} tied pairs dropped); mean reference reward {:.3}",
         pairs.len(),
         train_p.len(),
         report.ties_dropped,

@@ -340,15 +340,89 @@ pub fn evaluate(model: &Llama, examples: &[&Tokenized], reference: &[Vec<f64>], 
     Ok(task.metrics(&stats, vocab))
 }
 
-/// TR-DPO's update: `(1 - alpha) * reference + alpha * policy`, tensor by tensor (new storage).
-fn mix_reference(reference: &Llama, policy: &Llama, alpha: f64) -> Result<Llama> {
-    let p: std::collections::HashMap<String, candle_core::Tensor> = policy.named_tensors().into_iter().collect();
-    let mut mixed = std::collections::HashMap::new();
-    for (name, r) in reference.named_tensors() {
-        let t = ((r * (1.0 - alpha))? + (p[&name].detach() * alpha)?)?;
-        mixed.insert(name, t);
+/// Where the reference log-probs of the examples come from during a run.
+enum References {
+    /// The task needs none (SFT, reference-free losses).
+    None,
+    /// Computed once before training (or read from `--ref-logps`, or from the cache): per example
+    /// of the training set and of the evaluation set.
+    Fixed { train: Vec<Vec<f64>>, eval: Option<Vec<Vec<f64>>> },
+    /// TR-DPO: the reference model itself, run on every batch, moved every `sync.steps` steps.
+    Moving { model: Llama, sync: SyncReference },
+}
+
+impl References {
+    fn prepare(cfg: &TrainConfig, loaded: &model::Loaded, train: &TokenizedSet, eval: Option<&TokenizedSet>, obs: &mut dyn Observer) -> Result<Self> {
+        if !cfg.task.needs_reference() {
+            return Ok(Self::None);
+        }
+        let reference = loaded.model()?;
+        if let Some(sync) = cfg.sync_ref {
+            obs.message(&format!(
+                "TR-DPO: the reference moves toward the policy (alpha {}) every {} steps; its log-probs are computed on each batch, the reference cache is not used",
+                sync.alpha, sync.steps
+            ));
+            return Ok(Self::Moving { model: reference, sync });
+        }
+        let hash = reference::model_hash(&reference, &loaded.tokenizer)?;
+        let view = data_view(&cfg.task, cfg.per_device_train_batch_size)?;
+        let mut logps_of = |set: &TokenizedSet, data: &Path, given: Option<&Path>| -> Result<Vec<Vec<f64>>> {
+            obs.phase(&format!("reference log-probs of {}", data.display()), set.examples.len(), "examples");
+            let (v, origin) =
+                reference_logps(&reference, &hash, data, &view, set, cfg.tokenize, given, cfg.max_tokens_per_forward, |d| obs.advance(d, ""))?;
+            obs.message(&match origin {
+                reference::Origin::Given(p) => format!("reference log-probs read from {}", p.display()),
+                reference::Origin::Cache(p) => format!("reference log-probs reused from the cache {}", p.display()),
+                reference::Origin::Computed(p) => format!("reference log-probs computed and cached in {}", p.display()),
+            });
+            Ok(v)
+        };
+        let train = logps_of(train, &cfg.data, cfg.ref_logps.as_deref())?;
+        let eval = match (eval, &cfg.eval_data) {
+            (Some(s), Some(p)) => Some(logps_of(s, p, None)?),
+            _ => None,
+        };
+        Ok(Self::Fixed { train, eval })
     }
-    Llama::from_tensors(reference.config.clone(), &mixed)
+
+    /// The reference log-probs of the training examples `idx` (`examples[i]` is example `idx[i]`).
+    fn train_batch(&self, idx: &[usize], examples: &[&Tokenized], max_tokens: usize) -> Result<Vec<Vec<f64>>> {
+        Ok(match self {
+            Self::None => vec![Vec::new(); idx.len()],
+            Self::Fixed { train, .. } => idx.iter().map(|&i| train[i].clone()).collect(),
+            Self::Moving { model, .. } => run_reference(model, examples, max_tokens)?,
+        })
+    }
+
+    /// The reference log-probs of the evaluation set's examples.
+    fn eval(&self, examples: &[&Tokenized], max_tokens: usize) -> Result<Vec<Vec<f64>>> {
+        Ok(match self {
+            Self::Fixed { eval: Some(e), .. } => e.clone(),
+            Self::Moving { model, .. } => run_reference(model, examples, max_tokens)?,
+            _ => vec![Vec::new(); examples.len()],
+        })
+    }
+
+    /// After optimiser step `done`: TR-DPO's update `theta_ref <- (1 - alpha) theta_ref + alpha theta`.
+    fn after_step(&mut self, done: usize, policy: &Llama, obs: &mut dyn Observer) -> Result<()> {
+        if let Self::Moving { model, sync } = self {
+            if done % sync.steps.max(1) == 0 {
+                let p: std::collections::HashMap<String, candle_core::Tensor> = policy.named_tensors().into_iter().collect();
+                let mut mixed = std::collections::HashMap::new();
+                for (name, r) in model.named_tensors() {
+                    mixed.insert(name.clone(), ((r * (1.0 - sync.alpha))? + (p[&name].detach() * sync.alpha)?)?);
+                }
+                *model = Llama::from_tensors(model.config.clone(), &mixed)?;
+                obs.message(&format!("step {done}: reference <- {:.2} * reference + {:.2} * policy", 1.0 - sync.alpha, sync.alpha));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reference log-probs computed now, per example and completion.
+fn run_reference(model: &Llama, examples: &[&Tokenized], max_tokens: usize) -> Result<Vec<Vec<f64>>> {
+    Ok(dataset_logps(model, examples, max_tokens, |_| {})?.into_iter().map(|e| e.logps).collect())
 }
 
 fn append_line(path: &Path, v: &Value) -> Result<()> {
@@ -379,48 +453,7 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
         None => None,
     };
 
-    // Reference log-probs: once, with the initial weights (= the reference model), cached. With
-    // TR-DPO the reference moves: it stays in memory and is run on each batch instead.
-    let reference_model = loaded.model()?;
-    let synced = cfg.sync_ref.filter(|_| cfg.task.needs_reference());
-    let no_reference = |set: &TokenizedSet| vec![Vec::new(); set.examples.len()];
-    let (train_ref, eval_ref) = if let Some(s) = synced {
-        obs.message(&format!(
-            "TR-DPO: the reference moves toward the policy (alpha {}) every {} steps; its log-probs are computed on each batch, the reference cache is not used",
-            s.alpha, s.steps
-        ));
-        (no_reference(&train_set), eval_set.as_ref().map(no_reference))
-    } else {
-        let hash = reference::model_hash(&reference_model, &loaded.tokenizer)?;
-        let view = data_view(&cfg.task, cfg.per_device_train_batch_size)?;
-        let ref_for = |set: &TokenizedSet, data: &Path, given: Option<&Path>, obs: &mut dyn Observer| -> Result<Vec<Vec<f64>>> {
-            obs.phase(&format!("reference log-probs of {}", data.display()), set.examples.len(), "examples");
-            let (v, origin) = reference_logps(&reference_model, &hash, data, &view, set, cfg.tokenize, given, cfg.max_tokens_per_forward, |d| {
-                obs.advance(d, "")
-            })?;
-            obs.message(&match origin {
-                reference::Origin::Given(p) => format!("reference log-probs read from {}", p.display()),
-                reference::Origin::Cache(p) => format!("reference log-probs reused from the cache {}", p.display()),
-                reference::Origin::Computed(p) => format!("reference log-probs computed and cached in {}", p.display()),
-            });
-            Ok(v)
-        };
-        let train_ref = if cfg.task.needs_reference() {
-            ref_for(&train_set, &cfg.data, cfg.ref_logps.as_deref(), obs)?
-        } else {
-            no_reference(&train_set)
-        };
-        let eval_ref = match (&eval_set, &cfg.eval_data) {
-            (Some(s), Some(p)) if cfg.task.needs_reference() => Some(ref_for(s, p, None, obs)?),
-            (Some(s), Some(_)) => Some(no_reference(s)),
-            _ => None,
-        };
-        (train_ref, eval_ref)
-    };
-    let mut reference_model = synced.map(|_| reference_model);
-    let reference_logps_now = |model: &Llama, examples: &[&Tokenized]| -> Result<Vec<Vec<f64>>> {
-        Ok(dataset_logps(model, examples, cfg.max_tokens_per_forward, |_| {})?.into_iter().map(|e| e.logps).collect())
-    };
+    let mut references = References::prepare(cfg, &loaded, &train_set, eval_set.as_ref(), obs)?;
 
     // Only the policy from here on.
     let policy = Policy::new(loaded.config.clone(), &loaded.tensors)?;
@@ -441,19 +474,12 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
     let (mut step_seconds, mut step_tokens) = (Vec::new(), Vec::new());
     let (mut fwd_s, mut bwd_s, mut opt_s) = (Vec::new(), Vec::new(), Vec::new());
     let mut last_eval = None;
-    let run_eval = |step: usize, epoch: f64, reference: Option<&Llama>, obs: &mut dyn Observer| -> Result<Option<Metrics>> {
-        let (Some(set), Some(refs)) = (&eval_set, &eval_ref) else { return Ok(None) };
+    let run_eval = |step: usize, epoch: f64, references: &References, obs: &mut dyn Observer| -> Result<Option<Metrics>> {
+        let Some(set) = &eval_set else { return Ok(None) };
         obs.message(&format!("evaluating on {} examples", set.examples.len()));
         let ex: Vec<&Tokenized> = set.examples.iter().collect();
-        let moved;
-        let refs = match reference {
-            Some(r) => {
-                moved = reference_logps_now(r, &ex)?;
-                &moved
-            }
-            None => refs,
-        };
-        let m = with_eval_prefix(evaluate(&policy.model, &ex, refs, &cfg.task, cfg.max_tokens_per_forward, vocab)?);
+        let refs = references.eval(&ex, cfg.max_tokens_per_forward)?;
+        let m = with_eval_prefix(evaluate(&policy.model, &ex, &refs, &cfg.task, cfg.max_tokens_per_forward, vocab)?);
         let mut line = json!({"step": step, "epoch": epoch});
         line.as_object_mut().unwrap().extend(m.clone());
         append_line(&metrics_path, &line)?;
@@ -469,14 +495,8 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
             idx.extend(order.next_batch(cfg.per_device_train_batch_size));
         }
         let examples: Vec<&Tokenized> = idx.iter().map(|&i| &train_set.examples[i]).collect();
-        let moved = match &reference_model {
-            Some(r) => reference_logps_now(r, &examples)?,
-            None => Vec::new(),
-        };
-        let refs: Vec<&[f64]> = match &reference_model {
-            Some(_) => moved.iter().map(Vec::as_slice).collect(),
-            None => idx.iter().map(|&i| train_ref[i].as_slice()).collect(),
-        };
+        let refs = references.train_batch(&idx, &examples, cfg.max_tokens_per_forward)?;
+        let refs: Vec<&[f64]> = refs.iter().map(Vec::as_slice).collect();
         let res = loss_and_gradients(&policy, &examples, &refs, &cfg.task, cfg.max_tokens_per_forward, cfg.per_device_train_batch_size)?;
         let t_opt = Instant::now();
         let grad_norm = global_grad_norm(&res.grads)?;
@@ -506,14 +526,9 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
         last_train = line.as_object().unwrap().clone();
 
         let done = step + 1;
-        if let (Some(s), Some(r)) = (synced, &mut reference_model) {
-            if done % s.steps.max(1) == 0 {
-                *r = mix_reference(r, &policy.model, s.alpha)?;
-                obs.message(&format!("step {done}: reference <- {:.2} * reference + {:.2} * policy", 1.0 - s.alpha, s.alpha));
-            }
-        }
+        references.after_step(done, &policy.model, obs)?;
         if cfg.eval_steps.is_some_and(|e| done % e == 0) && done < steps {
-            last_eval = run_eval(done, order.epoch(), reference_model.as_ref(), obs)?;
+            last_eval = run_eval(done, order.epoch(), &references, obs)?;
         }
         if cfg.save_steps.is_some_and(|s| done % s == 0) && done < steps {
             let dir = cfg.output_dir.join(format!("checkpoint-{done}"));
@@ -522,7 +537,7 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
         }
     }
     if eval_set.is_some() {
-        last_eval = run_eval(steps, order.epoch(), reference_model.as_ref(), obs)?;
+        last_eval = run_eval(steps, order.epoch(), &references, obs)?;
     }
     let final_dir = cfg.output_dir.join("final");
     save_hf_dir(&policy.model.detached(), &tokenizer, &final_dir)?;

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The seeds' recipe when no SFT model exists, on Anthropic HH helpful-base (test split): fit the
+# reference on the preferred completions (`dpo sft`), then DPO from it; compared with DPO from the
+# instruct model directly, same DPO settings. Needs the splits of scripts/hh_helpful_experiments.sh
+# (OUT/train_rest.jsonl, OUT/eval500.jsonl). Usage: scripts/hh_sft_then_dpo.sh [OUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:-runs/hh-helpful}"
+SFT_STEPS="${SFT_STEPS:-150}"
+DPO_STEPS="${DPO_STEPS:-100}"
+cargo build --release -q
+DPO=./target/release/dpo
+test -s "$OUT/train_rest.jsonl" || { echo "run scripts/hh_helpful_experiments.sh first (for the splits)" >&2; exit 1; }
+$DPO sft --data "$OUT/train_rest.jsonl" --eval-data "$OUT/eval500.jsonl" --output-dir "$OUT/sft" --overwrite-output-dir \
+  --max-steps "$SFT_STEPS" --eval-steps 50 --per-device-train-batch-size 8 --learning-rate 2e-5 --warmup-steps 10 --max-length 512 --seed 42
+dpo_run() {
+  $DPO train "$@" --data "$OUT/train_rest.jsonl" --eval-data "$OUT/eval500.jsonl" --overwrite-output-dir \
+    --max-steps "$DPO_STEPS" --per-device-train-batch-size 8 --learning-rate 1e-6 --warmup-steps 20 --beta 0.1 --max-length 512 --seed 42
+}
+dpo_run --model "$OUT/sft/final" --output-dir "$OUT/dpo_after_sft"
+dpo_run --output-dir "$OUT/dpo_without_sft"
+python3 - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+def rows(run): return [json.loads(l) for l in open(f"{out}/{run}/metrics.jsonl")]
+sft = rows("sft")
+tr = [r for r in sft if "loss" in r]; ev = [r for r in sft if "eval_loss" in r]
+print(f"SFT: train loss {tr[0]['loss']:.4f} -> {tr[-1]['loss']:.4f}; eval loss " + " -> ".join(f"{r['eval_loss']:.4f} (step {r['step']})" for r in ev))
+keys = ["eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_rewards/chosen", "eval_rewards/rejected", "eval_logps/chosen"]
+print("| run | " + " | ".join(keys) + " |"); print("|---|" + "---|" * len(keys))
+for run in ["dpo_without_sft", "dpo_after_sft"]:
+    e = [r for r in rows(run) if "eval_loss" in r][-1]
+    print(f"| {run} | " + " | ".join(f"{e[k]:.4f}" for k in keys) + " |")
+PY
