@@ -173,7 +173,7 @@ pub struct DemoArgs {
     pub eval_samples: usize,
     #[arg(long, default_value_t = 24)]
     pub max_new_tokens: usize,
-    #[arg(long, default_value_t = 2e-5)]
+    #[arg(long, default_value_t = 4e-5)]
     pub learning_rate: f64,
     #[arg(long, default_value_t = 1.0)]
     pub epochs: f64,

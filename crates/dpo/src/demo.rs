@@ -58,7 +58,7 @@ impl DemoConfig {
             samples: 8,
             eval_samples: 4,
             max_new_tokens: 24,
-            learning_rate: 2e-5,
+            learning_rate: 4e-5,
             epochs: 1.0,
             batch: 8,
             seed: 0,
