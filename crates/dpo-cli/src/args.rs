@@ -160,7 +160,7 @@ pub struct DemoArgs {
     #[arg(long, value_delimiter = ',', default_values_t = vec![0.1, 0.5])]
     pub betas: Vec<f64>,
     /// Training prompts (the first of the 220 embedded ones).
-    #[arg(long, default_value_t = 160)]
+    #[arg(long, default_value_t = 128)]
     pub train_prompts: usize,
     /// Held-out prompts (the last of the embedded ones).
     #[arg(long, default_value_t = 40)]

@@ -53,7 +53,7 @@ impl DemoConfig {
             model,
             output_dir,
             betas: vec![0.1, 0.5],
-            train_prompts: 160,
+            train_prompts: 128,
             eval_prompts: 40,
             samples: 8,
             eval_samples: 4,
