@@ -196,3 +196,25 @@ pub fn reference_logps(
     write_file(&path, set, &logps)?;
     Ok((logps, Origin::Computed(path)))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    /// A cached reference must give the same bits as one computed in-process: otherwise a run that
+    /// reads the cache sees `policy - reference` of one ulp at step 1 instead of exactly 0 (and
+    /// `rewards/accuracies` counts ties as wins). Needs serde_json's `float_roundtrip`.
+    #[test]
+    fn log_probs_survive_the_json_round_trip_bit_for_bit() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let logp = -((x >> 11) as f64 / (1u64 << 53) as f64) * 500.0;
+            let line = json!({"chosen_logps": logp}).to_string();
+            let back = serde_json::from_str::<Value>(&line).unwrap()["chosen_logps"].as_f64().unwrap();
+            assert_eq!(back.to_bits(), logp.to_bits(), "{logp:e} came back as {back:e}");
+        }
+    }
+}
