@@ -75,13 +75,14 @@ fn renumber(mut out: Vec<Record>) -> Vec<Record> {
     out
 }
 
-/// The `i`-th completion of `ex` as an example of `kind` (its rendered conversation too).
-fn single(ex: &Example, i: usize, kind: ExampleKind) -> Example {
+/// The completions `picked` of `ex` (in that order) as an example of `kind`, with their rendered
+/// conversations.
+fn subset(ex: &Example, picked: &[usize], kind: ExampleKind) -> Example {
     Example {
         prompt: ex.prompt.clone(),
-        completions: vec![ex.completions[i].clone()],
+        completions: picked.iter().map(|&i| ex.completions[i].clone()).collect(),
         kind,
-        rendered: ex.rendered.as_ref().map(|r| vec![r[i].clone()]),
+        rendered: ex.rendered.as_ref().map(|r| picked.iter().map(|&i| r[i].clone()).collect()),
     }
 }
 
@@ -101,8 +102,8 @@ pub fn to_unpaired(records: Vec<Record>) -> Result<Vec<Record>> {
         for r in block {
             match &r.example {
                 Ok(ex) if matches!(ex.kind, ExampleKind::Pair { .. }) => {
-                    out.push(Record { origin: r.origin.clone(), example: Ok(single(ex, 0, ExampleKind::Unpaired { desirable: true })) });
-                    rejected.push(Record { origin: r.origin.clone(), example: Ok(single(ex, 1, ExampleKind::Unpaired { desirable: false })) });
+                    out.push(Record { origin: r.origin.clone(), example: Ok(subset(ex, &[0], ExampleKind::Unpaired { desirable: true })) });
+                    rejected.push(Record { origin: r.origin.clone(), example: Ok(subset(ex, &[1], ExampleKind::Unpaired { desirable: false })) });
                 }
                 Ok(ex) if matches!(ex.kind, ExampleKind::Unpaired { .. }) => out.push(r.clone()),
                 Ok(ex) => bail!("{}: unpaired completions are made from preference pairs; the record has {}", r.origin, describe(ex)),
@@ -120,12 +121,9 @@ pub fn to_unpaired(records: Vec<Record>) -> Result<Vec<Record>> {
 pub fn rankings_to_pairs(records: Vec<Record>) -> Result<Vec<Record>> {
     let mut out = Vec::with_capacity(records.len());
     for r in records {
-        let ex = match &r.example {
-            Ok(ex) => ex,
-            Err(_) => {
-                out.push(r);
-                continue;
-            }
+        let Ok(ex) = &r.example else {
+            out.push(r);
+            continue;
         };
         match &ex.kind {
             ExampleKind::Pair { .. } => out.push(r.clone()),
@@ -133,12 +131,7 @@ pub fn rankings_to_pairs(records: Vec<Record>) -> Result<Vec<Record>> {
                 let k = ex.completions.len();
                 for i in 0..k {
                     for j in i + 1..k {
-                        let pair = Example {
-                            prompt: ex.prompt.clone(),
-                            completions: vec![ex.completions[i].clone(), ex.completions[j].clone()],
-                            kind: ExampleKind::Pair { scores: scores.as_ref().map(|s| [s[i], s[j]]) },
-                            rendered: ex.rendered.as_ref().map(|rd| vec![rd[i].clone(), rd[j].clone()]),
-                        };
+                        let pair = subset(ex, &[i, j], ExampleKind::Pair { scores: scores.as_ref().map(|s| [s[i], s[j]]) });
                         out.push(Record { origin: r.origin.clone(), example: Ok(pair) });
                     }
                 }
@@ -154,18 +147,15 @@ pub fn rankings_to_pairs(records: Vec<Record>) -> Result<Vec<Record>> {
 pub fn to_completions(records: Vec<Record>) -> Vec<Record> {
     let mut out = Vec::with_capacity(records.len());
     for r in records {
-        let ex = match &r.example {
-            Ok(ex) => ex,
-            Err(_) => {
-                out.push(r);
-                continue;
-            }
+        let Ok(ex) = &r.example else {
+            out.push(r);
+            continue;
         };
         match ex.kind {
             ExampleKind::Completion => out.push(r),
             ExampleKind::Unpaired { desirable: false } => {}
             ExampleKind::Pair { .. } | ExampleKind::Ranking { .. } | ExampleKind::Unpaired { desirable: true } => {
-                out.push(Record { origin: r.origin.clone(), example: Ok(single(ex, 0, ExampleKind::Completion)) })
+                out.push(Record { origin: r.origin.clone(), example: Ok(subset(ex, &[0], ExampleKind::Completion)) })
             }
         }
     }
