@@ -145,12 +145,7 @@ mod commands {
         let judge = dpo::judge::by_name(&a.judge, &a.score_field)?;
         let samples = dpo::label::read_samples(&a.samples)?;
         let (records, report) = dpo::label::label(&samples, judge.as_ref(), a.mode)?;
-        dpo::io::write_atomic(&a.out, |w| {
-            for r in &records {
-                writeln!(w, "{r}")?;
-            }
-            Ok(())
-        })?;
+        dpo::io::write_jsonl_atomic(&a.out, &records)?;
         eprintln!(
             "{} prompts judged by `{}` (mean score {:.4}): wrote {} records to {}; {} tied {} dropped",
             report.prompts,
@@ -204,20 +199,8 @@ mod commands {
             );
             out.insert("prompts".into(), serde_json::json!({"policy": c, "reference": {"reward_mean": rm, "reward_ci95": rci}}));
             if let Some(o) = &a.out {
-                let rows: Vec<serde_json::Value> = [("reference", &r), ("policy", &p)]
-                    .iter()
-                    .flat_map(|(name, s)| {
-                        s.records.iter().zip(&s.rewards).flat_map(move |(rec, rw)| {
-                            rec.completions.iter().zip(rw).map(move |(c, x)| serde_json::json!({"model": name, "prompt": rec.prompt, "completion": c, "reward": x}))
-                        })
-                    })
-                    .collect();
-                dpo::io::write_atomic(&o.with_extension("samples.jsonl"), |w| {
-                    for r in &rows {
-                        writeln!(w, "{r}")?;
-                    }
-                    Ok(())
-                })?;
+                let rows = r.rows("reference").chain(p.rows("policy"));
+                dpo::io::write_jsonl_atomic(&o.with_extension("samples.jsonl"), rows)?;
             }
         }
         if let Some(o) = &a.out {

@@ -11,8 +11,8 @@
 //!
 //! The prompts ship in the binary: 220 openings of movie reviews written for this project.
 
-use crate::eval::{compare, mean_ci95, reference_logps_of_samples, sample_and_judge, JudgedSamples};
-use crate::io::write_atomic;
+use crate::eval::{compare, mean_ci95, reference_logps_of_samples, sample_and_judge};
+use crate::io::{write_atomic, write_jsonl_atomic};
 use crate::judge::Sentiment;
 use crate::label::{label, LabelMode, SampleLine};
 use crate::optim::ScheduleKind;
@@ -112,7 +112,7 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
     let judge = Sentiment::new();
     let sampling = |n: usize, seed: u64| SampleConfig { n, max_new_tokens: cfg.max_new_tokens, seed, ..Default::default() };
 
-    // 1-2. reference samples on the training prompts, judged, best vs worst.
+    // 1-2. reference samples on the training prompts, judged, paired by rank.
     obs.phase("sampling the reference", train_p.len(), "prompts");
     let ts = Instant::now();
     let train_samples = sample_and_judge(&reference, tok, train_p, &sampling(cfg.samples, cfg.seed), &judge, |d, g| {
@@ -128,12 +128,7 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
         .collect();
     let (pairs, report) = label(&lines, &judge, LabelMode::RankPairs)?;
     let pairs_path = cfg.output_dir.join("pairs.jsonl");
-    write_atomic(&pairs_path, |w| {
-        for p in &pairs {
-            writeln!(w, "{p}")?;
-        }
-        Ok(())
-    })?;
+    write_jsonl_atomic(&pairs_path, &pairs)?;
     obs.message(&format!(
         "{} pairs from {} prompts ({} tied pairs dropped); mean reference reward {:.3}",
         pairs.len(),
@@ -164,7 +159,7 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
     obs.phase("sampling the reference (held-out prompts)", eval_p.len(), "prompts");
     let ref_eval = sample_and_judge(&reference, tok, eval_p, &eval_cfg, &judge, |d, _| obs.advance(d, ""))?;
     let (ref_mean, ref_ci) = mean_ci95(&ref_eval.flat_rewards());
-    let mut eval_lines: Vec<Value> = eval_rows("reference", &ref_eval);
+    let mut eval_lines: Vec<Value> = ref_eval.rows("reference").collect();
     let mut policies = Vec::new();
     for (beta, s) in &trained {
         let policy = crate::model::load(&policy_dir(&cfg.output_dir, *beta).join("final"))?.model()?;
@@ -176,7 +171,7 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
             "beta={beta}: reward {:.3} ± {:.3} (reference {ref_mean:.3} ± {ref_ci:.3}), KL {:.2} nats, win rate {:.2}",
             c.reward_mean, c.reward_ci95, c.kl, c.win_rate
         ));
-        eval_lines.extend(eval_rows(&format!("beta={beta}"), &pol_eval));
+        eval_lines.extend(pol_eval.rows(&format!("beta={beta}")));
         policies.push(PolicyResult {
             beta: *beta,
             reward_mean: c.reward_mean,
@@ -189,12 +184,7 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
             final_train_accuracy: crate::metrics::get(&s.final_train, "rewards/accuracies"),
         });
     }
-    write_atomic(&cfg.output_dir.join("eval_samples.jsonl"), |w| {
-        for l in &eval_lines {
-            writeln!(w, "{l}")?;
-        }
-        Ok(())
-    })?;
+    write_jsonl_atomic(&cfg.output_dir.join("eval_samples.jsonl"), &eval_lines)?;
 
     // 5. summary and report.
     let summary = DemoSummary {
@@ -209,15 +199,4 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
     write_atomic(&cfg.output_dir.join("summary.json"), |w| Ok(serde_json::to_writer_pretty(w, &summary)?))?;
     crate::report::write_demo_report(&cfg.output_dir)?;
     Ok(summary)
-}
-
-/// `{"model", "prompt", "completion", "reward"}` for every evaluated sample.
-fn eval_rows(model: &str, s: &JudgedSamples) -> Vec<Value> {
-    s.records
-        .iter()
-        .zip(&s.rewards)
-        .flat_map(|(r, rw)| {
-            r.completions.iter().zip(rw).map(move |(c, x)| json!({"model": model, "prompt": r.prompt, "completion": c, "reward": x}))
-        })
-        .collect()
 }

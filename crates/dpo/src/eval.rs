@@ -51,6 +51,13 @@ impl JudgedSamples {
     pub fn flat_rewards(&self) -> Vec<f64> {
         self.rewards.iter().flatten().copied().collect()
     }
+
+    /// `{"model", "prompt", "completion", "reward"}` for every judged sample, prompt by prompt.
+    pub fn rows<'a>(&'a self, model: &'a str) -> impl Iterator<Item = serde_json::Value> + 'a {
+        self.records.iter().zip(&self.rewards).flat_map(move |(r, rw)| {
+            r.completions.iter().zip(rw).map(move |(c, x)| serde_json::json!({"model": model, "prompt": r.prompt, "completion": c, "reward": x}))
+        })
+    }
 }
 
 /// Samples from `model` on `prompts` and judges every completion.

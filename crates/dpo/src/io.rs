@@ -42,6 +42,17 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()
     result
 }
 
+/// Writes one compact JSON line per row, in order, through [`write_atomic`].
+pub fn write_jsonl_atomic<T: serde::Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -> Result<()> {
+    write_atomic(path, |w| {
+        for r in rows {
+            serde_json::to_writer(&mut *w, &r)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+}
+
 /// Fills a new directory through `fill(tmp_dir)`, then renames it to `dir` (replacing an older
 /// `dir` only once the new one is complete). A crash leaves either the old directory or the new.
 pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {

@@ -10,7 +10,7 @@
 //! and its mismatched completion), or `{"index": 5, "skipped": "why"}` for a record left out.
 
 use crate::data::{TokenizeSettings, TokenizedSet};
-use crate::io::{open_text, write_atomic};
+use crate::io::{open_text, write_jsonl_atomic};
 use crate::logps::dataset_logps;
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
@@ -47,12 +47,7 @@ pub fn write_file(path: &Path, set: &TokenizedSet, logps: &[Vec<f64>]) -> Result
         .collect();
     lines.extend(set.skipped.iter().map(|(o, why)| (o.index, json!({"index": o.index, "skipped": why}))));
     lines.sort_by_key(|(i, _)| *i);
-    write_atomic(path, |w| {
-        for (_, v) in &lines {
-            writeln!(w, "{v}")?;
-        }
-        Ok(())
-    })
+    write_jsonl_atomic(path, lines.iter().map(|(_, v)| v))
 }
 
 /// Tokens scored per completion (a completion's first token is not scored after an empty prompt).

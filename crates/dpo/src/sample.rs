@@ -3,7 +3,6 @@
 
 use crate::data::records::kind;
 use crate::data::read_objects;
-use crate::io::write_atomic;
 use crate::model::{KvCache, Llama};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Result};
@@ -229,13 +228,7 @@ pub fn sample_texts(
 
 /// Writes sample records as JSONL, atomically.
 pub fn write_samples(path: &Path, records: &[SampleRecord]) -> Result<()> {
-    write_atomic(path, |w| {
-        for r in records {
-            serde_json::to_writer(&mut *w, r)?;
-            w.write_all(b"\n")?;
-        }
-        Ok(())
-    })
+    crate::io::write_jsonl_atomic(path, records)
 }
 
 #[cfg(test)]
