@@ -182,13 +182,7 @@ pub fn load_examples(path: &Path, tok: &Tokenizer, settings: TokenizeSettings, t
             r
         }
         Some(Needs::Rankings) => {
-            for r in &records {
-                if let Ok(ex) = &r.example {
-                    if !matches!(ex.kind, data::ExampleKind::Pair { .. } | data::ExampleKind::Ranking { .. }) {
-                        data::require(std::slice::from_ref(r), data::Layout::Ranking)?;
-                    }
-                }
-            }
+            data::require(&records, data::Layout::Ranking)?;
             records
         }
     };

@@ -33,6 +33,13 @@ impl Layout {
         }
     }
 
+    /// Whether an example of `kind` can be used where this layout is needed: its own layout, and
+    /// for rankings also a pair (a ranking of two).
+    pub fn accepts(self, kind: &ExampleKind) -> bool {
+        let of = Layout::of(kind);
+        of == self || (self == Layout::Ranking && of == Layout::Pair)
+    }
+
     fn needs(self) -> &'static str {
         match self {
             Layout::Pair => "preference pairs (`chosen`, `rejected`)",
@@ -55,12 +62,12 @@ fn describe(ex: &Example) -> String {
     }
 }
 
-/// Checks that every usable record is of `layout`; the first that is not is an error
+/// Checks that every usable record fits `layout` (see [`Layout::accepts`]); the first that does not is an error
 /// `FILE:LINE: this loss needs preference pairs (`chosen`, `rejected`); the record has ...`.
 pub fn require(records: &[Record], layout: Layout) -> Result<()> {
     for r in records {
         if let Ok(ex) = &r.example {
-            if Layout::of(&ex.kind) != layout {
+            if !layout.accepts(&ex.kind) {
                 bail!("{}: this loss needs {}; the record has {}", r.origin, layout.needs(), describe(ex));
             }
         }
@@ -253,6 +260,10 @@ mod tests {
         assert_eq!(e, "d.jsonl:2: this loss needs preference pairs (`chosen`, `rejected`); the record has a ranking of 3 completions (`completions`)");
         let e = require(&recs, Layout::Unpaired).unwrap_err().to_string();
         assert!(e.starts_with("d.jsonl:1: this loss needs completions labelled desirable or not"), "{e}");
-        require(&rankings_to_pairs(recs).unwrap(), Layout::Pair).unwrap();
+        require(&rankings_to_pairs(recs.clone()).unwrap(), Layout::Pair).unwrap();
+        // a pair is a ranking of two
+        require(&recs[..1], Layout::Ranking).unwrap();
+        let e = require(&[rec(3, Example::unpaired("R", "e", true))], Layout::Ranking).unwrap_err().to_string();
+        assert!(e.starts_with("d.jsonl:3: this loss needs rankings"), "{e}");
     }
 }
