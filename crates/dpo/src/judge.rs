@@ -74,6 +74,10 @@ impl Judge for ScoreField {
 
 /// The judges `--judge` accepts.
 pub const JUDGES: [&str; 2] = ["sentiment", "score"];
+/// The judge of `dpo label` and `dpo eval` when none is named.
+pub const DEFAULT: &str = "sentiment";
+/// The field the `score` judge reads when none is named.
+pub const DEFAULT_SCORE_FIELD: &str = "scores";
 
 /// The judge called `name` (`score_field`: the field the `score` judge reads).
 pub fn by_name(name: &str, score_field: &str) -> Result<Box<dyn Judge>> {

@@ -2,15 +2,21 @@
 //!
 //! The data path, one module per arrow:
 //! records ([`data`]) → token ids ([`data::tokenize`]) → packed batch ([`batch`]) → model forward
-//! ([`model`]) → completion log-probs ([`logps`]) → loss and metrics ([`loss`]) → backward →
-//! clipping and AdamW ([`optim`]) → metrics file, checkpoints ([`train`], [`checkpoint`]) → plots and
-//! an HTML page of the run ([`report`]).
+//! ([`model`]) → completion log-probs ([`logps`]) → loss and metrics ([`task`], [`loss`],
+//! [`metrics`]) → backward ([`step`]) → clipping and AdamW ([`optim`]) → the loop, metrics file and
+//! checkpoints ([`train`]) → plots and an HTML page of the run ([`report`]).
+//!
+//! Around it: the run's settings and their defaults ([`config`]), reference log-probs computed
+//! once and cached ([`reference`]), evaluation ([`eval`]), sampling ([`sample`]), judges
+//! ([`judge`]), labelling ([`label`]), the pipeline demo ([`demo`]) and the benchmark ([`bench`]).
 
 pub mod ops;
 pub mod io;
 pub mod model;
 pub mod tokenizer;
 pub mod fetch;
+pub mod config;
+pub mod observer;
 pub mod data;
 pub mod batch;
 pub mod logps;
@@ -18,17 +24,17 @@ pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod policy;
+pub mod task;
 pub mod step;
 pub mod reference;
 pub mod train;
-pub mod report;
-
-/// The tensor library dpo-rs is built on (re-exported for callers that build tensors).
-pub use candle_core;
-pub mod bench;
-pub mod task;
+pub mod eval;
 pub mod sample;
 pub mod judge;
 pub mod label;
 pub mod demo;
-pub mod eval;
+pub mod bench;
+pub mod report;
+
+/// The tensor library dpo-rs is built on (re-exported for callers that build tensors).
+pub use candle_core;

@@ -11,8 +11,8 @@ pub struct CompletionLogps {
     /// `[completions]`: summed log-prob of each completion's tokens, in nats (prompt tokens are
     /// never scored). Differentiable when the model's weights are `Var`s.
     pub logps: Tensor,
-    /// Scored tokens per completion.
-    pub tokens: Vec<usize>,
+    /// Scored tokens per completion (a count).
+    pub token_counts: Vec<usize>,
     /// Per completion, `sum_t sum_v logit_{t,v}` over its tokens (for TRL's `logits/*` metrics).
     pub logit_sums: Vec<f64>,
     /// Per completion, how many of its tokens are the model's most likely next token.
@@ -23,6 +23,33 @@ impl CompletionLogps {
     /// The summed log-probs as f64 values.
     pub fn values(&self) -> Result<Vec<f64>> {
         Ok(self.logps.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?)
+    }
+
+    /// The results of consecutive micro-batches as one.
+    pub fn cat(parts: Vec<CompletionLogps>) -> Result<Self> {
+        let logps: Vec<Tensor> = parts.iter().map(|p| p.logps.clone()).collect();
+        let mut out = CompletionLogps { logps: Tensor::cat(&logps, 0)?, token_counts: Vec::new(), logit_sums: Vec::new(), argmax_hits: Vec::new() };
+        for p in parts {
+            out.token_counts.extend(p.token_counts);
+            out.logit_sums.extend(p.logit_sums);
+            out.argmax_hits.extend(p.argmax_hits);
+        }
+        Ok(out)
+    }
+
+    /// The summed log-probs split by example: `[example][completion]` for `examples`, whose
+    /// completions these are, in order.
+    pub fn per_example(&self, examples: &[&Tokenized]) -> Result<Vec<Vec<f64>>> {
+        let values = self.values()?;
+        let mut c = 0;
+        Ok(examples
+            .iter()
+            .map(|ex| {
+                let k = ex.completions.len();
+                c += k;
+                values[c - k..c].to_vec()
+            })
+            .collect())
     }
 }
 
@@ -42,46 +69,27 @@ pub fn completion_logps(model: &Llama, batch: &PackedBatch) -> Result<Completion
     let stats = stats.lock().unwrap();
     let logit_sums = batch.completion_targets.iter().map(|r| stats.logit_sum[r.clone()].iter().sum()).collect();
     let argmax_hits = batch.completion_targets.iter().map(|r| stats.argmax_hit[r.clone()].iter().filter(|&&h| h).count()).collect();
-    let tokens = batch.completion_targets.iter().map(|r| r.len()).collect();
-    Ok(CompletionLogps { logps, tokens, logit_sums, argmax_hits })
+    let token_counts = batch.completion_targets.iter().map(|r| r.len()).collect();
+    Ok(CompletionLogps { logps, token_counts, logit_sums, argmax_hits })
 }
 
-/// Inference results for one example: per completion, its summed log-prob (nats), scored tokens,
-/// logit sum and argmax hits.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExampleLogps {
-    pub logps: Vec<f64>,
-    pub tokens: Vec<usize>,
-    pub logit_sums: Vec<f64>,
-    pub argmax_hits: Vec<usize>,
-}
-
-/// Inference-only log-probs of every completion of `examples`, `max_tokens` packed rows per
-/// forward pass; `progress(done_examples)` is called after each pass.
-pub fn dataset_logps(
-    model: &Llama,
-    examples: &[&Tokenized],
-    max_tokens: usize,
-    mut progress: impl FnMut(usize),
-) -> Result<Vec<ExampleLogps>> {
+/// Inference-only log-probs of every completion of `examples`, in order, `max_tokens` packed rows
+/// per forward pass; `progress(done_examples)` is called after each pass.
+pub fn dataset_logps(model: &Llama, examples: &[&Tokenized], max_tokens: usize, mut progress: impl FnMut(usize)) -> Result<CompletionLogps> {
     let model = model.detached();
-    let mut out = Vec::with_capacity(examples.len());
+    let mut parts = Vec::new();
     for range in micro_batches(examples, max_tokens) {
-        let batch = pack(&examples[range.clone()]);
-        let res = completion_logps(&model, &batch)?;
-        let values = res.values()?;
-        let mut c = 0;
-        for ex in &examples[range] {
-            let k = ex.completions.len();
-            out.push(ExampleLogps {
-                logps: values[c..c + k].to_vec(),
-                tokens: res.tokens[c..c + k].to_vec(),
-                logit_sums: res.logit_sums[c..c + k].to_vec(),
-                argmax_hits: res.argmax_hits[c..c + k].to_vec(),
-            });
-            c += k;
-        }
-        progress(out.len());
+        let end = range.end;
+        parts.push(completion_logps(&model, &pack(&examples[range]))?);
+        progress(end);
     }
-    Ok(out)
+    if parts.is_empty() {
+        return Ok(CompletionLogps { logps: Tensor::zeros(0, model.dtype(), &Device::Cpu)?, token_counts: vec![], logit_sums: vec![], argmax_hits: vec![] });
+    }
+    CompletionLogps::cat(parts)
+}
+
+/// [`dataset_logps`] split by example: `[example][completion]` summed log-probs in nats.
+pub fn example_logps(model: &Llama, examples: &[&Tokenized], max_tokens: usize, progress: impl FnMut(usize)) -> Result<Vec<Vec<f64>>> {
+    dataset_logps(model, examples, max_tokens, progress)?.per_example(examples)
 }

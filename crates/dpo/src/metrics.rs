@@ -1,6 +1,10 @@
 //! The metrics logged each step, under TRL's names so that dashboards carry over (LOSSES.md).
 
+use anyhow::{Context, Result};
 use serde_json::{Map, Value};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
 
 /// What one forward pass tells about one example; per completion (a pair: chosen, then rejected).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -10,16 +14,16 @@ pub struct ExampleStats {
     /// Summed log-probs (nats) under the policy and the reference (empty without a reference).
     pub policy: Vec<f64>,
     pub reference: Vec<f64>,
-    /// Scored completion tokens.
-    pub tokens: Vec<usize>,
+    /// Scored completion tokens (a count).
+    pub token_counts: Vec<usize>,
     /// `sum_t sum_v logit_{t,v}` over the completion's tokens.
     pub logit_sums: Vec<f64>,
     /// Completion tokens that are the model's most likely next token.
     pub argmax_hits: Vec<usize>,
-    /// Unpaired examples (KTO): whether the completion is desirable, and the batch's KL
-    /// reference point `z0`.
+    /// Unpaired examples (KTO): whether the completion is desirable, and the reference point
+    /// `z0` (the batch's KL estimate, KTO eq. 3) of its batch.
     pub desirable: Option<bool>,
-    pub kl: Option<f64>,
+    pub kto_z0: Option<f64>,
 }
 
 /// An ordered set of named metrics (one line of `metrics.jsonl`).
@@ -40,11 +44,11 @@ pub fn preference_metrics(examples: &[ExampleStats], beta: f64, vocab: usize, no
     let mean = |f: &dyn Fn(&ExampleStats) -> f64| examples.iter().map(f).sum::<f64>() / n;
     let r = |p: &ExampleStats, i: usize| {
         let rho = p.policy[i] - p.reference.get(i).copied().unwrap_or(0.0);
-        if normalized { beta * rho / p.tokens[i].max(1) as f64 } else { beta * rho }
+        if normalized { beta * rho / p.token_counts[i].max(1) as f64 } else { beta * rho }
     };
     let last = |p: &ExampleStats| p.policy.len() - 1;
     let logits = |pick: &dyn Fn(&ExampleStats) -> usize| {
-        let (s, t) = examples.iter().fold((0.0, 0usize), |a, p| (a.0 + p.logit_sums[pick(p)], a.1 + p.tokens[pick(p)]));
+        let (s, t) = examples.iter().fold((0.0, 0usize), |a, p| (a.0 + p.logit_sums[pick(p)], a.1 + p.token_counts[pick(p)]));
         s / (t.max(1) as f64 * vocab as f64)
     };
     let (mut right, mut total) = (0usize, 0usize);
@@ -80,7 +84,7 @@ pub fn kto_metrics(examples: &[ExampleStats], beta: f64, vocab: usize) -> Metric
     let mut m = Metrics::new();
     let n = examples.len().max(1) as f64;
     m.insert("loss".into(), Value::from(examples.iter().map(|e| e.loss).sum::<f64>() / n));
-    m.insert("kl".into(), Value::from(examples.iter().filter_map(|e| e.kl).sum::<f64>() / n));
+    m.insert("kl".into(), Value::from(examples.iter().filter_map(|e| e.kto_z0).sum::<f64>() / n));
     let mut side = |want: bool, name: &str| -> Option<f64> {
         let s: Vec<&ExampleStats> = examples.iter().filter(|e| e.desirable == Some(want)).collect();
         if s.is_empty() {
@@ -90,7 +94,7 @@ pub fn kto_metrics(examples: &[ExampleStats], beta: f64, vocab: usize) -> Metric
         let reward = s.iter().map(|e| beta * (e.policy[0] - e.reference[0])).sum::<f64>() / k;
         m.insert(format!("rewards/{name}"), Value::from(reward));
         m.insert(format!("logps/{name}"), Value::from(s.iter().map(|e| e.policy[0]).sum::<f64>() / k));
-        let (ls, t) = s.iter().fold((0.0, 0usize), |a, e| (a.0 + e.logit_sums[0], a.1 + e.tokens[0]));
+        let (ls, t) = s.iter().fold((0.0, 0usize), |a, e| (a.0 + e.logit_sums[0], a.1 + e.token_counts[0]));
         m.insert(format!("logits/{name}"), Value::from(ls / (t.max(1) as f64 * vocab as f64)));
         Some(reward)
     };
@@ -105,13 +109,45 @@ pub fn kto_metrics(examples: &[ExampleStats], beta: f64, vocab: usize) -> Metric
 /// per completion token (nats/token, the token-weighted mean over the step), and
 /// `mean_token_accuracy`, the fraction of completion tokens that are the model's argmax.
 pub fn sft_metrics(examples: &[ExampleStats]) -> Metrics {
-    let tokens: usize = examples.iter().map(|e| e.tokens[0]).sum();
+    let tokens: usize = examples.iter().map(|e| e.token_counts[0]).sum();
     let nll: f64 = examples.iter().map(|e| -e.policy[0]).sum();
     let hits: usize = examples.iter().map(|e| e.argmax_hits[0]).sum();
     let mut m = Metrics::new();
     m.insert("loss".into(), Value::from(nll / tokens.max(1) as f64));
     m.insert("mean_token_accuracy".into(), Value::from(hits as f64 / tokens.max(1) as f64));
     m
+}
+
+/// A line of `metrics.jsonl`: `{"step", "epoch", ...m}`.
+pub fn line(step: usize, epoch: f64, m: &Metrics) -> Metrics {
+    let mut line = Metrics::new();
+    line.insert("step".into(), step.into());
+    line.insert("epoch".into(), epoch.into());
+    line.extend(m.clone());
+    line
+}
+
+/// `metrics.jsonl` of a run: one JSON object per line, each appended with a single write, so a
+/// crash cannot interleave or half-write earlier lines.
+pub struct MetricsFile {
+    path: PathBuf,
+}
+
+impl MetricsFile {
+    /// Starts an empty file at `path` (an earlier run's file is removed).
+    pub fn create(path: PathBuf) -> Result<Self> {
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        Ok(Self { path })
+    }
+
+    /// Appends one line.
+    pub fn append(&self, line: &Metrics) -> Result<()> {
+        let mut f = OpenOptions::new().create(true).append(true).open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
+        f.write_all(format!("{}\n", Value::Object(line.clone())).as_bytes()).with_context(|| format!("writing {}", self.path.display()))?;
+        Ok(())
+    }
 }
 
 /// The same metrics with every name prefixed `eval_`.
@@ -148,7 +184,7 @@ mod tests {
             loss: 1.0,
             policy: vec![pc, pr],
             reference: vec![-10.0, -10.0],
-            tokens: vec![2, 1],
+            token_counts: vec![2, 1],
             logit_sums: vec![8.0, 2.0],
             argmax_hits: vec![1, 0],
             ..Default::default()

@@ -1,23 +1,30 @@
 //! The optimiser step: global-norm clipping, fused in-place AdamW, learning-rate schedules.
 
+use crate::config::defaults;
 use crate::ops::Real;
 use anyhow::{bail, Result};
 use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor, Var};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-/// AdamW hyper-parameters (Loshchilov & Hutter 2019, Algorithm 2; PyTorch defaults as in TRL).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+/// AdamW hyper-parameters (Loshchilov & Hutter 2019, Algorithm 2; PyTorch defaults as in TRL,
+/// [`crate::config::defaults`]).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, clap::Args)]
 pub struct AdamWConfig {
+    #[arg(long = "adam-beta1", default_value_t = defaults::ADAM_BETA1)]
     pub beta1: f64,
+    #[arg(long = "adam-beta2", default_value_t = defaults::ADAM_BETA2)]
     pub beta2: f64,
+    #[arg(long = "adam-epsilon", default_value_t = defaults::ADAM_EPSILON)]
     pub eps: f64,
+    /// Decoupled weight decay (not applied to norms and biases).
+    #[arg(long, default_value_t = defaults::WEIGHT_DECAY)]
     pub weight_decay: f64,
 }
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+        Self { beta1: defaults::ADAM_BETA1, beta2: defaults::ADAM_BETA2, eps: defaults::ADAM_EPSILON, weight_decay: defaults::WEIGHT_DECAY }
     }
 }
 
@@ -193,6 +200,16 @@ impl std::str::FromStr for ScheduleKind {
             "constant" | "constant_with_warmup" => Ok(Self::Constant),
             _ => Err(format!("unknown lr_scheduler_type `{s}` (linear, cosine, constant)")),
         }
+    }
+}
+
+impl std::fmt::Display for ScheduleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Linear => "linear",
+            Self::Cosine => "cosine",
+            Self::Constant => "constant",
+        })
     }
 }
 

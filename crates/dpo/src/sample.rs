@@ -14,28 +14,67 @@ use serde_json::Value;
 use std::path::Path;
 use std::time::Instant;
 
-/// How to sample.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// The sampling defaults (`dpo sample`, `dpo eval --prompts`).
+pub mod defaults {
+    pub const N: usize = 4;
+    pub const MAX_NEW_TOKENS: usize = 64;
+    pub const TEMPERATURE: f64 = 1.0;
+    pub const TOP_P: f64 = 1.0;
+    pub const TOP_K: usize = 0;
+    pub const SEED: u64 = 0;
+    pub const MAX_BATCH: usize = 64;
+}
+
+/// How to sample; each field is a flag of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, clap::Args)]
 pub struct SampleConfig {
     /// Completions per prompt.
+    #[arg(long, default_value_t = defaults::N)]
     pub n: usize,
+    #[arg(long, default_value_t = defaults::MAX_NEW_TOKENS)]
     pub max_new_tokens: usize,
     /// Softmax temperature; 0 is greedy decoding.
+    #[arg(long, default_value_t = defaults::TEMPERATURE)]
     pub temperature: f64,
     /// Nucleus sampling: keep the most likely tokens whose probabilities sum to at least `top_p` (1: off).
+    #[arg(long, default_value_t = defaults::TOP_P)]
     pub top_p: f64,
     /// Keep the `top_k` most likely tokens (0: off).
+    #[arg(long, default_value_t = defaults::TOP_K)]
     pub top_k: usize,
-    /// Sequence `j` of prompt `i` draws from its own ChaCha8 stream `i * n + j` of this seed, so
-    /// the output does not depend on how prompts are batched.
+    /// Seed: sequence `j` of prompt `i` draws from its own ChaCha8 stream `i * n + j` of this
+    /// seed, so the output does not depend on how prompts are batched.
+    #[arg(long, default_value_t = defaults::SEED)]
     pub seed: u64,
     /// Sequences decoded together (prompts per batch = this / n).
+    #[arg(long, default_value_t = defaults::MAX_BATCH)]
     pub max_batch: usize,
 }
 
 impl Default for SampleConfig {
     fn default() -> Self {
-        Self { n: 1, max_new_tokens: 64, temperature: 1.0, top_p: 1.0, top_k: 0, seed: 0, max_batch: 64 }
+        Self {
+            n: defaults::N,
+            max_new_tokens: defaults::MAX_NEW_TOKENS,
+            temperature: defaults::TEMPERATURE,
+            top_p: defaults::TOP_P,
+            top_k: defaults::TOP_K,
+            seed: defaults::SEED,
+            max_batch: defaults::MAX_BATCH,
+        }
+    }
+}
+
+impl SampleConfig {
+    /// Refuses settings that cannot sample: `top_p` outside (0, 1], zero `n`, `max_new_tokens` or `max_batch`.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--top-p must be in (0, 1], got {}", self.top_p);
+        }
+        if self.n == 0 || self.max_new_tokens == 0 || self.max_batch == 0 {
+            bail!("--n, --max-new-tokens and --max-batch must be at least 1");
+        }
+        Ok(())
     }
 }
 

@@ -1,12 +1,19 @@
 //! What a training run optimises: a preference objective against a reference, or supervised
 //! fine-tuning (SFT) on completions.
 
-use crate::data::{ExampleKind, Tokenized};
+use crate::data::Tokenized;
 use crate::logps::CompletionLogps;
 use crate::loss::{kto, Loss, LossBatch, Objective};
 use crate::metrics::{kto_metrics, preference_metrics, sft_metrics, ExampleStats, Metrics};
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
+
+/// The result of [`Task::forward`].
+pub struct TaskOutput {
+    /// `[examples]`: each example's loss term.
+    pub losses: Tensor,
+    pub stats: Vec<ExampleStats>,
+}
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "task", content = "objective", rename_all = "snake_case")]
@@ -37,43 +44,58 @@ impl Task {
         matches!(self, Task::Preference(o) if o.couples_batch())
     }
 
-    /// The per-example loss terms `[examples]` of a micro-batch of `examples`; the step's loss
-    /// is their sum divided by [`Task::normalizer`]. Also returns KTO's `z0`, if any.
-    pub fn loss_terms(&self, examples: &[&Tokenized], out: &CompletionLogps, reference: &[f64]) -> Result<(Tensor, Option<f64>)> {
-        match self {
+    /// The forward half of a step on a group of `examples` whose completions' log-probs are
+    /// `logps` (example by example): the per-example loss terms `[examples]` (differentiable when
+    /// `logps` is; a step's loss is their sum divided by [`Task::normalizer`]) and what each
+    /// example contributes to the metrics. `reference[i]` holds the reference log-probs of
+    /// example `i`'s completions (empty for SFT and reference-free losses). A loss that couples
+    /// the examples of a batch (KTO's reference point `z0`) computes it over `examples`.
+    pub fn forward(&self, examples: &[&Tokenized], logps: &CompletionLogps, reference: &[&[f64]]) -> Result<TaskOutput> {
+        ensure!(examples.len() == reference.len(), "{} examples, {} reference entries", examples.len(), reference.len());
+        let refs: Vec<f64> = reference.iter().flat_map(|r| r.iter().copied()).collect();
+        let (losses, kto_z0) = match self {
             Task::Preference(objective) => {
                 let k = examples[0].completions.len();
                 ensure!(
                     examples.iter().all(|e| e.completions.len() == k),
                     "examples of one batch have different numbers of completions (rankings must all have the same length)"
                 );
-                let mut b = LossBatch::new(out.logps.clone(), reference, &out.tokens, k)?;
-                let scores: Option<Vec<f64>> = examples
-                    .iter()
-                    .map(|e| match &e.kind {
-                        ExampleKind::Pair { scores: Some(s) } => Some(s.to_vec()),
-                        ExampleKind::Ranking { scores: Some(s) } => Some(s.clone()),
-                        _ => None,
-                    })
-                    .collect::<Option<Vec<Vec<f64>>>>()
-                    .map(|v| v.concat());
-                b.scores = scores;
-                b.desirable = examples
-                    .iter()
-                    .map(|e| match e.kind {
-                        ExampleKind::Unpaired { desirable } => Some(desirable),
-                        _ => None,
-                    })
-                    .collect();
+                let mut b = LossBatch::new(logps.logps.clone(), &refs, &logps.token_counts, k)?;
+                b.scores = examples.iter().map(|e| e.kind.scores().map(<[f64]>::to_vec)).collect::<Option<Vec<Vec<f64>>>>().map(|v| v.concat());
+                b.desirable = examples.iter().map(|e| e.kind.desirable()).collect();
                 let z0 = match objective.main() {
                     Loss::Kto { beta, desirable_weight, undesirable_weight } => Some(kto::kto(&b, beta, desirable_weight, undesirable_weight)?.1),
                     _ => None,
                 };
-                Ok((objective.per_example(&b)?, z0))
+                (objective.per_example(&b)?, z0)
             }
             // the summed negative log-likelihood of each completion
-            Task::Sft => Ok((out.logps.neg()?, None)),
-        }
+            Task::Sft => (logps.logps.neg()?, None),
+        };
+        let values = losses.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+        let policy = logps.per_example(examples)?;
+        let mut c0 = 0;
+        let stats = examples
+            .iter()
+            .zip(policy)
+            .zip(values)
+            .zip(reference)
+            .map(|(((ex, policy), loss), reference)| {
+                let c = c0..c0 + policy.len();
+                c0 = c.end;
+                ExampleStats {
+                    loss,
+                    policy,
+                    reference: reference.to_vec(),
+                    token_counts: logps.token_counts[c.clone()].to_vec(),
+                    logit_sums: logps.logit_sums[c.clone()].to_vec(),
+                    argmax_hits: logps.argmax_hits[c].to_vec(),
+                    desirable: ex.kind.desirable(),
+                    kto_z0,
+                }
+            })
+            .collect();
+        Ok(TaskOutput { losses, stats })
     }
 
     /// What a step's summed loss terms are divided by: the number of examples (the mean
@@ -82,7 +104,7 @@ impl Task {
     pub fn normalizer(&self, examples: &[&Tokenized]) -> f64 {
         match self {
             Task::Preference(_) => examples.len() as f64,
-            Task::Sft => examples.iter().map(|e| crate::reference::scored_tokens(e)[0]).sum::<usize>().max(1) as f64,
+            Task::Sft => examples.iter().map(|e| e.scored_tokens()[0]).sum::<usize>().max(1) as f64,
         }
     }
 

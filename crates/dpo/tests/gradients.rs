@@ -51,7 +51,7 @@ fn mean_loss(config: &LlamaConfig, tensors: &HashMap<String, Tensor>) -> f64 {
     let refs: Vec<&Tokenized> = ex.iter().collect();
     let out = completion_logps(&model, &pack(&refs)).unwrap();
     let r: Vec<f64> = REFERENCE.iter().flatten().copied().collect();
-    let b = LossBatch::new(out.logps, &r, &out.tokens, 2).unwrap();
+    let b = LossBatch::new(out.logps, &r, &out.token_counts, 2).unwrap();
     LOSS.per_example(&b).unwrap().mean_all().unwrap().to_scalar::<f64>().unwrap()
 }
 

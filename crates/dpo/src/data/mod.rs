@@ -22,6 +22,8 @@
 //!   (conversational records need the model's template: [`read_with`] and
 //!   [`ReadOptions::for_tokenizer`]; [`read`] reads plain-text layouts only);
 //! - [`convert`]: [`to_unpaired`], [`rankings_to_pairs`], [`to_completions`], [`require`];
+//! - [`prepare`]: [`load_examples`]: a file read, converted for a task's loss and tokenized (what
+//!   every command that reads training or evaluation data calls);
 //! - [`tokenize`]: TRL's tokenization rule (plain text: EOS appended, special tokens added;
 //!   conversational: the rendered text as is) and our truncation rules.
 
@@ -29,12 +31,14 @@ pub mod chat;
 pub mod convert;
 pub mod formats;
 pub mod layouts;
+pub mod prepare;
 pub mod records;
 pub mod tokenize;
 
 pub use chat::{ChatTemplate, Message};
 pub use convert::{rankings_to_pairs, require, to_completions, to_unpaired, Layout};
 pub use formats::{Format, Position};
+pub use prepare::{data_view, load_examples, load_pairs};
 pub(crate) use formats::read_objects;
 pub use records::{read, read_with, Example, ExampleKind, Origin, ReadOptions, ReadReport, Record};
 pub use tokenize::{tokenize_all, TokenizeSettings, Tokenized, TokenizedSet};

@@ -52,6 +52,25 @@ pub enum ExampleKind {
     Completion,
 }
 
+impl ExampleKind {
+    /// KTO's label of an unpaired example (`None` for every other kind).
+    pub fn desirable(&self) -> Option<bool> {
+        match self {
+            ExampleKind::Unpaired { desirable } => Some(*desirable),
+            _ => None,
+        }
+    }
+
+    /// The scores of the completions, when the data has them (ODPO's offsets, rankings).
+    pub fn scores(&self) -> Option<&[f64]> {
+        match self {
+            ExampleKind::Pair { scores: Some(s) } => Some(s),
+            ExampleKind::Ranking { scores: Some(s) } => Some(s),
+            _ => None,
+        }
+    }
+}
+
 /// One example as text: a prompt and its completions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {

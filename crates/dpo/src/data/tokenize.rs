@@ -16,10 +16,33 @@ use serde::Serialize;
 ///    TRL 1.16 filters it); otherwise every completion keeps its **first**
 ///    `max_length - prompt_tokens` tokens, i.e. each `prompt + completion` sequence keeps its
 ///    first `max_length` tokens (TRL 1.16's default `truncation_mode = "keep_start"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+///
+/// `Default` truncates nothing; the training commands' default is
+/// [`crate::config::defaults::MAX_LENGTH`] (TRL's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default, clap::Args)]
 pub struct TokenizeSettings {
-    pub max_length: Option<usize>,
+    /// Keep at most this many tokens of each prompt+completion (completion tail cut; prompt >= this: pair dropped). 0: no limit.
+    #[arg(long, default_value = DEFAULT_MAX_LENGTH.as_str(), value_parser = parse_limit)]
+    pub max_length: ::std::option::Option<usize>,
+    /// Keep at most the last this many prompt tokens (unset: no limit).
+    #[arg(long)]
     pub max_prompt_length: Option<usize>,
+}
+
+/// The command line's default `--max-length`, as clap wants it (text).
+static DEFAULT_MAX_LENGTH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| crate::config::defaults::MAX_LENGTH.to_string());
+
+/// A token limit on the command line: a count, 0 meaning none.
+fn parse_limit(s: &str) -> std::result::Result<Option<usize>, String> {
+    let n: usize = s.parse().map_err(|_| format!("`{s}` is not a token count"))?;
+    Ok(Some(n).filter(|&n| n > 0))
+}
+
+impl TokenizeSettings {
+    /// Each prompt + completion keeps its first `max_length` tokens (0: no limit); prompts are not cut.
+    pub fn truncating(max_length: usize) -> Self {
+        Self { max_length: Some(max_length).filter(|&m| m > 0), max_prompt_length: None }
+    }
 }
 
 /// An example as token ids: the prompt, and each completion (plain text: ending in EOS unless
@@ -37,6 +60,12 @@ impl Tokenized {
     /// Tokens in the packed layout: the prompt once, then every completion.
     pub fn packed_tokens(&self) -> usize {
         self.prompt.len() + self.completions.iter().map(Vec::len).sum::<usize>()
+    }
+
+    /// Tokens scored per completion (a completion's first token is not scored after an empty
+    /// prompt: nothing predicts it).
+    pub fn scored_tokens(&self) -> Vec<usize> {
+        self.completions.iter().map(|c| if self.prompt.is_empty() { c.len().saturating_sub(1) } else { c.len() }).collect()
     }
 
     /// Tokens counted the way TRL counts `num_tokens`: every `prompt + completion` sequence whole.

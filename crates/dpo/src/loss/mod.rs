@@ -15,6 +15,7 @@ pub mod listwise;
 pub mod pairwise;
 pub mod reference_free;
 
+use crate::config::defaults;
 use anyhow::{bail, ensure, Result};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
@@ -132,20 +133,40 @@ pub const NAMES: [&str; 16] = [
     "apo_down", "sppo_hard", "exo_pair", "sft",
 ];
 
-/// Hyper-parameters given on the command line, from which named losses are built.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Hyper-parameters given on the command line, from which named losses are built (defaults in
+/// [`crate::config::defaults`]).
+#[derive(Debug, Clone, Copy, PartialEq, clap::Args)]
 pub struct LossParams {
+    /// beta: the scale of the implicit reward beta*log(pi/pi_ref) (ORPO: lambda).
+    #[arg(long, default_value_t = defaults::BETA)]
     pub beta: f64,
+    /// Label smoothing eps: cDPO (sigmoid), robust (< 0.5), exo_pair.
+    #[arg(long, default_value_t = defaults::LABEL_SMOOTHING)]
     pub label_smoothing: f64,
+    /// SimPO's target margin gamma.
+    #[arg(long, default_value_t = defaults::SIMPO_GAMMA)]
     pub simpo_gamma: f64,
+    /// ODPO's offset scale alpha.
+    #[arg(long, default_value_t = defaults::ODPO_ALPHA)]
     pub odpo_alpha: f64,
+    /// KTO's weight of desirable examples.
+    #[arg(long, default_value_t = defaults::DESIRABLE_WEIGHT)]
     pub desirable_weight: f64,
+    /// KTO's weight of undesirable examples.
+    #[arg(long, default_value_t = defaults::UNDESIRABLE_WEIGHT)]
     pub undesirable_weight: f64,
 }
 
 impl Default for LossParams {
     fn default() -> Self {
-        Self { beta: 0.1, label_smoothing: 0.0, simpo_gamma: 0.5, odpo_alpha: 1.0, desirable_weight: 1.0, undesirable_weight: 1.0 }
+        Self {
+            beta: defaults::BETA,
+            label_smoothing: defaults::LABEL_SMOOTHING,
+            simpo_gamma: defaults::SIMPO_GAMMA,
+            odpo_alpha: defaults::ODPO_ALPHA,
+            desirable_weight: defaults::DESIRABLE_WEIGHT,
+            undesirable_weight: defaults::UNDESIRABLE_WEIGHT,
+        }
     }
 }
 
@@ -164,7 +185,7 @@ impl Loss {
             "apo_zero" => Loss::ApoZero { beta },
             "apo_down" => Loss::ApoDown { beta },
             "sppo_hard" => Loss::SppoHard { beta },
-            "exo_pair" => Loss::ExoPair { beta, label_smoothing: if p.label_smoothing > 0.0 { p.label_smoothing } else { 1e-3 } },
+            "exo_pair" => Loss::ExoPair { beta, label_smoothing: if p.label_smoothing > 0.0 { p.label_smoothing } else { defaults::EXO_LABEL_SMOOTHING } },
             "simpo" => Loss::Simpo { beta, gamma: p.simpo_gamma },
             "orpo" => Loss::Orpo { beta },
             "sft" | "nll" | "rpo" => Loss::Sft,
@@ -324,28 +345,31 @@ pub struct LossDoc {
     pub formula: &'static str,
     pub source: &'static str,
     pub data: &'static str,
-    pub params: &'static str,
+    /// The flags the loss reads, with their defaults ([`crate::config::defaults`]).
+    pub params: &'static [(&'static str, f64)],
+    /// A note on the flags (a range, a loss-specific default).
+    pub note: &'static str,
 }
 
 /// The losses with their formulas (`rho = log pi(y) - log pi_ref(y)`, `delta = rho_w - rho_l`,
 /// `avg = log pi(y)/|y|`, `s` = sigma), sources, data and hyper-parameters.
 pub const DOCS: [LossDoc; 16] = [
-    LossDoc { name: "sigmoid", formula: "-(1-eps) log s(beta*delta) - eps log s(-beta*delta)", source: "DPO, Rafailov et al. 2023 eq. 7; cDPO (eps>0), Mitchell 2023", data: "pairs", params: "--beta 0.1, --label-smoothing 0" },
-    LossDoc { name: "robust", formula: "[-(1-eps) log s(beta*delta) + eps log s(-beta*delta)] / (1-2eps)", source: "Chowdhury et al. 2024 §3", data: "pairs", params: "--beta 0.1, --label-smoothing 0 (< 0.5)" },
-    LossDoc { name: "hinge", formula: "max(0, 1 - beta*delta)", source: "SLiC, Zhao et al. 2023", data: "pairs", params: "--beta 0.1" },
-    LossDoc { name: "ipo", formula: "(rho_w/|y_w| - rho_l/|y_l| - 1/(2 beta))^2", source: "Azar et al. 2023 eq. 17 (per-token averages as TRL)", data: "pairs", params: "--beta 0.1" },
-    LossDoc { name: "simpo", formula: "-log s(beta*avg_w - beta*avg_l - gamma)", source: "Meng et al. 2024 eq. 6; no reference", data: "pairs", params: "--beta 0.1, --simpo-gamma 0.5" },
-    LossDoc { name: "orpo", formula: "-avg_w - beta * log s(log odds_w - log odds_l), odds = p/(1-p), p = exp(avg)", source: "Hong et al. 2024 eqs. 4-7; no reference; beta = lambda", data: "pairs", params: "--beta 0.1" },
-    LossDoc { name: "odpo", formula: "-log s(beta*delta - alpha*log(score_w - score_l))", source: "Amini et al. 2024 (authors' code); seed 002", data: "pairs with scores (score_chosen, score_rejected), score_w > score_l", params: "--beta 0.1, --odpo-alpha 1.0" },
-    LossDoc { name: "kto", formula: "desirable: wD(1 - s(beta(rho - z0))); undesirable: wU(1 - s(beta(z0 - rho))); z0 = max(0, mean KL over mismatched pairs), no gradient", source: "Ethayarajh et al. 2024 eqs. 7-8; TRL KTOTrainer", data: "unpaired {prompt, completion, label} or KTO layouts; pairs are split into two", params: "--beta 0.1, --desirable-weight 1, --undesirable-weight 1" },
-    LossDoc { name: "plackett_luce", formula: "-sum_k [beta*rho_(k) - logsumexp_{j>=k} beta*rho_(j)]; K = 2 is sigmoid", source: "DPO paper appendix A.3 (eq. 18 model); seed 003", data: "rankings {prompt, completions, ranking|scores} (all of one length); a pair is a ranking of 2", params: "--beta 0.1" },
-    LossDoc { name: "bco_pair", formula: "-log s(beta*rho_w) - log s(-beta*rho_l)", source: "TRL 1.16 bco_pair (BCO, Jung et al. 2024)", data: "pairs", params: "--beta 0.1" },
-    LossDoc { name: "nca_pair", formula: "-log s(beta*rho_w) - 0.5 log s(-beta*rho_w) - 0.5 log s(-beta*rho_l)", source: "Chen et al. 2024 eq. 10; TRL nca_pair", data: "pairs", params: "--beta 0.1" },
-    LossDoc { name: "apo_zero", formula: "1 - s(beta*rho_w) + s(beta*rho_l)", source: "D'Oosterlinck et al. 2024 eq. 7; TRL apo_zero", data: "pairs", params: "--beta 0.1" },
-    LossDoc { name: "apo_down", formula: "s(beta*rho_w) + 1 - s(beta*(rho_w - rho_l))", source: "D'Oosterlinck et al. 2024 eq. 8; TRL apo_down", data: "pairs", params: "--beta 0.1" },
-    LossDoc { name: "sppo_hard", formula: "(rho_w - 1/(2 beta))^2 + (rho_l + 1/(2 beta))^2", source: "Wu et al. 2024 eq. 4.7 (hard labels); TRL sppo_hard", data: "pairs", params: "--beta 0.1" },
-    LossDoc { name: "exo_pair", formula: "s(z)(log s(z) - log(1-eps)) + s(-z)(log s(-z) - log eps), z = beta*delta", source: "Ji et al. 2024 eq. 16; TRL exo_pair", data: "pairs", params: "--beta 0.1, --label-smoothing (default 1e-3 here)" },
-    LossDoc { name: "sft", formula: "-avg_w (NLL per token of the chosen completion); as a term: RPO", source: "Pang et al. 2024 (RPO) eq. 4; TRL sft loss type", data: "any (the chosen/best completion)", params: "weight via --loss-weights or --rpo-alpha" },
+    LossDoc { name: "sigmoid", formula: "-(1-eps) log s(beta*delta) - eps log s(-beta*delta)", source: "DPO, Rafailov et al. 2023 eq. 7; cDPO (eps>0), Mitchell 2023", data: "pairs", params: &[("--beta", defaults::BETA), ("--label-smoothing", defaults::LABEL_SMOOTHING)], note: "" },
+    LossDoc { name: "robust", formula: "[-(1-eps) log s(beta*delta) + eps log s(-beta*delta)] / (1-2eps)", source: "Chowdhury et al. 2024 §3", data: "pairs", params: &[("--beta", defaults::BETA), ("--label-smoothing", defaults::LABEL_SMOOTHING)], note: "label smoothing < 0.5" },
+    LossDoc { name: "hinge", formula: "max(0, 1 - beta*delta)", source: "SLiC, Zhao et al. 2023", data: "pairs", params: &[("--beta", defaults::BETA)], note: "" },
+    LossDoc { name: "ipo", formula: "(rho_w/|y_w| - rho_l/|y_l| - 1/(2 beta))^2", source: "Azar et al. 2023 eq. 17 (per-token averages as TRL)", data: "pairs", params: &[("--beta", defaults::BETA)], note: "" },
+    LossDoc { name: "simpo", formula: "-log s(beta*avg_w - beta*avg_l - gamma)", source: "Meng et al. 2024 eq. 6; no reference", data: "pairs", params: &[("--beta", defaults::BETA), ("--simpo-gamma", defaults::SIMPO_GAMMA)], note: "" },
+    LossDoc { name: "orpo", formula: "-avg_w - beta * log s(log odds_w - log odds_l), odds = p/(1-p), p = exp(avg)", source: "Hong et al. 2024 eqs. 4-7; no reference; beta = lambda", data: "pairs", params: &[("--beta", defaults::BETA)], note: "" },
+    LossDoc { name: "odpo", formula: "-log s(beta*delta - alpha*log(score_w - score_l))", source: "Amini et al. 2024 (authors' code); seed 002", data: "pairs with scores (score_chosen, score_rejected), score_w > score_l", params: &[("--beta", defaults::BETA), ("--odpo-alpha", defaults::ODPO_ALPHA)], note: "" },
+    LossDoc { name: "kto", formula: "desirable: wD(1 - s(beta(rho - z0))); undesirable: wU(1 - s(beta(z0 - rho))); z0 = max(0, mean KL over mismatched pairs), no gradient", source: "Ethayarajh et al. 2024 eqs. 7-8; TRL KTOTrainer", data: "unpaired {prompt, completion, label} or KTO layouts; pairs are split into two", params: &[("--beta", defaults::BETA), ("--desirable-weight", defaults::DESIRABLE_WEIGHT), ("--undesirable-weight", defaults::UNDESIRABLE_WEIGHT)], note: "" },
+    LossDoc { name: "plackett_luce", formula: "-sum_k [beta*rho_(k) - logsumexp_{j>=k} beta*rho_(j)]; K = 2 is sigmoid", source: "DPO paper appendix A.3 (eq. 18 model); seed 003", data: "rankings {prompt, completions, ranking|scores} (all of one length); a pair is a ranking of 2", params: &[("--beta", defaults::BETA)], note: "" },
+    LossDoc { name: "bco_pair", formula: "-log s(beta*rho_w) - log s(-beta*rho_l)", source: "TRL 1.16 bco_pair (BCO, Jung et al. 2024)", data: "pairs", params: &[("--beta", defaults::BETA)], note: "" },
+    LossDoc { name: "nca_pair", formula: "-log s(beta*rho_w) - 0.5 log s(-beta*rho_w) - 0.5 log s(-beta*rho_l)", source: "Chen et al. 2024 eq. 10; TRL nca_pair", data: "pairs", params: &[("--beta", defaults::BETA)], note: "" },
+    LossDoc { name: "apo_zero", formula: "1 - s(beta*rho_w) + s(beta*rho_l)", source: "D'Oosterlinck et al. 2024 eq. 7; TRL apo_zero", data: "pairs", params: &[("--beta", defaults::BETA)], note: "" },
+    LossDoc { name: "apo_down", formula: "s(beta*rho_w) + 1 - s(beta*(rho_w - rho_l))", source: "D'Oosterlinck et al. 2024 eq. 8; TRL apo_down", data: "pairs", params: &[("--beta", defaults::BETA)], note: "" },
+    LossDoc { name: "sppo_hard", formula: "(rho_w - 1/(2 beta))^2 + (rho_l + 1/(2 beta))^2", source: "Wu et al. 2024 eq. 4.7 (hard labels); TRL sppo_hard", data: "pairs", params: &[("--beta", defaults::BETA)], note: "" },
+    LossDoc { name: "exo_pair", formula: "s(z)(log s(z) - log(1-eps)) + s(-z)(log s(-z) - log eps), z = beta*delta", source: "Ji et al. 2024 eq. 16; TRL exo_pair", data: "pairs", params: &[("--beta", defaults::BETA), ("--label-smoothing", defaults::EXO_LABEL_SMOOTHING)], note: "" },
+    LossDoc { name: "sft", formula: "-avg_w (NLL per token of the chosen completion); as a term: RPO", source: "Pang et al. 2024 (RPO) eq. 4; TRL sft loss type", data: "any (the chosen/best completion)", params: &[], note: "weight via --loss-weights or --rpo-alpha" },
 ];
 
 /// The text of `dpo train --loss-help`.
@@ -357,7 +381,9 @@ pub fn help_text() -> String {
          nor compute reference log-probs. --sync-ref-model (TR-DPO) moves the reference during training.\n\n",
     );
     for d in &DOCS {
-        s += &format!("{}\n  loss:   {}\n  source: {}\n  data:   {}\n  params: {}\n", d.name, d.formula, d.source, d.data, d.params);
+        let mut params: Vec<String> = d.params.iter().map(|(flag, default)| format!("{flag} {default}")).collect();
+        params.extend((!d.note.is_empty()).then(|| d.note.to_string()));
+        s += &format!("{}\n  loss:   {}\n  source: {}\n  data:   {}\n  params: {}\n", d.name, d.formula, d.source, d.data, params.join(", "));
     }
     s
 }

@@ -40,18 +40,147 @@ impl KvCache {
     }
 }
 
+/// The linear projections of a decoder layer, by their Hugging Face / PEFT module names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Proj {
+    /// Every projection, in checkpoint order.
+    pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
+
+    /// The module name (`q_proj`, ..., PEFT's `target_modules` names).
+    pub fn name(self) -> &'static str {
+        match self {
+            Proj::Q => "q_proj",
+            Proj::K => "k_proj",
+            Proj::V => "v_proj",
+            Proj::O => "o_proj",
+            Proj::Gate => "gate_proj",
+            Proj::Up => "up_proj",
+            Proj::Down => "down_proj",
+        }
+    }
+
+    /// The module's path inside a layer (`self_attn.q_proj`, `mlp.gate_proj`, ...).
+    pub fn path(self) -> String {
+        let parent = if matches!(self, Proj::Gate | Proj::Up | Proj::Down) { "mlp" } else { "self_attn" };
+        format!("{parent}.{}", self.name())
+    }
+
+    /// `[out_features, in_features]` of the weight.
+    pub fn shape(self, c: &LlamaConfig) -> [usize; 2] {
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let (q, kv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+        match self {
+            Proj::Q => [q, h],
+            Proj::K | Proj::V => [kv, h],
+            Proj::O => [h, q],
+            Proj::Gate | Proj::Up => [i, h],
+            Proj::Down => [h, i],
+        }
+    }
+
+    /// Whether the config gives this projection a bias (Qwen2's q/k/v).
+    pub fn has_bias(self, c: &LlamaConfig) -> bool {
+        c.attention_bias && matches!(self, Proj::Q | Proj::K | Proj::V)
+    }
+}
+
+/// A tensor of a decoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LayerPart {
+    InputNorm,
+    PostNorm,
+    Proj(Proj),
+}
+
+/// The tensors of a decoder layer in checkpoint order (a projection's bias follows its weight).
+const LAYER_ORDER: [LayerPart; 9] = [
+    LayerPart::InputNorm,
+    LayerPart::Proj(Proj::Q),
+    LayerPart::Proj(Proj::K),
+    LayerPart::Proj(Proj::V),
+    LayerPart::Proj(Proj::O),
+    LayerPart::PostNorm,
+    LayerPart::Proj(Proj::Gate),
+    LayerPart::Proj(Proj::Up),
+    LayerPart::Proj(Proj::Down),
+];
+
+/// What a tensor of the model is (decides its random initialisation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorRole {
+    Embedding,
+    /// The weight of a [`Proj`], or the untied output projection.
+    Matrix,
+    Bias,
+    /// An RMSNorm weight.
+    Norm,
+}
+
+/// One tensor of a checkpoint: its Hugging Face name, shape and role.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub role: TensorRole,
+}
+
+/// The tensors of a model with this config, in checkpoint order: the one table that loading,
+/// saving, the policy's parameter list and random initialisation all read.
+pub fn tensor_specs(c: &LlamaConfig) -> Vec<TensorSpec> {
+    let spec = |name: String, shape: Vec<usize>, role| TensorSpec { name, shape, role };
+    let h = c.hidden_size;
+    let mut out = vec![spec("model.embed_tokens.weight".into(), vec![c.vocab_size, h], TensorRole::Embedding)];
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        for part in LAYER_ORDER {
+            match part {
+                LayerPart::InputNorm => out.push(spec(format!("{p}.input_layernorm.weight"), vec![h], TensorRole::Norm)),
+                LayerPart::PostNorm => out.push(spec(format!("{p}.post_attention_layernorm.weight"), vec![h], TensorRole::Norm)),
+                LayerPart::Proj(proj) => {
+                    let [o, n] = proj.shape(c);
+                    out.push(spec(format!("{p}.{}.weight", proj.path()), vec![o, n], TensorRole::Matrix));
+                    if proj.has_bias(c) {
+                        out.push(spec(format!("{p}.{}.bias", proj.path()), vec![o], TensorRole::Bias));
+                    }
+                }
+            }
+        }
+    }
+    out.push(spec("model.norm.weight".into(), vec![h], TensorRole::Norm));
+    if !c.tie_word_embeddings {
+        out.push(spec("lm_head.weight".into(), vec![c.vocab_size, h], TensorRole::Matrix));
+    }
+    out
+}
+
+/// The Hugging Face names of a model's tensors, in checkpoint order ([`tensor_specs`]).
+pub fn tensor_names(c: &LlamaConfig) -> Vec<String> {
+    tensor_specs(c).into_iter().map(|s| s.name).collect()
+}
+
 /// One decoder layer: pre-norm attention and pre-norm SwiGLU MLP, each with a residual.
 #[derive(Clone)]
 pub struct Block {
     pub input_norm: Tensor,
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
-    pub o: Linear,
+    /// The projections, indexed by [`Proj`] (see [`Block::proj`]).
+    pub projs: Vec<Linear>,
     pub post_norm: Tensor,
-    pub gate: Linear,
-    pub up: Linear,
-    pub down: Linear,
+}
+
+impl Block {
+    pub fn proj(&self, p: Proj) -> &Linear {
+        &self.projs[p as usize]
+    }
 }
 
 /// A Llama-family causal language model (Touvron et al. 2023), f32 or f64.
@@ -71,87 +200,55 @@ pub struct Llama {
     pub lm_head: Option<Tensor>,
 }
 
-/// The Hugging Face names of a model's tensors, in a fixed order.
-pub fn tensor_names(c: &LlamaConfig) -> Vec<String> {
-    let mut names = vec!["model.embed_tokens.weight".to_string()];
-    for i in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        names.push(format!("{p}.input_layernorm.weight"));
-        for m in ["q_proj", "k_proj", "v_proj"] {
-            names.push(format!("{p}.self_attn.{m}.weight"));
-            if c.attention_bias {
-                names.push(format!("{p}.self_attn.{m}.bias"));
-            }
-        }
-        names.push(format!("{p}.self_attn.o_proj.weight"));
-        names.push(format!("{p}.post_attention_layernorm.weight"));
-        for m in ["gate_proj", "up_proj", "down_proj"] {
-            names.push(format!("{p}.mlp.{m}.weight"));
-        }
-    }
-    names.push("model.norm.weight".to_string());
-    if !c.tie_word_embeddings {
-        names.push("lm_head.weight".to_string());
-    }
-    names
-}
-
 impl Llama {
-    /// Builds the model from tensors named as in a Hugging Face checkpoint. Errors name a missing
-    /// tensor or a tensor whose shape does not fit the config.
+    /// Builds the model from tensors named as in a Hugging Face checkpoint ([`tensor_specs`]).
+    /// Errors name a missing tensor or a tensor whose shape does not fit the config.
     pub fn from_tensors(config: LlamaConfig, tensors: &HashMap<String, Tensor>) -> Result<Self> {
-        let c = &config;
-        let (h, d) = (c.hidden_size, c.head_dim);
-        let (qd, kvd) = (c.num_attention_heads * d, c.num_key_value_heads * d);
-        let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            let t = tensors.get(name).with_context(|| format!("missing tensor `{name}`"))?;
-            if t.dims() != shape {
-                bail!("tensor `{name}` has shape {:?}, the config needs {shape:?}", t.dims());
+        let mut specs = tensor_specs(&config).into_iter();
+        let mut next = || -> Result<Tensor> {
+            let s = specs.next().context("fewer tensors in the table than the model reads")?;
+            let t = tensors.get(&s.name).with_context(|| format!("missing tensor `{}`", s.name))?;
+            if t.dims() != s.shape.as_slice() {
+                bail!("tensor `{}` has shape {:?}, the config needs {:?}", s.name, t.dims(), s.shape);
             }
             Ok(t.clone())
         };
-        let lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-            Ok(Linear {
-                w: get(&format!("{name}.weight"), &[out, inp])?,
-                b: if bias { Some(get(&format!("{name}.bias"), &[out])?) } else { None },
-            })
-        };
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for i in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            layers.push(Block {
-                input_norm: get(&format!("{p}.input_layernorm.weight"), &[h])?,
-                q: lin(&format!("{p}.self_attn.q_proj"), qd, h, c.attention_bias)?,
-                k: lin(&format!("{p}.self_attn.k_proj"), kvd, h, c.attention_bias)?,
-                v: lin(&format!("{p}.self_attn.v_proj"), kvd, h, c.attention_bias)?,
-                o: lin(&format!("{p}.self_attn.o_proj"), h, qd, false)?,
-                post_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate: lin(&format!("{p}.mlp.gate_proj"), c.intermediate_size, h, false)?,
-                up: lin(&format!("{p}.mlp.up_proj"), c.intermediate_size, h, false)?,
-                down: lin(&format!("{p}.mlp.down_proj"), h, c.intermediate_size, false)?,
-            });
+        let embed = next()?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for _ in 0..config.num_hidden_layers {
+            let (mut input_norm, mut post_norm, mut projs) = (None, None, Vec::with_capacity(Proj::ALL.len()));
+            for part in LAYER_ORDER {
+                match part {
+                    LayerPart::InputNorm => input_norm = Some(next()?),
+                    LayerPart::PostNorm => post_norm = Some(next()?),
+                    LayerPart::Proj(p) => {
+                        let w = next()?;
+                        projs.push(Linear { w, b: if p.has_bias(&config) { Some(next()?) } else { None } });
+                    }
+                }
+            }
+            let (Some(input_norm), Some(post_norm)) = (input_norm, post_norm) else { bail!("a layer without its norms") };
+            layers.push(Block { input_norm, projs, post_norm });
         }
-        Ok(Self {
-            embed: get("model.embed_tokens.weight", &[c.vocab_size, h])?,
-            norm: get("model.norm.weight", &[h])?,
-            lm_head: if c.tie_word_embeddings { None } else { Some(get("lm_head.weight", &[c.vocab_size, h])?) },
-            layers,
-            config,
-        })
+        let norm = next()?;
+        let lm_head = if config.tie_word_embeddings { None } else { Some(next()?) };
+        Ok(Self { config, embed, layers, norm, lm_head })
     }
 
-    /// The model's tensors with their Hugging Face names, in [`tensor_names`] order.
+    /// The model's tensors with their Hugging Face names, in [`tensor_specs`] order.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![self.embed.clone()];
         for l in &self.layers {
-            out.push(l.input_norm.clone());
-            for lin in [&l.q, &l.k, &l.v] {
-                out.push(lin.w.clone());
-                out.extend(lin.b.clone());
+            for part in LAYER_ORDER {
+                match part {
+                    LayerPart::InputNorm => out.push(l.input_norm.clone()),
+                    LayerPart::PostNorm => out.push(l.post_norm.clone()),
+                    LayerPart::Proj(p) => {
+                        out.push(l.proj(p).w.clone());
+                        out.extend(l.proj(p).b.clone());
+                    }
+                }
             }
-            out.push(l.o.w.clone());
-            out.push(l.post_norm.clone());
-            out.extend([l.gate.w.clone(), l.up.w.clone(), l.down.w.clone()]);
         }
         out.push(self.norm.clone());
         out.extend(self.lm_head.clone());
@@ -265,14 +362,14 @@ impl Llama {
         let mut x = self.embed.embedding(&Tensor::new(ids, &Device::Cpu)?)?;
         for (i, b) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &b.input_norm, c.rms_norm_eps)?;
-            let q = b.q.forward(&h)?.apply_op1(rot())?;
-            let k = b.k.forward(&h)?.apply_op1(rot())?;
-            let v = b.v.forward(&h)?;
+            let q = b.proj(Proj::Q).forward(&h)?.apply_op1(rot())?;
+            let k = b.proj(Proj::K).forward(&h)?.apply_op1(rot())?;
+            let v = b.proj(Proj::V).forward(&h)?;
             let a = attend(i, &q, &k, &v)?;
-            x = (x + b.o.forward(&a)?)?;
+            x = (x + b.proj(Proj::O).forward(&a)?)?;
             let h = rms_norm(&x, &b.post_norm, c.rms_norm_eps)?;
-            let m = b.gate.forward(&h)?.apply_op2(&b.up.forward(&h)?, SwiGlu)?;
-            x = (x + b.down.forward(&m)?)?;
+            let m = b.proj(Proj::Gate).forward(&h)?.apply_op2(&b.proj(Proj::Up).forward(&h)?, SwiGlu)?;
+            x = (x + b.proj(Proj::Down).forward(&m)?)?;
         }
         Ok(x)
     }

@@ -37,6 +37,20 @@ pub fn load(path: &Path) -> Result<Loaded> {
     }
 }
 
+/// The tokenizer of the model at `path` (a `.gguf` file or a Hugging Face directory), without
+/// reading its weights.
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    if path.is_dir() {
+        Tokenizer::from_hf_dir(path)
+    } else if path.extension().is_some_and(|e| e == "gguf") {
+        let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let content = gguf_file::Content::read(&mut f).with_context(|| format!("{}: not a GGUF file", path.display()))?;
+        Tokenizer::from_gguf(&content)
+    } else {
+        bail!("model {}: expected a .gguf file or a Hugging Face model directory", path.display())
+    }
+}
+
 fn load_hf_dir(dir: &Path) -> Result<Loaded> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;

@@ -73,22 +73,22 @@ struct KeySpan {
 }
 
 /// Query rows `q0..q0+nq` and the key runs they attend to.
-struct Block {
+struct QueryBlock {
     q0: usize,
     nq: usize,
     spans: Vec<KeySpan>,
 }
 
-fn blocks(g: &Group) -> Vec<Block> {
+fn blocks(g: &Group) -> Vec<QueryBlock> {
     let p = KeySpan { start: g.prompt.start, len: g.prompt.len(), causal: false };
     let mut out = Vec::with_capacity(1 + g.branches.len());
     if !g.prompt.is_empty() {
-        out.push(Block { q0: p.start, nq: p.len, spans: vec![KeySpan { causal: true, ..p }] });
+        out.push(QueryBlock { q0: p.start, nq: p.len, spans: vec![KeySpan { causal: true, ..p }] });
     }
     for b in g.branches.iter().filter(|b| !b.is_empty()) {
         let own = KeySpan { start: b.start, len: b.len(), causal: true };
         let spans = if p.len > 0 { vec![p, own] } else { vec![own] };
-        out.push(Block { q0: b.start, nq: b.len(), spans });
+        out.push(QueryBlock { q0: b.start, nq: b.len(), spans });
     }
     out
 }
@@ -167,7 +167,7 @@ impl Attention {
         k: &[T],
         h: usize,
         kvh: usize,
-        b: &Block,
+        b: &QueryBlock,
         s: &mut Vec<T>,
         lse_out: Option<*mut f64>,
         lse_in: Option<&[f64]>,
@@ -239,7 +239,7 @@ impl Attention {
         lse: *mut f64,
         h: usize,
         kvh: usize,
-        b: &Block,
+        b: &QueryBlock,
         s: &mut Vec<T>,
     ) {
         let d = self.head_dim;
