@@ -20,8 +20,8 @@ use crate::sample::{write_samples, SampleConfig};
 use crate::task::Task;
 use crate::train::{train, Observer, TrainConfig};
 use anyhow::{ensure, Context, Result};
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -29,7 +29,7 @@ use std::time::Instant;
 pub const PROMPTS: &str = include_str!("../assets/demo_prompts.txt");
 
 /// Settings of the demo; the defaults finish in about 15 minutes on 2 vCPUs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DemoConfig {
     pub model: PathBuf,
     pub output_dir: PathBuf,
@@ -66,8 +66,15 @@ impl DemoConfig {
     }
 }
 
+/// The reference's judge reward in the summary: mean and 95% confidence interval.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReferenceResult {
+    pub reward_mean: f64,
+    pub reward_ci95: f64,
+}
+
 /// One evaluated model of the summary.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PolicyResult {
     pub beta: f64,
     pub reward_mean: f64,
@@ -80,11 +87,11 @@ pub struct PolicyResult {
     pub final_train_accuracy: f64,
 }
 
-/// The pipeline's result (`summary.json`).
-#[derive(Debug, Clone, Serialize)]
+/// The pipeline's result (`summary.json`; the report reads it back).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DemoSummary {
     pub wall_seconds: f64,
-    pub reference: Value,
+    pub reference: ReferenceResult,
     pub policies: Vec<PolicyResult>,
     pub pairs: usize,
     pub ties_dropped: usize,
@@ -92,7 +99,10 @@ pub struct DemoSummary {
     pub settings: DemoConfig,
 }
 
-fn policy_dir(out: &Path, beta: f64) -> PathBuf {
+/// The training run directory of the policy trained at `beta` in the demo directory `out`:
+/// `out/policies/beta-<beta>` (`<beta>` as `{}` prints the f64: `0.1`). With an empty `out`,
+/// the path relative to the demo directory.
+pub fn policy_dir(out: &Path, beta: f64) -> PathBuf {
     out.join("policies").join(format!("beta-{beta}"))
 }
 
@@ -189,7 +199,7 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
     // 5. summary and report.
     let summary = DemoSummary {
         wall_seconds: t0.elapsed().as_secs_f64(),
-        reference: json!({"reward_mean": ref_mean, "reward_ci95": ref_ci}),
+        reference: ReferenceResult { reward_mean: ref_mean, reward_ci95: ref_ci },
         policies,
         pairs: pairs.len(),
         ties_dropped: report.ties_dropped,
