@@ -200,7 +200,7 @@ mod commands {
         let r = &s.reference;
         println!("demo done in {:.0}s; {} training pairs ({} prompts tied)", s.wall_seconds, s.pairs, s.ties_dropped);
         println!("{:<10} {:>18} {:>10} {:>9}", "model", "judge reward", "KL (nats)", "win rate");
-        println!("{:<10} {:>10.4} ± {:<6.4} {:>10} {:>9}", "reference", r["reward_mean"].as_f64().unwrap_or(f64::NAN), r["reward_ci95"].as_f64().unwrap_or(f64::NAN), "0", "-");
+        println!("{:<10} {:>10.4} ± {:<6.4} {:>10} {:>9}", "reference", r.reward_mean, r.reward_ci95, "0", "-");
         for p in &s.policies {
             println!("{:<10} {:>10.4} ± {:<6.4} {:>10.3} {:>9.3}", format!("beta={}", p.beta), p.reward_mean, p.reward_ci95, p.kl, p.win_rate);
         }

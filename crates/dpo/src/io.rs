@@ -89,6 +89,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_nan_written_as_null_reads_back_as_nan() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct S {
+            #[serde(deserialize_with = "f64_or_nan")]
+            x: f64,
+        }
+        let text = serde_json::to_string(&S { x: f64::NAN }).unwrap();
+        assert_eq!(text, r#"{"x":null}"#);
+        assert!(serde_json::from_str::<S>(&text).unwrap().x.is_nan());
+        assert_eq!(serde_json::from_str::<S>(r#"{"x":0.5}"#).unwrap().x, 0.5);
+    }
+
+    #[test]
     fn failed_writes_leave_the_old_content() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("a.txt");
@@ -109,4 +122,11 @@ mod tests {
         assert_eq!(fs::read_to_string(dir.join("x")).unwrap(), "1");
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2, "no temporary left behind");
     }
+}
+
+/// Reads an f64 that JSON may hold as `null`: serde_json writes a NaN or an infinity as `null`
+/// (a confidence interval of one sample, a metric a run did not log), and this reads it back as
+/// NaN. For `#[serde(deserialize_with = "crate::io::f64_or_nan")]`.
+pub fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
 }
