@@ -140,7 +140,6 @@ impl BlockMatrix {
     }
 
     /// The raw GGML bytes (what `QTensor::data()` gives for the same tensor).
-    #[cfg(test)]
     pub(super) fn raw(&self) -> &[u8] {
         // SAFETY: data holds at least nbytes initialised bytes.
         unsafe { std::slice::from_raw_parts(self.data.as_ptr() as *const u8, self.nbytes) }
@@ -177,6 +176,20 @@ impl TileSource for BlockMatrix {
 
     fn fill(&self, r0: usize, r1: usize, c0: usize, c1: usize, out: &mut [f32]) {
         let nc = c1 - c0;
+        if let Some(fast) = Fast::of(self.dtype) {
+            let (bs, ts) = (self.dtype.block_size(), self.dtype.type_size());
+            let row_bytes = self.cols / bs * ts;
+            let raw = self.raw();
+            let rows = (r0..r1).map(|r| &raw[r * row_bytes + c0 / bs * ts..r * row_bytes + c1 / bs * ts]);
+            #[cfg(target_arch = "x86_64")]
+            if avx512_available() {
+                // SAFETY: the CPU has avx512f, avx512bw and avx512vl (checked).
+                unsafe { fill_fast_avx512(fast, rows, out, nc) };
+                return;
+            }
+            fill_fast(fast, rows, out, nc);
+            return;
+        }
         with_block!(self.dtype, |B| {
             let bs = B::BLCK_SIZE;
             let bpr = self.cols / bs;
@@ -186,4 +199,96 @@ impl TileSource for BlockMatrix {
             }
         })
     }
+}
+
+/// Formats with our own dequantization: those `--base-dtype` makes, and Q4_1 (common in GGUF
+/// files). Plain loops the compiler vectorises, doing the arithmetic of candle's `to_float`
+/// (llama.cpp's `dequantize_row_q8_0/q4_0/q4_1`) in the same order, so the values are the same
+/// bit for bit (tested), without candle's per-block runtime dispatch of the f16 conversion.
+#[derive(Clone, Copy)]
+enum Fast {
+    Q8_0,
+    Q4_0,
+    Q4_1,
+}
+
+impl Fast {
+    fn of(dtype: GgmlDType) -> Option<Self> {
+        match dtype {
+            GgmlDType::Q8_0 => Some(Self::Q8_0),
+            GgmlDType::Q4_0 => Some(Self::Q4_0),
+            GgmlDType::Q4_1 => Some(Self::Q4_1),
+            _ => None,
+        }
+    }
+}
+
+/// The f16 at `b[0..2]` (little-endian) in f32 (exact).
+#[inline(always)]
+fn f16_at(b: &[u8]) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32_const()
+}
+
+/// Q8_0 (34-byte blocks: f16 scale `d`, 32 int8 `q`): `d · q`.
+#[inline(always)]
+fn q8_0_row(bytes: &[u8], out: &mut [f32]) {
+    for (b, o) in bytes.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+        let d = f16_at(b);
+        for (o, &q) in o.iter_mut().zip(&b[2..34]) {
+            *o = (q as i8) as f32 * d;
+        }
+    }
+}
+
+/// Q4_0 (18-byte blocks: f16 scale `d`, 16 bytes of 4-bit `q`, low nibbles first): `d · (q - 8)`.
+#[inline(always)]
+fn q4_0_row(bytes: &[u8], out: &mut [f32]) {
+    for (b, o) in bytes.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
+        let d = f16_at(b);
+        let (lo, hi) = o.split_at_mut(16);
+        for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[2..18]) {
+            *l = ((q & 0x0f) as i16 - 8) as f32 * d;
+            *h = ((q >> 4) as i16 - 8) as f32 * d;
+        }
+    }
+}
+
+/// Q4_1 (20-byte blocks: f16 scale `d` and minimum `m`, 16 bytes of 4-bit `q`): `d · q + m`.
+#[inline(always)]
+fn q4_1_row(bytes: &[u8], out: &mut [f32]) {
+    for (b, o) in bytes.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
+        let (d, m) = (f16_at(b), f16_at(&b[2..]));
+        let (lo, hi) = o.split_at_mut(16);
+        for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[4..20]) {
+            *l = (q & 0x0f) as f32 * d + m;
+            *h = (q >> 4) as f32 * d + m;
+        }
+    }
+}
+
+/// Dequantizes each row's blocks (`rows`) into the next `nc` values of `out`.
+#[inline(always)]
+fn fill_fast<'a>(fast: Fast, rows: impl Iterator<Item = &'a [u8]>, out: &mut [f32], nc: usize) {
+    let each = |row: fn(&[u8], &mut [f32])| rows.zip(out.chunks_exact_mut(nc)).for_each(|(b, o)| row(b, o));
+    match fast {
+        Fast::Q8_0 => each(q8_0_row),
+        Fast::Q4_0 => each(q4_0_row),
+        Fast::Q4_1 => each(q4_1_row),
+    }
+}
+
+/// [`fill_fast`] compiled for AVX-512 (the same scalar arithmetic, vectorised 16 wide).
+///
+/// # Safety
+/// The CPU has avx512f, avx512bw and avx512vl.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn fill_fast_avx512<'a>(fast: Fast, rows: impl Iterator<Item = &'a [u8]>, out: &mut [f32], nc: usize) {
+    fill_fast(fast, rows, out, nc)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512_available() -> bool {
+    static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DETECTED.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl"))
 }

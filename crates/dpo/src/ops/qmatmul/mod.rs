@@ -21,7 +21,7 @@ mod tiled;
 
 pub use op::{frozen_linear, FrozenLinear};
 
-use super::{gemm, num_threads, Real};
+use super::{gemm, num_threads, Real, SendPtr};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{bail, Result};
 use std::any::TypeId;
@@ -137,7 +137,7 @@ pub enum Kernel {
     Auto,
     /// Always the portable path: convert a tile to f32 and run the f32 GEMM on it (the
     /// activations are still rounded to bf16 first, so both paths compute the same products up
-    /// to summation order).
+    /// to summation order, and the flushing of denormals to zero by the AVX512-BF16 instructions).
     Portable,
 }
 
@@ -180,6 +180,12 @@ fn check_shape(rows: usize, cols: usize, len: usize, what: &str) -> Result<()> {
         bail!("frozen matrix: {len} {what} for shape [{rows}, {cols}]");
     }
     Ok(())
+}
+
+/// The pointer in `p`: a function, so that a closure calling it captures the whole `SendPtr`
+/// (which is `Send`) rather than its raw-pointer field.
+fn raw<T>(p: SendPtr<T>) -> *mut T {
+    p.0
 }
 
 /// `x` as f32 data when `T` is f32.

@@ -372,10 +372,10 @@ fn bf16_simd_work_splits_agree() {
         let wd = w.dequantize_f64();
         let (x, dy) = (rand_bf16_exact(m * cols, 70 + i as u64), rand_bf16_exact(m * rows, 80 + i as u64));
         let (yr, dxr) = (ref_forward(&wd, rows, cols, &x, m), ref_backward(&wd, rows, cols, &dy, m));
-        for s in [Strategy::Rows, Strategy::SplitK(1), Strategy::SplitK(3), Strategy::SplitK(8), Strategy::SplitGroups(1), Strategy::SplitGroups(5)] {
+        for s in [Strategy::Rows, Strategy::SplitK(1, 1), Strategy::SplitK(3, 1), Strategy::SplitK(8, 3), Strategy::SplitGroups(1), Strategy::SplitGroups(5)] {
             for accumulate in [false, true] {
                 let base = if accumulate { 1.0 } else { 0.0 };
-                if !matches!(s, Strategy::SplitK(_)) {
+                if !matches!(s, Strategy::SplitK(..)) {
                     let mut y = vec![base as f32; m * rows];
                     b.simd_with(false, s, &x, m, &mut y, accumulate);
                     let want: Vec<f64> = yr.iter().map(|v| v + base).collect();
@@ -388,6 +388,30 @@ fn bf16_simd_work_splits_agree() {
                 let e = rel_err(&dx, &want);
                 assert!(e < 1e-5, "input gradient {m}x{rows}->{cols} {s:?} accumulate={accumulate}: {e:e}");
             }
+        }
+    }
+}
+
+#[test]
+fn fast_dequantization_matches_candle_on_arbitrary_blocks() {
+    use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
+    fn candle_values<B: GgmlType>(bytes: &[u8], n: usize) -> Vec<f32> {
+        let q = QTensor::new(candle_core::quantized::QStorage::from_data(std::borrow::Cow::Borrowed(bytes), &Device::Cpu, B::DTYPE).unwrap(), (1, n)).unwrap();
+        q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+    let (rows, cols) = (7, 96);
+    let mut r = rng(5);
+    for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1] {
+        // Random bytes: every scale bit pattern (subnormal, infinite, NaN) and every quant.
+        let bytes: Vec<u8> = (0..rows * cols / 32 * dtype.type_size()).map(|_| r.random()).collect();
+        let w = FrozenMatrix::from_ggml_bytes(&bytes, rows, cols, dtype).unwrap();
+        let want = match dtype {
+            GgmlDType::Q8_0 => candle_values::<BlockQ8_0>(&bytes, rows * cols),
+            GgmlDType::Q4_0 => candle_values::<BlockQ4_0>(&bytes, rows * cols),
+            _ => candle_values::<BlockQ4_1>(&bytes, rows * cols),
+        };
+        for (i, (a, b)) in w.dequantize().iter().zip(&want).enumerate() {
+            assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{dtype:?} value {i}: {a} vs candle {b}");
         }
     }
 }

@@ -2,7 +2,7 @@
 //! that fits the L2 cache, then run the f32 GEMM (the gemm crate) on the tile. Used by the GGML
 //! block formats, and by bf16 where the AVX512-BF16 micro-kernel is not available.
 
-use super::{gemm, num_threads};
+use super::{gemm, num_threads, raw};
 use crate::ops::SendPtr;
 use rayon::prelude::*;
 
@@ -57,11 +57,10 @@ pub(crate) fn forward(src: &impl TileSource, x: &[f32], m: usize, y: &mut [f32],
             let (r0, r1) = (t * tr, ((t + 1) * tr).min(rows));
             let n = r1 - r0;
             src.fill(r0, r1, 0, cols, &mut buf[..n * cols]);
-            let yp = yp;
             // SAFETY: x is m x cols, the tile is n x cols (read as cols x n: strides 1, cols), and
             // this task alone writes columns r0..r1 of y (m x rows).
             unsafe {
-                gemm(m, n, cols, yp.0.add(r0), rows, 1, accumulate, x.as_ptr(), cols, 1, buf.as_ptr(), 1, cols, 1.0, 1);
+                gemm(m, n, cols, raw(yp).add(r0), rows, 1, accumulate, x.as_ptr(), cols, 1, buf.as_ptr(), 1, cols, 1.0, 1);
             }
         },
     );
@@ -80,14 +79,13 @@ pub(crate) fn backward(src: &impl TileSource, dy: &[f32], m: usize, dx: &mut [f3
         let nc = c1 - c0;
         let tr = tile_len(rows, TILE_BYTES / (4 * nc), 1);
         let mut buf = vec![0f32; tr * nc];
-        let dxp = dxp;
         for r0 in (0..rows).step_by(tr) {
             let r1 = (r0 + tr).min(rows);
             src.fill(r0, r1, c0, c1, &mut buf[..(r1 - r0) * nc]);
             // SAFETY: dy is m x rows (columns r0..r1 read), the tile is (r1 - r0) x nc, and this
             // task alone writes columns c0..c1 of dx (m x cols).
             unsafe {
-                gemm(m, nc, r1 - r0, dxp.0.add(c0), cols, 1, accumulate || r0 > 0, dy.as_ptr().add(r0), rows, 1,
+                gemm(m, nc, r1 - r0, raw(dxp).add(c0), cols, 1, accumulate || r0 > 0, dy.as_ptr().add(r0), rows, 1,
                     buf.as_ptr(), nc, 1, 1.0, 1);
             }
         }
