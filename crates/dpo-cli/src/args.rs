@@ -8,6 +8,7 @@ use dpo::bench::BenchConfig;
 use dpo::config::{defaults, LossFlags, TrainConfig};
 use dpo::data::TokenizeSettings;
 use dpo::demo::DemoConfig;
+use dpo::model::LoadOptions;
 use dpo::sample::SampleConfig;
 use std::path::PathBuf;
 
@@ -41,6 +42,24 @@ pub enum Command {
     Report(ReportArgs),
     /// The fixed training benchmark (compare with the oracle's trl_bench.py): tokens/s and peak RSS.
     Bench(BenchArgs),
+    /// Merge LoRA adapters into a base model and write a Hugging Face model directory.
+    Merge(MergeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The base model (.gguf or Hugging Face directory).
+    #[arg(long, default_value_os_t = dpo::fetch::default_model_path())]
+    pub model: PathBuf,
+    /// A LoRA adapter directory (ours or PEFT's); repeat to merge several, in order.
+    #[arg(long = "adapter", required = true)]
+    pub adapters: Vec<PathBuf>,
+    /// The merged model's directory (config.json, model.safetensors, tokenizer files).
+    #[arg(long)]
+    pub output_dir: PathBuf,
+    /// The dtype of the written weights: f32 or bf16.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub dtype: String,
 }
 
 #[derive(Args, Debug)]
@@ -56,6 +75,8 @@ pub struct SampleArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub sampling: SampleConfig,
+    #[command(flatten)]
+    pub load: LoadOptions,
 }
 
 #[derive(Args, Debug)]
@@ -79,12 +100,15 @@ pub struct LabelArgs {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// The trained policy (.gguf or Hugging Face directory, e.g. OUT/final).
+    /// The trained policy: a .gguf file, a Hugging Face directory, or a PEFT adapter directory (applied to the reference), e.g. OUT/final.
     #[arg(long)]
     pub policy: PathBuf,
     /// Its reference (default: SmolLM2-135M-Instruct).
     #[arg(long, default_value_os_t = dpo::fetch::default_model_path())]
     pub reference: PathBuf,
+    /// How the reference is loaded (--adapter: merged into it; an adapter --policy goes on top).
+    #[command(flatten)]
+    pub load: LoadOptions,
     /// Preference pairs: report the eval_ metrics of LOSSES.md.
     #[arg(long, required_unless_present = "prompts")]
     pub data: Option<PathBuf>,
@@ -140,6 +164,8 @@ pub struct LogpsArgs {
     /// Packed tokens per forward pass (memory/speed trade-off).
     #[arg(long, default_value_t = defaults::MAX_TOKENS_PER_FORWARD)]
     pub max_tokens_per_forward: usize,
+    #[command(flatten)]
+    pub load: LoadOptions,
 }
 
 #[derive(Args, Debug)]

@@ -32,11 +32,12 @@ fn run(cmd: args::Command) -> Result<()> {
         args::Command::Eval(a) => commands::eval(a),
         args::Command::Demo(a) => commands::demo(a),
         args::Command::Report(a) => commands::report(a),
+        args::Command::Merge(a) => commands::merge(a),
     }
 }
 
 mod commands {
-    use super::args::{BenchArgs, EvalArgs, LabelArgs, LogpsArgs, ReportArgs, SampleArgs};
+    use super::args::{BenchArgs, EvalArgs, LabelArgs, LogpsArgs, MergeArgs, ReportArgs, SampleArgs};
     use super::progress::Bars;
     use anyhow::Result;
     use dpo::fetch::ensure_model;
@@ -46,7 +47,7 @@ mod commands {
         let mut bars = Bars::new();
         let model_path = ensure_model(&a.model)?;
         bars.message(&format!("loading {}", model_path.display()));
-        let loaded = dpo::model::load(&model_path)?;
+        let loaded = dpo::model::load_with(&model_path, &a.load)?;
         let set = dpo::data::load_pairs(&a.data, &loaded.tokenizer, a.tokenize, &mut bars)?;
         let model = loaded.model()?;
         let examples: Vec<_> = set.examples.iter().collect();
@@ -109,7 +110,7 @@ mod commands {
         let mut bars = Bars::new();
         let model_path = ensure_model(&a.model)?;
         bars.message(&format!("loading {}", model_path.display()));
-        let loaded = dpo::model::load(&model_path)?;
+        let loaded = dpo::model::load_with(&model_path, &a.load)?;
         let model = loaded.model()?;
         bars.phase("sampling", prompts.len(), "prompts");
         let t0 = std::time::Instant::now();
@@ -157,12 +158,20 @@ mod commands {
         a.sampling.validate()?;
         let reference_path = ensure_model(&a.reference)?;
         bars.message(&format!("loading {} and {}", a.policy.display(), reference_path.display()));
-        let reference_loaded = dpo::model::load(&reference_path)?;
+        let reference_loaded = dpo::model::load_with(&reference_path, &a.load)?;
         let reference = reference_loaded.model()?;
-        let tok = &dpo::model::load_tokenizer(&a.policy)?;
+        // A PEFT adapter directory as the policy is the reference with that adapter on top.
+        let (policy_path, policy_load) = if a.policy.join("adapter_config.json").exists() {
+            let mut load = a.load.clone();
+            load.adapters.push(a.policy.clone());
+            (reference_path.clone(), load)
+        } else {
+            (a.policy.clone(), dpo::model::LoadOptions { base_dtype: a.load.base_dtype, adapters: Vec::new() })
+        };
+        let tok = &dpo::model::load_tokenizer(&policy_path)?;
         let mut out = serde_json::Map::new();
         if let Some(data) = &a.data {
-            let policy = dpo::model::load(&a.policy)?.model()?;
+            let policy = dpo::model::load_with(&policy_path, &policy_load)?.model()?;
             let task = dpo::task::Task::dpo(a.beta);
             let set = dpo::data::load_examples(data, tok, a.tokenize, &task, 1, &mut bars)?;
             let m = dpo::eval::preference_eval(&policy, &reference, &set, &task, a.max_tokens_per_forward)?;
@@ -175,7 +184,7 @@ mod commands {
         if let (Some(prompts_path), Some(judge)) = (&a.prompts, &judge) {
             let prompts = dpo::sample::read_prompts(prompts_path)?;
             let cfg = dpo::eval::PromptEvalConfig { prompts: &prompts, sampling: a.sampling, judge: judge.as_ref(), max_tokens_per_forward: a.max_tokens_per_forward };
-            let r = dpo::eval::on_prompts(&reference, tok, &[("policy".to_string(), a.policy.clone())], &cfg, &mut bars)?;
+            let r = dpo::eval::on_prompts(&reference, tok, &[("policy".to_string(), policy_path.clone(), policy_load.clone())], &cfg, &mut bars)?;
             bars.finish();
             let ((rm, rci), c) = (r.reference_reward, &r.policies[0].eval);
             println!(
@@ -205,6 +214,17 @@ mod commands {
             println!("{:<10} {:>10.4} ± {:<6.4} {:>10.3} {:>9.3}", format!("beta={}", p.beta), p.reward_mean, p.reward_ci95, p.kl, p.win_rate);
         }
         println!("report: {}", cfg.output_dir.join("report.html").display());
+        Ok(())
+    }
+
+    pub fn merge(a: MergeArgs) -> Result<()> {
+        let base = ensure_model(&a.model)?;
+        let load = dpo::model::LoadOptions { base_dtype: dpo::ops::qmatmul::BaseDType::F32, adapters: a.adapters.clone() };
+        eprintln!("loading {} with {} adapter(s)", base.display(), a.adapters.len());
+        let loaded = dpo::model::load_with(&base, &load)?;
+        let dtype = if a.dtype == "bf16" { dpo::candle_core::DType::BF16 } else { dpo::candle_core::DType::F32 };
+        dpo::model::save_hf_dir_as(&loaded.model()?, &loaded.tokenizer, &a.output_dir, dtype)?;
+        println!("wrote {} ({})", a.output_dir.display(), a.dtype);
         Ok(())
     }
 

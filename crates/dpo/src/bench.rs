@@ -5,7 +5,7 @@
 //! `warmup` untimed steps then `steps` timed ones. Tokens are counted as TRL counts them: the
 //! non-padding tokens of every prompt+chosen and prompt+rejected sequence.
 
-use crate::config::TrainConfig;
+use crate::config::{ModelSetup, TrainConfig};
 use crate::data::{read_objects, read_with, ExampleKind, ReadOptions, TokenizeSettings};
 use crate::io::write_jsonl_atomic;
 use crate::observer::Observer;
@@ -50,6 +50,8 @@ pub struct BenchConfig {
     /// Packed tokens per forward pass (memory/speed trade-off; gradients are the same).
     #[arg(long, default_value_t = crate::config::defaults::MAX_TOKENS_PER_FORWARD)]
     pub max_tokens_per_forward: usize,
+    #[command(flatten)]
+    pub setup: ModelSetup,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -97,6 +99,7 @@ pub fn run(cfg: &BenchConfig, obs: &mut dyn Observer) -> Result<BenchResult> {
     tc.tokenize = TokenizeSettings::truncating(cfg.max_length);
     tc.lr_scheduler_type = ScheduleKind::Constant;
     tc.max_tokens_per_forward = cfg.max_tokens_per_forward;
+    tc.setup = cfg.setup.clone();
     let s = train(&tc, obs)?;
     let t = |v: &[f64]| v[cfg.warmup..].iter().sum::<f64>();
     let secs = t(&s.step_seconds);

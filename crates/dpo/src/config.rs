@@ -7,6 +7,8 @@
 
 use crate::data::TokenizeSettings;
 use crate::loss::{LossParams, Objective};
+use crate::model::adapter::LoraConfig;
+use crate::model::LoadOptions;
 use crate::optim::{AdamWConfig, ScheduleKind};
 use crate::task::Task;
 use anyhow::{bail, Result};
@@ -116,9 +118,38 @@ pub struct TrainConfig {
     /// Packed tokens per forward pass (memory/speed trade-off; gradients are the same).
     #[arg(long, default_value_t = defaults::MAX_TOKENS_PER_FORWARD)]
     pub max_tokens_per_forward: usize,
+    #[command(flatten)]
+    pub setup: ModelSetup,
     /// TR-DPO: update the reference during training (see [`SyncReference`]).
     #[arg(skip)]
     pub sync_ref: Option<SyncReference>,
+}
+
+/// How the policy is built and run, for every command that trains (`train`, `sft`, `bench`,
+/// `demo`): the form the base is loaded in, an adapter merged into it, LoRA, recomputation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize, clap::Args)]
+#[serde(default)]
+pub struct ModelSetup {
+    #[command(flatten)]
+    pub load: LoadOptions,
+    #[command(flatten)]
+    pub lora: LoraConfig,
+    /// Keep each decoder layer's input only and recompute the layer in the backward pass (less activation memory, one more forward of compute; same gradients).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+}
+
+impl ModelSetup {
+    /// Refuses a compact base without an adapter to train, and an invalid adapter.
+    pub fn validate(&self) -> Result<()> {
+        if self.lora.use_peft {
+            self.lora.validate()
+        } else if self.load.base_dtype != crate::ops::qmatmul::BaseDType::F32 {
+            bail!("--base-dtype {} keeps the weights frozen: add --use-peft to train an adapter on it (full fine-tuning trains every weight in f32)", self.load.base_dtype)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// TR-DPO's reference update (Gorbatovski et al. 2024, §3; TRL's `sync_ref_model`): after every
@@ -157,16 +188,21 @@ impl TrainConfig {
             save_steps: None,
             seed: defaults::SEED,
             max_tokens_per_forward: defaults::MAX_TOKENS_PER_FORWARD,
+            setup: ModelSetup::default(),
             sync_ref: None,
         }
     }
 
-    /// Refuses settings no run can use (zero batch sizes, an empty forward budget).
+    /// Refuses settings no run can use: zero batch sizes or forward budget, a compact base
+    /// without an adapter to train, an invalid adapter, TR-DPO on an adapter.
     pub fn validate(&self) -> Result<()> {
         if self.per_device_train_batch_size == 0 || self.gradient_accumulation_steps == 0 || self.max_tokens_per_forward == 0 {
             bail!("--per-device-train-batch-size, --gradient-accumulation-steps and --max-tokens-per-forward must be at least 1");
         }
-        Ok(())
+        if self.setup.lora.use_peft && self.sync_ref.is_some() {
+            bail!("--sync-ref-model (TR-DPO) moves the reference toward the policy's weights; with --use-peft the reference is the frozen base: train every weight for TR-DPO");
+        }
+        self.setup.validate()
     }
 }
 

@@ -11,11 +11,12 @@
 //!
 //! The prompts ship in the binary: 220 openings of movie reviews written for this project.
 
-use crate::config::TrainConfig;
+use crate::config::{ModelSetup, TrainConfig};
 use crate::eval::{on_prompts, sample_and_judge, PromptEvalConfig};
 use crate::io::{write_atomic, write_jsonl_atomic};
 use crate::judge::Sentiment;
 use crate::label::{label, LabelMode, SampleLine};
+use crate::model::LoadOptions;
 use crate::optim::ScheduleKind;
 use crate::sample::{write_samples, SampleConfig};
 use crate::task::Task;
@@ -82,6 +83,11 @@ pub struct DemoConfig {
     /// Packed tokens per forward pass (training and evaluation log-probs).
     #[arg(long, default_value_t = crate::config::defaults::MAX_TOKENS_PER_FORWARD)]
     pub max_tokens_per_forward: usize,
+    /// How the policies are trained (LoRA, the base's form, recomputation); the reference and
+    /// every policy sample with the base in this form.
+    #[command(flatten)]
+    #[serde(default)]
+    pub setup: ModelSetup,
 }
 
 impl DemoConfig {
@@ -101,6 +107,7 @@ impl DemoConfig {
             batch: defaults::BATCH,
             seed: defaults::SEED,
             max_tokens_per_forward: crate::config::defaults::MAX_TOKENS_PER_FORWARD,
+            setup: ModelSetup::default(),
         }
     }
 }
@@ -165,7 +172,9 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
     let (train_p, eval_p) = (&prompts[..cfg.train_prompts], &prompts[prompts.len() - cfg.eval_prompts..]);
     std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
     obs.message(&format!("loading {}", cfg.model.display()));
-    let loaded = crate::model::load(&crate::fetch::ensure_model(&cfg.model)?)?;
+    cfg.setup.validate()?;
+    let model_path = crate::fetch::ensure_model(&cfg.model)?;
+    let loaded = crate::model::load_with(&model_path, &cfg.setup.load)?;
     let reference = loaded.model()?;
     let tok = &loaded.tokenizer;
     let judge = Sentiment::new();
@@ -208,6 +217,7 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
         tc.per_device_train_batch_size = cfg.batch;
         tc.warmup_steps = defaults::WARMUP_STEPS;
         tc.max_tokens_per_forward = cfg.max_tokens_per_forward;
+        tc.setup = cfg.setup.clone();
         tc.lr_scheduler_type = ScheduleKind::Linear;
         tc.seed = cfg.seed;
         let s = train(&tc, obs)?;
@@ -215,7 +225,22 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
     }
 
     // 4. evaluation on held-out prompts: the same sampling seed for every model.
-    let policies: Vec<(String, PathBuf)> = cfg.betas.iter().map(|b| (format!("beta={b}"), policy_dir(&cfg.output_dir, *b).join("final"))).collect();
+    // A policy is its final checkpoint: a model directory, or (LoRA) the base with the adapter merged.
+    let policies: Vec<(String, PathBuf, LoadOptions)> = cfg
+        .betas
+        .iter()
+        .map(|b| {
+            let fin = policy_dir(&cfg.output_dir, *b).join("final");
+            match cfg.setup.lora.use_peft {
+                true => {
+                    let mut load = cfg.setup.load.clone();
+                    load.adapters.push(fin);
+                    (format!("beta={b}"), model_path.clone(), load)
+                }
+                false => (format!("beta={b}"), fin, LoadOptions::default()),
+            }
+        })
+        .collect();
     let eval_cfg = PromptEvalConfig { prompts: eval_p, sampling: sampling(cfg.eval_samples, cfg.seed + 1), judge: &judge, max_tokens_per_forward: cfg.max_tokens_per_forward };
     let res = on_prompts(&reference, tok, &policies, &eval_cfg, obs)?;
     let (ref_mean, ref_ci) = res.reference_reward;

@@ -5,7 +5,7 @@ use crate::data::{TokenizedSet, Tokenized};
 use crate::judge::{Judge, JudgeInput};
 use crate::logps::{dataset_logps, example_logps};
 use crate::metrics::{with_eval_prefix, Metrics};
-use crate::model::Llama;
+use crate::model::{Llama, LoadOptions};
 use crate::observer::Observer;
 use crate::sample::{sample_ids, SampleConfig, SampleRecord, Sampled};
 use crate::task::Task;
@@ -179,19 +179,19 @@ pub struct PromptsResult {
 }
 
 /// Evaluates policies against their reference on prompts: samples from the reference once and
-/// from each policy (loaded from its `.gguf` file or Hugging Face directory in turn, labelled
-/// `label` in the results), judges every sample, and compares each policy with the reference
+/// from each policy (`(label, model, how to load it)`: a `.gguf` file or Hugging Face directory,
+/// with a LoRA adapter merged when the load options name one; loaded in turn), judges every sample, and compares each policy with the reference
 /// ([`compare`]: judge reward ± 95% CI, KL(policy ‖ reference) from the policy's samples, win
 /// rate). Progress goes to `obs`, one phase per model.
-pub fn on_prompts(reference: &Llama, tok: &Tokenizer, policies: &[(String, PathBuf)], cfg: &PromptEvalConfig, obs: &mut dyn Observer) -> Result<PromptsResult> {
+pub fn on_prompts(reference: &Llama, tok: &Tokenizer, policies: &[(String, PathBuf, LoadOptions)], cfg: &PromptEvalConfig, obs: &mut dyn Observer) -> Result<PromptsResult> {
     let n = cfg.prompts.len();
     obs.phase("sampling the reference", n, "prompts");
     let ref_samples = sample_and_judge(reference, tok, cfg.prompts, &cfg.sampling, cfg.judge, |d, _| obs.advance(d, ""))?;
     let reference_reward = mean_ci95(&ref_samples.flat_rewards());
     let mut rows: Vec<serde_json::Value> = ref_samples.rows("reference").collect();
     let mut results = Vec::with_capacity(policies.len());
-    for (label, path) in policies {
-        let policy = crate::model::load(path)?.model()?;
+    for (label, path, load) in policies {
+        let policy = crate::model::load_with(path, load)?.model()?;
         obs.phase(&format!("sampling {label}"), n, "prompts");
         let samples = sample_and_judge(&policy, tok, cfg.prompts, &cfg.sampling, cfg.judge, |d, _| obs.advance(d, ""))?;
         let ref_logps = reference_logps_of_samples(reference, &samples, cfg.max_tokens_per_forward)?;

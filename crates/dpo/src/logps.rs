@@ -57,8 +57,13 @@ impl CompletionLogps {
 /// log-probs come from the chunked head ([`crate::ops::LogpHead`]), so no `[tokens, vocab]`
 /// tensor exists at once; they are summed per completion by a `[completions, tokens]` 0/1 matmul.
 pub fn completion_logps(model: &Llama, batch: &PackedBatch) -> Result<CompletionLogps> {
-    let hidden = model.hidden_states(&batch.ids, &batch.layout)?;
-    let (token_logps, stats) = model.token_logps(&hidden, &batch.pred_rows, batch.targets.clone())?;
+    completion_logps_of_hidden(model, batch, &model.hidden_states(&batch.ids, &batch.layout)?)
+}
+
+/// [`completion_logps`] from the batch's last hidden states `hidden` `[rows, hidden]` (the
+/// output of the decoder layers, before the final norm).
+pub fn completion_logps_of_hidden(model: &Llama, batch: &PackedBatch, hidden: &Tensor) -> Result<CompletionLogps> {
+    let (token_logps, stats) = model.token_logps(hidden, &batch.pred_rows, batch.targets.clone())?;
     let (c, m) = (batch.completions(), batch.targets.len());
     let mut ind = vec![0f64; c * m];
     for (i, r) in batch.completion_targets.iter().enumerate() {

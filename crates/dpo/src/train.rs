@@ -15,10 +15,12 @@ use crate::observer::Observer;
 use crate::optim::{clip_coefficient, global_grad_norm, lr_factor, AdamW};
 use crate::policy::Policy;
 use crate::reference::References;
-use crate::step::loss_and_gradients;
+use crate::model::adapter::Adapter;
+use crate::ops::mix_seed;
+use crate::step::{step_gradients, StepSettings};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::Var;
+use candle_core::{DType, Var};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
@@ -77,6 +79,18 @@ impl Order {
         self.pos = end;
         self.consumed += b.len();
         b
+    }
+
+    /// The examples of the first `count` visits (batches of `batch`), each once, ascending.
+    fn visited(mut self, count: usize, batch: usize) -> Vec<usize> {
+        let mut seen = vec![false; self.n];
+        let mut left = count;
+        while left > 0 && seen.iter().any(|s| !s) {
+            let b = self.next_batch(batch.min(left).max(1));
+            left = left.saturating_sub(b.len());
+            b.into_iter().for_each(|i| seen[i] = true);
+        }
+        (0..self.n).filter(|&i| seen[i]).collect()
     }
 
     /// Epochs completed, fractional.
@@ -142,20 +156,35 @@ impl<'a> Run<'a> {
             bail!("{} already holds a run (metrics.jsonl); choose another --output-dir or pass --overwrite-output-dir", cfg.output_dir.display());
         }
         obs.message(&format!("loading {}", cfg.model.display()));
-        let loaded = model::load(&crate::fetch::ensure_model(&cfg.model)?)?;
+        let loaded = model::load_with(&crate::fetch::ensure_model(&cfg.model)?, &cfg.setup.load)?;
         let load = |p, obs: &mut dyn Observer| load_examples(p, &loaded.tokenizer, cfg.tokenize, &cfg.task, cfg.per_device_train_batch_size, obs);
         let train_set = load(&cfg.data, obs)?;
         ensure!(!train_set.examples.is_empty(), "{}: no usable examples", cfg.data.display());
         let eval_set = cfg.eval_data.as_ref().map(|p| load(p, obs)).transpose()?;
-        let references = References::prepare(cfg, &loaded, &train_set, eval_set.as_ref(), obs)?;
-
-        // Only the policy from here on.
-        let policy = Policy::new(loaded.config.clone(), &loaded.tensors)?;
+        let steps = total_steps(cfg, train_set.examples.len());
+        let per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps;
+        let visited = Order::new(train_set.examples.len(), cfg.seed).visited(steps * per_step, cfg.per_device_train_batch_size);
         let tokenizer = loaded.tokenizer.clone();
-        drop(loaded);
+        let base = loaded.model()?;
+        let (policy, references) = if cfg.setup.lora.use_peft {
+            // The reference is the frozen base itself (the adapter switched off): no second model.
+            let adapter = Adapter::init(&cfg.setup.lora, &loaded.config, &cfg.model.display().to_string(), cfg.seed, DType::F32)?;
+            drop(loaded);
+            let policy = Policy::lora(&base, &adapter)?;
+            drop(base);
+            let reference = policy.model.without_adapters();
+            let references = References::prepare(cfg, reference, &tokenizer, &train_set, eval_set.as_ref(), true, &visited, obs)?;
+            obs.message(&format!("LoRA: {} trainable parameters (r {}, alpha {}), base {}", policy.num_parameters(), cfg.setup.lora.lora_r, cfg.setup.lora.lora_alpha, cfg.setup.load.base_dtype));
+            (policy, references)
+        } else {
+            // Reference log-probs of every example the run uses first, then only the policy.
+            let references = References::prepare(cfg, base, &tokenizer, &train_set, eval_set.as_ref(), false, &visited, obs)?;
+            let policy = Policy::new(loaded.config.clone(), &loaded.tensors)?;
+            drop(loaded);
+            (policy, references)
+        };
         let vars = policy.vars();
         let opt = AdamW::new(&vars, cfg.adam)?;
-        let steps = total_steps(cfg, train_set.examples.len());
         std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
         let metrics = MetricsFile::create(metrics_path)?;
         write_atomic(&cfg.output_dir.join("train_args.json"), |w| Ok(serde_json::to_writer_pretty(w, cfg)?))?;
@@ -173,9 +202,15 @@ impl<'a> Run<'a> {
             idx.extend(self.order.next_batch(cfg.per_device_train_batch_size));
         }
         let examples: Vec<&Tokenized> = idx.iter().map(|&i| &self.train_set.examples[i]).collect();
-        let refs = self.references.train_batch(&idx, &examples, cfg.max_tokens_per_forward)?;
+        let refs = self.references.train_batch(&self.train_set, &idx, cfg.max_tokens_per_forward)?;
         let refs: Vec<&[f64]> = refs.iter().map(Vec::as_slice).collect();
-        let res = loss_and_gradients(&self.policy, &examples, &refs, &cfg.task, cfg.max_tokens_per_forward, cfg.per_device_train_batch_size)?;
+        let settings = StepSettings {
+            max_tokens: cfg.max_tokens_per_forward,
+            batch_size: cfg.per_device_train_batch_size,
+            dropout_seed: self.policy.lora.as_ref().filter(|l| l.lora_dropout > 0.0).map(|_| mix_seed(cfg.seed, step as u64)),
+            recompute: cfg.setup.gradient_checkpointing,
+        };
+        let res = step_gradients(&self.policy, &examples, &refs, &cfg.task, &settings)?;
         let t_opt = Instant::now();
         let grad_norm = global_grad_norm(&res.grads)?;
         let lr = cfg.learning_rate * lr_factor(cfg.lr_scheduler_type, step - 1, cfg.warmup_steps, self.steps);
@@ -203,22 +238,26 @@ impl<'a> Run<'a> {
     }
 
     /// The `eval_` metrics on the evaluation set after `step` steps (`None` without one), logged.
-    fn evaluate(&self, step: usize, obs: &mut dyn Observer) -> Result<Option<Metrics>> {
+    fn evaluate(&mut self, step: usize, obs: &mut dyn Observer) -> Result<Option<Metrics>> {
         let Some(set) = &self.eval_set else { return Ok(None) };
         obs.message(&format!("evaluating on {} examples", set.examples.len()));
         let cfg = self.cfg;
         let ex: Vec<&Tokenized> = set.examples.iter().collect();
-        let refs = self.references.eval(&ex, cfg.max_tokens_per_forward)?;
+        let refs = self.references.eval(set, cfg.max_tokens_per_forward)?;
         let m = with_eval_prefix(evaluate(&self.policy.model, &ex, &refs, &cfg.task, cfg.max_tokens_per_forward)?);
         self.metrics.append(&metrics::line(step, self.order.epoch(), &m))?;
         obs.message(&format!("step {step}: {}", metrics::brief(&m)));
         Ok(Some(m))
     }
 
-    /// Writes the policy as a Hugging Face directory `OUTPUT_DIR/name`.
+    /// Writes the policy as `OUTPUT_DIR/name`: a Hugging Face model directory, or (LoRA) a PEFT
+    /// adapter directory.
     fn save(&self, name: &str, obs: &mut dyn Observer) -> Result<()> {
         let dir = self.cfg.output_dir.join(name);
-        save_hf_dir(&self.policy.model.detached(), &self.tokenizer, &dir)?;
+        match self.policy.adapter(&self.cfg.model.display().to_string()) {
+            Some(adapter) => adapter.save(&dir)?,
+            None => save_hf_dir(&self.policy.model.detached(), &self.tokenizer, &dir)?,
+        }
         obs.message(&format!("saved {}", dir.display()));
         Ok(())
     }

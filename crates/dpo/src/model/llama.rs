@@ -1,24 +1,32 @@
 //! The Llama decoder, built only from ops that have a backward pass.
 
-use super::LlamaConfig;
-use crate::ops::{attention, decode_attention, logp_head, rms_norm, AttentionLayout, Group, LogpHeadStats, Rope, RopeTable, SwiGlu};
+use super::adapter::Lora;
+use super::{LlamaConfig, Weight};
+use crate::ops::{attention, decode_attention, logp_head, logp_head_frozen, rms_norm, AttentionLayout, Group, LogpHeadStats, Rope, RopeTable, SwiGlu};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// `y = x W^T + b`: `x` `[rows, in]`, `w` `[out, in]`, `b` `[out]`.
+/// `y = x W^T + b (+ LoRA)`: `x` `[rows, in]`, `w` `[out, in]`, `b` `[out]`; with an adapter,
+/// `+ s (dropout(x) A^T) B^T` ([`Lora`]).
 #[derive(Clone)]
 pub struct Linear {
-    pub w: Tensor,
+    pub w: Weight,
     pub b: Option<Tensor>,
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.w.t()?)?;
-        Ok(match &self.b {
+    /// `mask_seed`: in training, the seed of this call's LoRA dropout mask (`None`: no dropout).
+    fn forward(&self, x: &Tensor, mask_seed: Option<u64>) -> Result<Tensor> {
+        let y = self.w.matmul_t(x)?;
+        let y = match &self.b {
             Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        Ok(match &self.lora {
+            Some(l) => (y + l.forward(x, mask_seed)?)?,
             None => y,
         })
     }
@@ -41,7 +49,7 @@ impl KvCache {
 }
 
 /// The linear projections of a decoder layer, by their Hugging Face / PEFT module names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proj {
     Q,
     K,
@@ -192,73 +200,123 @@ impl Block {
 pub struct Llama {
     pub config: LlamaConfig,
     /// `[vocab, hidden]`.
-    pub embed: Tensor,
+    pub embed: Weight,
     pub layers: Vec<Block>,
     /// Final RMSNorm weight `[hidden]`.
     pub norm: Tensor,
     /// `[vocab, hidden]`, `None` when tied to `embed`.
-    pub lm_head: Option<Tensor>,
+    pub lm_head: Option<Weight>,
+    /// Training mode: `Some(seed)` draws the LoRA dropout masks of a forward pass from `seed`
+    /// (one mask per layer and projection); `None` (evaluation, reference passes): no dropout.
+    pub dropout_seed: Option<u64>,
 }
 
 impl Llama {
-    /// Builds the model from tensors named as in a Hugging Face checkpoint ([`tensor_specs`]).
-    /// Errors name a missing tensor or a tensor whose shape does not fit the config.
+    /// Builds the model from f32/f64 tensors named as in a Hugging Face checkpoint
+    /// ([`tensor_specs`]); see [`Llama::from_weights`].
     pub fn from_tensors(config: LlamaConfig, tensors: &HashMap<String, Tensor>) -> Result<Self> {
+        let weights: HashMap<String, Weight> = tensors.iter().map(|(n, t)| (n.clone(), Weight::Tensor(t.clone()))).collect();
+        Self::from_weights(config, &weights)
+    }
+
+    /// Builds the model from weights named as in a Hugging Face checkpoint ([`tensor_specs`]):
+    /// matrices may be frozen compact ones, norms and biases are tensors. Errors name a missing
+    /// tensor or a tensor whose shape does not fit the config.
+    pub fn from_weights(config: LlamaConfig, weights: &HashMap<String, Weight>) -> Result<Self> {
         let mut specs = tensor_specs(&config).into_iter();
-        let mut next = || -> Result<Tensor> {
+        let mut next = || -> Result<Weight> {
             let s = specs.next().context("fewer tensors in the table than the model reads")?;
-            let t = tensors.get(&s.name).with_context(|| format!("missing tensor `{}`", s.name))?;
-            if t.dims() != s.shape.as_slice() {
-                bail!("tensor `{}` has shape {:?}, the config needs {:?}", s.name, t.dims(), s.shape);
+            let w = weights.get(&s.name).with_context(|| format!("missing tensor `{}`", s.name))?;
+            if w.dims() != s.shape {
+                bail!("tensor `{}` has shape {:?}, the config needs {:?}", s.name, w.dims(), s.shape);
             }
-            Ok(t.clone())
+            Ok(w.clone())
         };
+        // Norms and biases are always tensors.
+        let tensor = |w: Weight| -> Result<Tensor> { Ok(w.tensor("a norm or bias")?.clone()) };
         let embed = next()?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for _ in 0..config.num_hidden_layers {
             let (mut input_norm, mut post_norm, mut projs) = (None, None, Vec::with_capacity(Proj::ALL.len()));
             for part in LAYER_ORDER {
                 match part {
-                    LayerPart::InputNorm => input_norm = Some(next()?),
-                    LayerPart::PostNorm => post_norm = Some(next()?),
+                    LayerPart::InputNorm => input_norm = Some(tensor(next()?)?),
+                    LayerPart::PostNorm => post_norm = Some(tensor(next()?)?),
                     LayerPart::Proj(p) => {
                         let w = next()?;
-                        projs.push(Linear { w, b: if p.has_bias(&config) { Some(next()?) } else { None } });
+                        let b = if p.has_bias(&config) { Some(tensor(next()?)?) } else { None };
+                        projs.push(Linear { w, b, lora: None });
                     }
                 }
             }
             let (Some(input_norm), Some(post_norm)) = (input_norm, post_norm) else { bail!("a layer without its norms") };
             layers.push(Block { input_norm, projs, post_norm });
         }
-        let norm = next()?;
+        let norm = tensor(next()?)?;
         let lm_head = if config.tie_word_embeddings { None } else { Some(next()?) };
-        Ok(Self { config, embed, layers, norm, lm_head })
+        Ok(Self { config, embed, layers, norm, lm_head, dropout_seed: None })
     }
 
-    /// The model's tensors with their Hugging Face names, in [`tensor_specs`] order.
-    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+    /// The model's weights with their Hugging Face names, in [`tensor_specs`] order (adapters
+    /// not included).
+    pub fn named_weights(&self) -> Vec<(String, Weight)> {
         let mut out = vec![self.embed.clone()];
         for l in &self.layers {
             for part in LAYER_ORDER {
                 match part {
-                    LayerPart::InputNorm => out.push(l.input_norm.clone()),
-                    LayerPart::PostNorm => out.push(l.post_norm.clone()),
+                    LayerPart::InputNorm => out.push(l.input_norm.clone().into()),
+                    LayerPart::PostNorm => out.push(l.post_norm.clone().into()),
                     LayerPart::Proj(p) => {
                         out.push(l.proj(p).w.clone());
-                        out.extend(l.proj(p).b.clone());
+                        out.extend(l.proj(p).b.clone().map(Weight::from));
                     }
                 }
             }
         }
-        out.push(self.norm.clone());
+        out.push(self.norm.clone().into());
         out.extend(self.lm_head.clone());
         tensor_names(&self.config).into_iter().zip(out).collect()
     }
 
-    /// An inference-only view: the same storage, no gradient tracking.
+    /// The model's tensors with their Hugging Face names, in [`tensor_specs`] order (frozen
+    /// matrices dequantized to f32; adapters not included).
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        self.named_weights().into_iter().map(|(n, w)| Ok((n, w.to_tensor()?))).collect()
+    }
+
+    /// An inference-only view: the same storage, no gradient tracking, no dropout.
     pub fn detached(&self) -> Self {
-        let named: HashMap<String, Tensor> = self.named_tensors().into_iter().map(|(n, t)| (n, t.detach())).collect();
-        Self::from_tensors(self.config.clone(), &named).expect("same names and shapes")
+        let mut m = self.clone();
+        m.embed = m.embed.detach();
+        m.lm_head = m.lm_head.map(|w| w.detach());
+        m.norm = m.norm.detach();
+        for l in &mut m.layers {
+            l.input_norm = l.input_norm.detach();
+            l.post_norm = l.post_norm.detach();
+            for p in &mut l.projs {
+                p.w = p.w.detach();
+                p.b = p.b.as_ref().map(Tensor::detach);
+                p.lora = p.lora.as_ref().map(Lora::detach);
+            }
+        }
+        m.dropout_seed = None;
+        m
+    }
+
+    /// The model without its adapters (a LoRA run's reference: the frozen base).
+    pub fn without_adapters(&self) -> Self {
+        let mut m = self.clone();
+        for l in &mut m.layers {
+            for p in &mut l.projs {
+                p.lora = None;
+            }
+        }
+        m
+    }
+
+    /// The same model in training mode, its LoRA dropout masks drawn from `seed`.
+    pub fn with_dropout(&self, seed: u64) -> Self {
+        Self { dropout_seed: Some(seed), ..self.clone() }
     }
 
     pub fn dtype(&self) -> DType {
@@ -266,7 +324,7 @@ impl Llama {
     }
 
     /// The output projection `[vocab, hidden]` (the embedding when tied).
-    pub fn output_weight(&self) -> &Tensor {
+    pub fn output_weight(&self) -> &Weight {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
@@ -353,25 +411,50 @@ impl Llama {
         positions: &[u32],
         attend: &mut dyn FnMut(usize, &Tensor, &Tensor, &Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
+        let rope = self.rope_table(positions)?;
+        let mut x = self.embed_rows(ids)?;
+        for i in 0..self.layers.len() {
+            x = self.layer(i, &x, &rope, attend)?;
+        }
+        Ok(x)
+    }
+
+    /// The token embeddings of `ids`, `[ids, hidden]`. Errors: an id outside the vocabulary.
+    pub fn embed_rows(&self, ids: &[u32]) -> Result<Tensor> {
         if let Some(&t) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
             bail!("token id {t} is outside the vocabulary of {}", self.config.vocab_size);
         }
+        self.embed.rows(ids)
+    }
+
+    /// Decoder layer `i` over rows `x` `[rows, hidden]` at the rotary positions of `rope`;
+    /// `attend(i, q, k, v)` computes the attention output (rotary already applied to q and k).
+    pub fn layer(&self, i: usize, x: &Tensor, rope: &Arc<RopeTable>, attend: &mut dyn FnMut(usize, &Tensor, &Tensor, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
         let c = &self.config;
-        let rope = self.rope_table(positions)?;
+        let b = &self.layers[i];
         let rot = || Rope { table: rope.clone(), head_dim: c.head_dim };
-        let mut x = self.embed.embedding(&Tensor::new(ids, &Device::Cpu)?)?;
-        for (i, b) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &b.input_norm, c.rms_norm_eps)?;
-            let q = b.proj(Proj::Q).forward(&h)?.apply_op1(rot())?;
-            let k = b.proj(Proj::K).forward(&h)?.apply_op1(rot())?;
-            let v = b.proj(Proj::V).forward(&h)?;
-            let a = attend(i, &q, &k, &v)?;
-            x = (x + b.proj(Proj::O).forward(&a)?)?;
-            let h = rms_norm(&x, &b.post_norm, c.rms_norm_eps)?;
-            let m = b.proj(Proj::Gate).forward(&h)?.apply_op2(&b.proj(Proj::Up).forward(&h)?, SwiGlu)?;
-            x = (x + b.proj(Proj::Down).forward(&m)?)?;
-        }
-        Ok(x)
+        let lin = |p: Proj, x: &Tensor| b.proj(p).forward(x, self.mask_seed(i, p));
+        let h = rms_norm(x, &b.input_norm, c.rms_norm_eps)?;
+        let q = lin(Proj::Q, &h)?.apply_op1(rot())?;
+        let k = lin(Proj::K, &h)?.apply_op1(rot())?;
+        let v = lin(Proj::V, &h)?;
+        let a = attend(i, &q, &k, &v)?;
+        let x = (x + lin(Proj::O, &a)?)?;
+        let h = rms_norm(&x, &b.post_norm, c.rms_norm_eps)?;
+        let m = lin(Proj::Gate, &h)?.apply_op2(&lin(Proj::Up, &h)?, SwiGlu)?;
+        Ok((x + lin(Proj::Down, &m)?)?)
+    }
+
+    /// [`Llama::layer`] with the attention of a packed batch's `layout` (training and scoring).
+    pub fn packed_layer(&self, i: usize, x: &Tensor, rope: &Arc<RopeTable>, layout: &Arc<AttentionLayout>) -> Result<Tensor> {
+        let c = &self.config;
+        self.layer(i, x, rope, &mut |_, q, k, v| Ok(attention(q, k, v, layout, c.num_attention_heads, c.num_key_value_heads)?))
+    }
+
+    /// The seed of the dropout mask of projection `p` of layer `i` in this forward pass (`None`
+    /// outside training).
+    fn mask_seed(&self, i: usize, p: Proj) -> Option<u64> {
+        self.dropout_seed.map(|s| crate::ops::mix_seed(s, (i * Proj::ALL.len() + p as usize) as u64))
     }
 
     /// `log pi(target_i | prefix)` in nats, `[n]`, for the hidden rows `pred_rows[i]` of
@@ -381,12 +464,15 @@ impl Llama {
     pub fn token_logps(&self, hidden: &Tensor, pred_rows: &[u32], targets: Arc<Vec<u32>>) -> Result<(Tensor, Arc<Mutex<LogpHeadStats>>)> {
         let h = hidden.index_select(&Tensor::new(pred_rows, &Device::Cpu)?, 0)?;
         let h = rms_norm(&h, &self.norm, self.config.rms_norm_eps)?;
-        Ok(logp_head(&h, self.output_weight(), targets)?)
+        Ok(match self.output_weight() {
+            Weight::Tensor(w) => logp_head(&h, w, targets)?,
+            Weight::Frozen(w) => logp_head_frozen(&h, w, targets)?,
+        })
     }
 
     /// Full-vocabulary logits `[rows, vocab]` of the given hidden rows (inference and tests only).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let h = rms_norm(hidden, &self.norm, self.config.rms_norm_eps)?;
-        Ok(h.matmul(&self.output_weight().t()?)?)
+        self.output_weight().matmul_t(&h)
     }
 }

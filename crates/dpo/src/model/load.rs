@@ -1,39 +1,131 @@
-//! Loading a model from a GGUF file or a Hugging Face directory, and saving Hugging Face directories.
+//! Loading a model from a GGUF file or a Hugging Face directory, tensor by tensor into the form
+//! it is kept in (f32 tensors, or frozen compact matrices for `--base-dtype bf16 | q8_0 | q4_0 |
+//! gguf`), with a LoRA adapter merged in on the way; and saving Hugging Face directories.
+//!
+//! Peak memory while loading is the loaded model plus one tensor (read, converted to f32,
+//! merged, converted to its final form): tensors are read from the file one at a time, never the
+//! whole file at once.
 
-use super::{Llama, LlamaConfig};
+use super::adapter::Adapter;
+use super::{Llama, LlamaConfig, Proj, Weight};
 use crate::io::write_dir_atomic;
+use crate::ops::qmatmul::{BaseDType, FrozenMatrix};
 use crate::tokenizer::Tokenizer;
-use anyhow::{bail, Context, Result};
-use candle_core::quantized::gguf_file;
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
 use std::collections::HashMap;
-use std::path::Path;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// A model's configuration, f32 tensors (Hugging Face names) and tokenizer.
+/// A model's configuration, weights (Hugging Face names) and tokenizer.
 pub struct Loaded {
     pub config: LlamaConfig,
-    pub tensors: HashMap<String, Tensor>,
+    /// Norms and biases as f32 tensors; matrices as f32 tensors (`--base-dtype f32`) or frozen
+    /// compact matrices.
+    pub tensors: HashMap<String, Weight>,
     pub tokenizer: Tokenizer,
 }
 
 impl Loaded {
-    /// The model as inference-only tensors.
+    /// The model (inference-only unless its tensors are made `Var`s, see [`crate::policy`]).
     pub fn model(&self) -> Result<Llama> {
-        Llama::from_tensors(self.config.clone(), &self.tensors)
+        Llama::from_weights(self.config.clone(), &self.tensors)
     }
 }
 
-/// Loads `path`: a `.gguf` file, or a Hugging Face model directory (`config.json`,
-/// `model.safetensors` or `model.safetensors.index.json`, `tokenizer.json`). Weights become f32.
+/// How a model is loaded: `--base-dtype` and `--adapter`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, clap::Args)]
+#[serde(default)]
+pub struct LoadOptions {
+    /// How the model's weight matrices are kept: f32, bf16, q8_0, q4_0, or gguf (a GGUF file's own block quantization). Anything but f32 freezes them (LoRA, inference).
+    #[arg(long, default_value_t = BaseDType::F32)]
+    pub base_dtype: BaseDType,
+    /// A LoRA adapter directory (ours or PEFT's) merged into the model's weights at load (an SFT adapter makes the SFT model the reference); repeat to merge several, in order.
+    #[arg(long = "adapter")]
+    pub adapters: Vec<PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { base_dtype: BaseDType::F32, adapters: Vec::new() }
+    }
+}
+
+/// Loads `path` with f32 weights and no adapter ([`load_with`]).
 pub fn load(path: &Path) -> Result<Loaded> {
+    load_with(path, &LoadOptions::default())
+}
+
+/// Loads `path`: a `.gguf` file, or a Hugging Face model directory (`config.json`,
+/// `model.safetensors` or `model.safetensors.index.json` with its shards in f32, f16 or bf16,
+/// `tokenizer.json`). Each weight matrix gets the adapter's `s * B A` added (in f32) and is then
+/// kept as `opts.base_dtype` says; norms and biases stay f32.
+///
+/// Errors: a missing file, a file that is not what its name says, a tensor whose offsets or size
+/// do not fit the file, an architecture or dtype we do not read, an adapter that does not fit.
+pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     if !path.exists() {
         bail!("model {} does not exist", path.display())
     } else if path.is_dir() {
-        load_hf_dir(path)
+        load_hf_dir(path, opts)
     } else if path.extension().is_some_and(|e| e == "gguf") {
-        load_gguf(path)
+        load_gguf(path, opts)
     } else {
         bail!("model {}: expected a .gguf file or a Hugging Face model directory", path.display())
+    }
+}
+
+/// Turns tensors into the model's weights: the adapters merged, matrices converted.
+struct Converter {
+    base: BaseDType,
+    adapters: Vec<Adapter>,
+}
+
+impl Converter {
+    fn new(config: &LlamaConfig, opts: &LoadOptions) -> Result<Self> {
+        let adapters = opts.adapters.iter().map(|d| Adapter::load(d, config)).collect::<Result<_>>()?;
+        Ok(Self { base: opts.base_dtype, adapters })
+    }
+
+    /// The adapters' summed `s * B A` for the matrix called `name`, if any adapts it.
+    fn delta(&self, name: &str) -> Result<Option<Tensor>> {
+        let Some(rest) = name.strip_prefix("model.layers.") else { return Ok(None) };
+        let Some((layer, module)) = rest.split_once('.') else { return Ok(None) };
+        let Ok(layer) = layer.parse::<usize>() else { return Ok(None) };
+        let Some(proj) = Proj::ALL.into_iter().find(|p| module == format!("{}.weight", p.path())) else { return Ok(None) };
+        let mut sum: Option<Tensor> = None;
+        for a in &self.adapters {
+            if let Some(m) = a.module(layer, proj) {
+                let d = a.delta(m)?;
+                sum = Some(match sum {
+                    Some(s) => (s + d)?,
+                    None => d,
+                });
+            }
+        }
+        Ok(sum)
+    }
+
+    /// The weight `name` from its f32 values: a vector stays a tensor; a matrix gets the
+    /// adapter's delta and the base dtype (`ggml`: keep this block format instead, for `gguf`).
+    fn finish(&self, name: &str, t: Tensor, ggml: Option<GgmlDType>) -> Result<Weight> {
+        if t.rank() != 2 {
+            return Ok(Weight::Tensor(t));
+        }
+        let t = match self.delta(name)? {
+            Some(d) => (t + d)?,
+            None => t,
+        };
+        let (rows, cols) = t.dims2()?;
+        let m = match (self.base, ggml) {
+            (BaseDType::F32, _) | (BaseDType::Gguf, None | Some(GgmlDType::F32)) => return Ok(Weight::Tensor(t)),
+            (BaseDType::Gguf, Some(g)) => FrozenMatrix::quantize(&t.flatten_all()?.to_vec1::<f32>()?, rows, cols, g),
+            (b, _) => FrozenMatrix::convert(&t.flatten_all()?.to_vec1::<f32>()?, rows, cols, b),
+        };
+        Ok(Weight::Frozen(Arc::new(m.with_context(|| format!("tensor `{name}`"))?)))
     }
 }
 
@@ -51,12 +143,12 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     }
 }
 
-fn load_hf_dir(dir: &Path) -> Result<Loaded> {
+fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", cfg_path.display()))?;
     let config = LlamaConfig::from_hf_json(&v).with_context(|| format!("{}", cfg_path.display()))?;
-    let files: Vec<std::path::PathBuf> = if dir.join("model.safetensors").exists() {
+    let files: Vec<PathBuf> = if dir.join("model.safetensors").exists() {
         vec![dir.join("model.safetensors")]
     } else {
         let idx = dir.join("model.safetensors.index.json");
@@ -69,15 +161,74 @@ fn load_hf_dir(dir: &Path) -> Result<Loaded> {
         f.dedup();
         f
     };
+    let conv = Converter::new(&config, opts)?;
     let mut tensors = HashMap::new();
     for f in files {
-        let t = candle_core::safetensors::load(&f, &Device::Cpu).with_context(|| format!("reading {}", f.display()))?;
-        for (name, t) in t {
-            tensors.insert(name, t.to_dtype(DType::F32)?);
-        }
+        for_each_safetensor(&f, |name, t| {
+            let w = conv.finish(&name, t, None)?;
+            tensors.insert(name, w);
+            Ok(())
+        })?;
     }
     let tokenizer = Tokenizer::from_hf_dir(dir)?;
     Ok(Loaded { config, tensors, tokenizer })
+}
+
+/// One tensor's entry in a safetensors header.
+#[derive(serde::Deserialize)]
+struct SafetensorsEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [u64; 2],
+}
+
+/// Reads the tensors of a safetensors file one at a time (as f32) and hands each to `f`. The
+/// header is checked against the file: offsets inside the data, sizes that match the shapes.
+fn for_each_safetensor(path: &Path, mut f: impl FnMut(String, Tensor) -> Result<()>) -> Result<()> {
+    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata()?.len();
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n).with_context(|| format!("{}: not a safetensors file (shorter than its header size)", path.display()))?;
+    let n = u64::from_le_bytes(n);
+    ensure!(n <= size.saturating_sub(8) && n <= 100 << 20, "{}: header size {n} does not fit the file ({size} bytes)", path.display());
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header)?;
+    let mut entries: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).with_context(|| format!("{}: the header is not a JSON object", path.display()))?;
+    entries.remove("__metadata__");
+    let data_start = 8 + n;
+    let mut list = Vec::with_capacity(entries.len());
+    for (name, v) in entries {
+        let e: SafetensorsEntry = serde_json::from_value(v).with_context(|| format!("{}: tensor `{name}`: not a dtype/shape/data_offsets entry", path.display()))?;
+        list.push((name, e));
+    }
+    list.sort_by_key(|(_, e)| e.data_offsets[0]);
+    for (name, e) in list {
+        let width = match e.dtype.as_str() {
+            "F32" => 4,
+            "F16" | "BF16" => 2,
+            d => bail!("{}: tensor `{name}` has dtype {d} (f32, f16 and bf16 are read)", path.display()),
+        };
+        let [a, b] = e.data_offsets;
+        let count = e.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+        ensure!(
+            a <= b && data_start.checked_add(b).is_some_and(|end| end <= size) && count.and_then(|c| c.checked_mul(width)) == Some(b - a),
+            "{}: tensor `{name}`: offsets {a}..{b} and shape {:?} do not fit the file ({size} bytes)",
+            path.display(),
+            e.shape
+        );
+        let mut bytes = vec![0u8; (b - a) as usize];
+        file.seek(SeekFrom::Start(data_start + a))?;
+        file.read_exact(&mut bytes).with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
+        let values: Vec<f32> = match e.dtype.as_str() {
+            "F32" => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            "F16" => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            _ => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        };
+        drop(bytes);
+        f(name, Tensor::from_vec(values, e.shape, &Device::Cpu)?)?;
+    }
+    Ok(())
 }
 
 fn md_u32(md: &HashMap<String, gguf_file::Value>, key: &str) -> Result<usize> {
@@ -89,13 +240,20 @@ fn md_f64(md: &HashMap<String, gguf_file::Value>, key: &str) -> Option<f64> {
 }
 
 /// GGUF stores the q and k rows of each head interleaved for llama.cpp's rope (`permute` in
-/// llama.cpp's `convert_hf_to_gguf.py`); this undoes it: row `h*d + 2i + j` goes back to `h*d + j*d/2 + i`.
-fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
-    let (out, inp) = w.dims2()?;
-    Ok(w.reshape((heads, out / heads / 2, 2, inp))?.transpose(1, 2)?.contiguous()?.reshape((out, inp))?)
+/// llama.cpp's `convert_hf_to_gguf.py`): Hugging Face row `h*d + j*d/2 + i` is GGUF row
+/// `h*d + 2i + j`. The GGUF row of each Hugging Face row, for `rows` rows in `heads` heads.
+fn unpermuted_rows(rows: usize, heads: usize) -> Vec<usize> {
+    let d = rows / heads;
+    (0..rows)
+        .map(|r| {
+            let (h, rest) = (r / d, r % d);
+            let (j, i) = (rest / (d / 2), rest % (d / 2));
+            h * d + 2 * i + j
+        })
+        .collect()
 }
 
-fn load_gguf(path: &Path) -> Result<Loaded> {
+fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let content = gguf_file::Content::read(&mut f).with_context(|| format!("{}: not a GGUF file", path.display()))?;
     let md = &content.metadata;
@@ -127,19 +285,44 @@ fn load_gguf(path: &Path) -> Result<Loaded> {
         eos_token_id: Some(tokenizer.eos_id),
         pad_token_id: md.get("tokenizer.ggml.padding_token_id").and_then(|v| v.to_u32().ok()),
     };
+    let conv = Converter::new(&config, opts)?;
     let mut tensors = HashMap::new();
-    for (gname, _) in content.tensor_infos.iter() {
-        let name = match hf_name(gname) {
-            Some(n) => n,
-            None => continue, // e.g. rope frequency tables
+    let mut names: Vec<(&String, u64)> = content.tensor_infos.iter().map(|(n, i)| (n, i.offset)).collect();
+    names.sort_by_key(|(_, o)| *o);
+    for (gname, _) in names {
+        let Some(name) = hf_name(gname) else { continue }; // e.g. rope frequency tables
+        let q = content.tensor(&mut f, gname, &Device::Cpu).with_context(|| format!("{}: tensor `{gname}`", path.display()))?;
+        let heads = match (arch.as_str(), name.rsplit('.').nth(1)) {
+            ("llama", Some("q_proj")) if name.ends_with("weight") => Some(config.num_attention_heads),
+            ("llama", Some("k_proj")) if name.ends_with("weight") => Some(config.num_key_value_heads),
+            _ => None,
         };
-        let t = content.tensor(&mut f, gname, &Device::Cpu)?.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
-        let t = match (arch.as_str(), name.rsplit('.').nth(1)) {
-            ("llama", Some("q_proj")) if name.ends_with("weight") => unpermute(&t, heads)?,
-            ("llama", Some("k_proj")) if name.ends_with("weight") => unpermute(&t, config.num_key_value_heads)?,
-            _ => t,
+        let keep = (opts.base_dtype == BaseDType::Gguf && q.rank() == 2 && q.dtype() != GgmlDType::F32).then(|| q.dtype());
+        let w = match (keep, conv.delta(&name)?) {
+            (Some(g), None) => {
+                // The file's own blocks, rows reordered for q and k (a row is whole blocks).
+                let (rows, cols) = q.shape().dims2()?;
+                let mut bytes = q.data()?.into_owned();
+                if let Some(h) = heads {
+                    let row_bytes = bytes.len() / rows;
+                    let src = bytes.clone();
+                    for (r, from) in unpermuted_rows(rows, h).into_iter().enumerate() {
+                        bytes[r * row_bytes..(r + 1) * row_bytes].copy_from_slice(&src[from * row_bytes..(from + 1) * row_bytes]);
+                    }
+                }
+                Weight::Frozen(Arc::new(FrozenMatrix::from_ggml_bytes(&bytes, rows, cols, g).with_context(|| format!("tensor `{name}`"))?))
+            }
+            _ => {
+                let t = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
+                drop(q);
+                let t = match heads {
+                    Some(h) => t.index_select(&Tensor::new(unpermuted_rows(t.dim(0)?, h).iter().map(|&r| r as u32).collect::<Vec<_>>(), &Device::Cpu)?, 0)?,
+                    None => t,
+                };
+                conv.finish(&name, t, keep)?
+            }
         };
-        tensors.insert(name, t);
+        tensors.insert(name, w);
     }
     Ok(Loaded { config, tensors, tokenizer })
 }
@@ -175,15 +358,23 @@ fn hf_name(g: &str) -> Option<String> {
 /// `tokenizer.json`, `tokenizer_config.json`, `generation_config.json`) that `transformers`
 /// loads. The directory is filled under a temporary name and renamed, so it is never half-written.
 pub fn save_hf_dir(model: &Llama, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
+    save_hf_dir_as(model, tokenizer, dir, DType::F32)
+}
+
+/// [`save_hf_dir`] with the weights in `dtype` (f32 or bf16). Tensors are converted one at a
+/// time as the file is written (a frozen compact matrix is dequantized then), so writing needs
+/// one tensor's memory beyond the model.
+pub fn save_hf_dir_as(model: &Llama, tokenizer: &Tokenizer, dir: &Path, dtype: DType) -> Result<()> {
+    let (st_dtype, torch) = match dtype {
+        DType::F32 => (safetensors::Dtype::F32, "float32"),
+        DType::BF16 => (safetensors::Dtype::BF16, "bfloat16"),
+        d => bail!("saving a model in {d:?} is not supported (f32, bf16)"),
+    };
     write_dir_atomic(dir, |tmp| {
-        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&model.config.to_hf_json())?)?;
-        let tensors: Vec<(String, Tensor)> = model
-            .named_tensors()
-            .into_iter()
-            .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?.contiguous()?)))
-            .collect::<Result<_>>()?;
-        let meta = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
-        safetensors::tensor::serialize_to_file(tensors, meta, &tmp.join("model.safetensors"))?;
+        let mut config = model.config.to_hf_json();
+        config["torch_dtype"] = torch.into();
+        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+        write_safetensors(&tmp.join("model.safetensors"), &model.named_weights(), st_dtype)?;
         tokenizer.save(tmp)?;
         let mut gen = serde_json::json!({"eos_token_id": tokenizer.eos_id});
         if let Some(b) = model.config.bos_token_id {
@@ -192,4 +383,37 @@ pub fn save_hf_dir(model: &Llama, tokenizer: &Tokenizer, dir: &Path) -> Result<(
         std::fs::write(tmp.join("generation_config.json"), serde_json::to_string_pretty(&gen)?)?;
         Ok(())
     })
+}
+
+/// Writes `weights` as a safetensors file (the format: an 8-byte little-endian header size, a
+/// JSON header of `{name: {dtype, shape, data_offsets}}` padded with spaces to a multiple of 8,
+/// then the data), each tensor converted to `dtype` (F32 or BF16) only when its turn comes.
+fn write_safetensors(path: &Path, weights: &[(String, Weight)], dtype: safetensors::Dtype) -> Result<()> {
+    use std::io::Write;
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0usize;
+    for (name, w) in weights {
+        let len = w.dims().iter().product::<usize>() * dtype.bitsize() / 8;
+        let dt = if dtype == safetensors::Dtype::BF16 { "BF16" } else { "F32" };
+        header.insert(name.clone(), serde_json::json!({"dtype": dt, "shape": w.dims(), "data_offsets": [offset, offset + len]}));
+        offset += len;
+    }
+    let mut text = serde_json::to_string(&header)?;
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
+    f.write_all(&(text.len() as u64).to_le_bytes())?;
+    f.write_all(text.as_bytes())?;
+    for (name, w) in weights {
+        let values = w.to_tensor()?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>().with_context(|| format!("converting `{name}`"))?;
+        let bytes: Vec<u8> = match dtype {
+            safetensors::Dtype::BF16 => values.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
+            _ => values.iter().flat_map(|&x| x.to_le_bytes()).collect(),
+        };
+        f.write_all(&bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(())
 }

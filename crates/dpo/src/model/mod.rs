@@ -1,12 +1,15 @@
 //! The policy/reference model: architecture, loading (GGUF, Hugging Face) and saving.
 
+pub mod adapter;
 mod config;
 mod llama;
 mod load;
+mod weight;
 
 pub use config::LlamaConfig;
 pub use llama::{tensor_names, tensor_specs, Block, KvCache, Linear, Llama, Proj, TensorRole, TensorSpec};
-pub use load::{load, load_tokenizer, save_hf_dir, Loaded};
+pub use load::{load, load_tokenizer, load_with, save_hf_dir, save_hf_dir_as, LoadOptions, Loaded};
+pub use weight::Weight;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};

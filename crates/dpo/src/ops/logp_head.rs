@@ -1,7 +1,8 @@
 //! The output projection fused with log-softmax and the gather of the target token.
 
+use super::qmatmul::FrozenMatrix;
 use super::{by_dtype, cpu_slice, dispatch_float, gemm, num_threads, slice_of, tensor_of, Real, SendPtr};
-use candle_core::{WithDType, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{WithDType, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -42,26 +43,15 @@ impl LogpHead {
         Self { targets, stats: Arc::new(Mutex::new(LogpHeadStats::default())) }
     }
 
-    /// `logits[c, V] = h[r0..r0+c] W^T` into `buf`.
-    fn logits<T: Real>(h: &[T], w: &[T], hidden: usize, vocab: usize, r0: usize, c: usize, buf: &mut Vec<T>) {
-        buf.clear();
-        buf.resize(c * vocab, T::zero());
-        // SAFETY: buf is c x vocab; h rows r0..r0+c exist; w is vocab x hidden.
-        unsafe {
-            gemm(c, vocab, hidden, buf.as_mut_ptr(), vocab, 1, false, h.as_ptr().add(r0 * hidden), hidden, 1,
-                w.as_ptr(), 1, hidden, T::one(), num_threads());
-        }
-    }
-
-    fn forward<T: Real>(&self, h: &[T], w: &[T], hidden: usize) -> Vec<T> {
-        let vocab = w.len() / hidden;
+    fn forward<T: Real>(&self, h: &[T], w: &dyn HeadWeight<T>, hidden: usize) -> Result<Vec<T>> {
+        let vocab = w.vocab();
         let rows = h.len() / hidden;
         let mut out = vec![T::zero(); rows];
         let mut stats = LogpHeadStats { lse: vec![0.0; rows], logit_sum: vec![0.0; rows], argmax_hit: vec![false; rows] };
         let mut buf = Vec::new();
         for r0 in (0..rows).step_by(CHUNK) {
             let c = CHUNK.min(rows - r0);
-            Self::logits(h, w, hidden, vocab, r0, c, &mut buf);
+            w.logits(&h[r0 * hidden..(r0 + c) * hidden], c, &mut buf)?;
             let res: Vec<(T, f64, f64, bool)> = buf
                 .par_chunks(vocab)
                 .enumerate()
@@ -85,20 +75,24 @@ impl LogpHead {
             }
         }
         *self.stats.lock().unwrap() = stats;
-        out
+        Ok(out)
     }
 
-    fn backward<T: Real>(&self, h: &[T], w: &[T], g: &[T], hidden: usize) -> (Vec<T>, Vec<T>) {
-        let vocab = w.len() / hidden;
+    /// `dh` `[rows, hidden]`, and `dW` `[vocab, hidden]` when `want_dw`, for the output gradient `g` `[rows]`.
+    fn backward<T: Real>(&self, h: &[T], w: &dyn HeadWeight<T>, g: &[T], hidden: usize, want_dw: bool) -> Result<(Vec<T>, Option<Vec<T>>)> {
+        let vocab = w.vocab();
         let rows = h.len() / hidden;
         let lse = self.stats.lock().unwrap().lse.clone();
-        assert_eq!(lse.len(), rows, "{OP}: backward before forward");
+        if lse.len() != rows {
+            candle_core::bail!("{OP}: backward before forward");
+        }
         let mut dh = vec![T::zero(); h.len()];
-        let mut dw = vec![T::zero(); w.len()];
+        let mut dw = want_dw.then(|| vec![T::zero(); vocab * hidden]);
         let mut buf = Vec::new();
         for r0 in (0..rows).step_by(CHUNK) {
             let c = CHUNK.min(rows - r0);
-            Self::logits(h, w, hidden, vocab, r0, c, &mut buf);
+            let hc = &h[r0 * hidden..(r0 + c) * hidden];
+            w.logits(hc, c, &mut buf)?;
             buf.par_chunks_mut(vocab).enumerate().for_each(|(i, z)| {
                 let (gi, l) = (g[r0 + i], T::from(lse[r0 + i]).unwrap());
                 for x in z.iter_mut() {
@@ -106,16 +100,73 @@ impl LogpHead {
                 }
                 z[self.targets[r0 + i] as usize] += gi;
             });
-            let (pdh, pdw) = (SendPtr(dh.as_mut_ptr()), SendPtr(dw.as_mut_ptr()));
-            // SAFETY: dh rows r0..r0+c and all of dw are written by these gemm calls only.
-            unsafe {
-                gemm(c, hidden, vocab, pdh.0.add(r0 * hidden), hidden, 1, false, buf.as_ptr(), vocab, 1, w.as_ptr(),
-                    hidden, 1, T::one(), num_threads());
-                gemm(vocab, hidden, c, pdw.0, hidden, 1, true, buf.as_ptr(), 1, vocab, h.as_ptr().add(r0 * hidden),
-                    hidden, 1, T::one(), num_threads());
+            w.input_grad(&buf, c, &mut dh[r0 * hidden..(r0 + c) * hidden])?;
+            if let Some(dw) = &mut dw {
+                // SAFETY: dw is vocab x hidden, buf c x vocab, hc c x hidden.
+                unsafe {
+                    gemm(vocab, hidden, c, dw.as_mut_ptr(), hidden, 1, true, buf.as_ptr(), 1, vocab, hc.as_ptr(), hidden, 1, T::one(), num_threads());
+                }
             }
         }
-        (dh, dw)
+        Ok((dh, dw))
+    }
+}
+
+/// The output projection as the head's kernels read it: `logits = h W^T` and `dh = dlogits W`.
+trait HeadWeight<T: Real> {
+    fn vocab(&self) -> usize;
+    /// `buf[c, vocab] = h[c, hidden] W^T`.
+    fn logits(&self, h: &[T], c: usize, buf: &mut Vec<T>) -> Result<()>;
+    /// `dh[c, hidden] = dlogits[c, vocab] W`.
+    fn input_grad(&self, dlogits: &[T], c: usize, dh: &mut [T]) -> Result<()>;
+}
+
+/// A dense row-major `[vocab, hidden]` weight (trainable: its gradient is formed too).
+struct Dense<'a, T> {
+    w: &'a [T],
+    hidden: usize,
+}
+
+impl<T: Real> HeadWeight<T> for Dense<'_, T> {
+    fn vocab(&self) -> usize {
+        self.w.len() / self.hidden
+    }
+
+    fn logits(&self, h: &[T], c: usize, buf: &mut Vec<T>) -> Result<()> {
+        let (vocab, hidden) = (self.vocab(), self.hidden);
+        buf.clear();
+        buf.resize(c * vocab, T::zero());
+        // SAFETY: buf is c x vocab; h is c x hidden; w is vocab x hidden.
+        unsafe {
+            gemm(c, vocab, hidden, buf.as_mut_ptr(), vocab, 1, false, h.as_ptr(), hidden, 1, self.w.as_ptr(), 1, hidden, T::one(), num_threads());
+        }
+        Ok(())
+    }
+
+    fn input_grad(&self, dlogits: &[T], c: usize, dh: &mut [T]) -> Result<()> {
+        let (vocab, hidden) = (self.vocab(), self.hidden);
+        let pdh = SendPtr(dh.as_mut_ptr());
+        // SAFETY: dh is c x hidden, dlogits c x vocab, w vocab x hidden.
+        unsafe {
+            gemm(c, hidden, vocab, pdh.0, hidden, 1, false, dlogits.as_ptr(), vocab, 1, self.w.as_ptr(), hidden, 1, T::one(), num_threads());
+        }
+        Ok(())
+    }
+}
+
+impl<T: Real> HeadWeight<T> for FrozenMatrix {
+    fn vocab(&self) -> usize {
+        self.rows()
+    }
+
+    fn logits(&self, h: &[T], c: usize, buf: &mut Vec<T>) -> Result<()> {
+        buf.clear();
+        buf.resize(c * self.rows(), T::zero());
+        self.forward(h, c, buf, false)
+    }
+
+    fn input_grad(&self, dlogits: &[T], c: usize, dh: &mut [T]) -> Result<()> {
+        self.backward_input(dlogits, c, dh, false)
     }
 }
 
@@ -134,7 +185,8 @@ impl CustomOp2 for LogpHead {
             candle_core::bail!("{OP}: target token {t} is outside the vocabulary of {vocab}");
         }
         dispatch_float!(s1, OP, |T| {
-            let o = self.forward::<T>(slice_of(s1, l1, OP)?, slice_of(s2, l2, OP)?, hidden);
+            let w = Dense::<T> { w: slice_of(s2, l2, OP)?, hidden };
+            let o = self.forward::<T>(slice_of(s1, l1, OP)?, &w, hidden)?;
             Ok((<T as WithDType>::to_cpu_storage_owned(o), Shape::from(rows)))
         })
     }
@@ -150,7 +202,8 @@ fn bwd_t<T: Real>(op: &LogpHead, h: &Tensor, w: &Tensor, g: &Tensor) -> Result<(
     cpu_slice!(T, w => ws);
     cpu_slice!(T, g => gs);
     let hidden = h.dim(1)?;
-    let (dh, dw) = op.backward(hs, ws, gs, hidden);
+    let (dh, dw) = op.backward(hs, &Dense { w: ws, hidden }, gs, hidden, true)?;
+    let dw = dw.expect("asked for dW");
     Ok((tensor_of(dh, h.shape())?, tensor_of(dw, w.shape())?))
 }
 
@@ -159,6 +212,51 @@ pub fn logp_head(h: &Tensor, w: &Tensor, targets: Arc<Vec<u32>>) -> Result<(Tens
     let op = LogpHead::new(targets);
     let stats = op.stats.clone();
     Ok((h.contiguous()?.apply_op2(&w.contiguous()?, op)?, stats))
+}
+
+/// [`LogpHead`] over a frozen output projection (the base of a LoRA run): the same log-probs,
+/// a backward pass to `h` only (no `[vocab, hidden]` gradient is formed).
+struct FrozenLogpHead {
+    head: LogpHead,
+    w: Arc<FrozenMatrix>,
+}
+
+impl CustomOp1 for FrozenLogpHead {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (rows, hidden) = l.shape().dims2()?;
+        if hidden != self.w.cols() || rows != self.head.targets.len() {
+            candle_core::bail!("{OP}: h {:?}, w {:?}, {} targets do not fit", l.dims(), self.w, self.head.targets.len());
+        }
+        if let Some(t) = self.head.targets.iter().find(|&&t| t as usize >= self.w.rows()) {
+            candle_core::bail!("{OP}: target token {t} is outside the vocabulary of {}", self.w.rows());
+        }
+        dispatch_float!(s, OP, |T| {
+            let o = self.head.forward::<T>(slice_of(s, l, OP)?, self.w.as_ref(), hidden)?;
+            Ok((<T as WithDType>::to_cpu_storage_owned(o), Shape::from(rows)))
+        })
+    }
+
+    fn bwd(&self, h: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(by_dtype!(h.dtype(), OP, frozen_bwd_t(self, h, g))?))
+    }
+}
+
+fn frozen_bwd_t<T: Real>(op: &FrozenLogpHead, h: &Tensor, g: &Tensor) -> Result<Tensor> {
+    cpu_slice!(T, h => hs);
+    cpu_slice!(T, g => gs);
+    let (dh, _) = op.head.backward(hs, op.w.as_ref(), gs, h.dim(1)?, false)?;
+    tensor_of(dh, h.shape())
+}
+
+/// [`logp_head`] with a frozen output projection `w` `[vocab, hidden]`.
+pub fn logp_head_frozen(h: &Tensor, w: &Arc<FrozenMatrix>, targets: Arc<Vec<u32>>) -> Result<(Tensor, Arc<Mutex<LogpHeadStats>>)> {
+    let head = LogpHead::new(targets);
+    let stats = head.stats.clone();
+    Ok((h.contiguous()?.apply_op1(FrozenLogpHead { head, w: w.clone() })?, stats))
 }
 
 #[cfg(test)]
@@ -181,6 +279,25 @@ mod tests {
             assert!((lp[i] - ls[i][targets[i] as usize]).abs() < 1e-12);
             assert!((stats.logit_sum[i] - sums[i]).abs() < 1e-10);
         }
+    }
+
+    #[test]
+    fn a_frozen_head_gives_the_same_log_probs_and_input_gradient() {
+        let targets = Arc::new((0..140).map(|i| (i * 5 % 9) as u32).collect::<Vec<_>>());
+        let (h, w) = (rand_t(&[140, 4], 23), rand_t(&[9, 4], 24));
+        let frozen = Arc::new(FrozenMatrix::from_f64(w.flatten_all().unwrap().to_vec1::<f64>().unwrap(), 9, 4).unwrap());
+        let hv = candle_core::Var::from_tensor(&h).unwrap();
+        let (a, _) = logp_head(hv.as_tensor(), &w, targets.clone()).unwrap();
+        let (b, _) = logp_head_frozen(hv.as_tensor(), &frozen, targets.clone()).unwrap();
+        assert_eq!(a.to_vec1::<f64>().unwrap(), b.to_vec1::<f64>().unwrap());
+        let probe = rand_t(&[140], 5);
+        let ga = (a * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (b * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let (ga, gb) = (ga.get(&hv).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap(), gb.get(&hv).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap());
+        for (x, y) in ga.iter().zip(&gb) {
+            assert!((x - y).abs() < 1e-12, "{x} vs {y}");
+        }
+        check_grad(&[h], &|t| Ok(logp_head_frozen(&t[0], &frozen, targets.clone())?.0), 1e-6);
     }
 
     #[test]

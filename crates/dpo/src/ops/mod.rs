@@ -17,7 +17,7 @@ mod swiglu;
 
 pub use attention::{attention, decode_attention, Attention, AttentionLayout, Group};
 pub use log_sigmoid::{log1mexp, log1mexp_f64, log_sigmoid, log_sigmoid_f64, sigmoid, Elementwise};
-pub use logp_head::{logp_head, LogpHead, LogpHeadStats};
+pub use logp_head::{logp_head, logp_head_frozen, LogpHead, LogpHeadStats};
 pub use qmatmul::{frozen_linear, BaseDType, FrozenDType, FrozenLinear, FrozenMatrix};
 pub use rmsnorm::{rms_norm, RmsNorm};
 pub use rope::{Llama3Scaling, Rope, RopeTable};
@@ -155,6 +155,19 @@ pub(crate) unsafe fn gemm<T: Real>(
         false,
         par,
     )
+}
+
+/// SplitMix64's output function (Steele et al. 2014): a well-mixed 64-bit hash of `x`.
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A seed derived from `seed` and a stream number (distinct streams give unrelated seeds).
+pub fn mix_seed(seed: u64, stream: u64) -> u64 {
+    splitmix64(seed ^ splitmix64(stream.wrapping_add(0x632B_E59B_D9B4_E019)))
 }
 
 /// The number of threads kernels may use (`RAYON_NUM_THREADS`, as candle's matmul reads it).

@@ -4,7 +4,7 @@
 //! `{"index": 0, "logps": [...], "tokens": [...]}` for other examples (rankings; KTO's completion
 //! and its mismatched completion), or `{"index": 5, "skipped": "why"}` for a record left out.
 
-use crate::data::TokenizedSet;
+use crate::data::{Tokenized, TokenizedSet};
 use crate::io::{open_text, write_jsonl_atomic};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -22,36 +22,44 @@ pub struct Entry {
 /// Writes the log-probs of `set`'s examples (`logps[i]` for `set.examples[i]`) in the `dpo logps`
 /// format, one line per record of the data file, atomically.
 pub fn write_file(path: &Path, set: &TokenizedSet, logps: &[Vec<f64>]) -> Result<()> {
-    let mut lines: Vec<(usize, Value)> = set
-        .examples
-        .iter()
-        .zip(logps)
-        .map(|(ex, lp)| {
-            let tokens: Vec<usize> = ex.scored_tokens();
-            let v = if matches!(ex.kind, crate::data::ExampleKind::Pair { .. }) && lp.len() == 2 {
-                json!({"index": ex.index, "chosen_logps": lp[0], "rejected_logps": lp[1],
-                       "chosen_tokens": tokens[0], "rejected_tokens": tokens[1]})
-            } else {
-                json!({"index": ex.index, "logps": lp, "tokens": tokens})
-            };
-            (ex.index, v)
-        })
-        .collect();
+    let mut lines: Vec<(usize, Value)> = set.examples.iter().zip(logps).map(|(ex, lp)| (ex.index, line(ex, lp))).collect();
     lines.extend(set.skipped.iter().map(|(o, why)| (o.index, json!({"index": o.index, "skipped": why}))));
     lines.sort_by_key(|(i, _)| *i);
     write_jsonl_atomic(path, lines.iter().map(|(_, v)| v))
 }
 
+/// The line of example `ex` with the log-probs `logps` of its completions.
+pub fn line(ex: &Tokenized, logps: &[f64]) -> Value {
+    let tokens: Vec<usize> = ex.scored_tokens();
+    if matches!(ex.kind, crate::data::ExampleKind::Pair { .. }) && logps.len() == 2 {
+        json!({"index": ex.index, "chosen_logps": logps[0], "rejected_logps": logps[1],
+               "chosen_tokens": tokens[0], "rejected_tokens": tokens[1]})
+    } else {
+        json!({"index": ex.index, "logps": logps, "tokens": tokens})
+    }
+}
+
 /// Reads a `dpo logps` file into record index → entry. Errors name the file, line and field.
 pub fn read_file(path: &Path) -> Result<HashMap<usize, Entry>> {
+    read_lines(path, false)
+}
+
+/// [`read_file`]; with `torn_tail`, a last line that is not complete JSON (an append cut short
+/// by a crash) is ignored instead of refused.
+pub fn read_lines(path: &Path, torn_tail: bool) -> Result<HashMap<usize, Entry>> {
     let mut out = HashMap::new();
-    for (i, line) in open_text(path)?.lines().enumerate() {
-        let line = line?;
+    let lines: Vec<String> = open_text(path)?.lines().collect::<std::io::Result<_>>().with_context(|| format!("reading {}", path.display()))?;
+    let n = lines.len();
+    for (i, line) in lines.into_iter().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let at = format!("{}:{}", path.display(), i + 1);
-        let v: Value = serde_json::from_str(&line).with_context(|| format!("{at}: not valid JSON"))?;
+        let v: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(_) if torn_tail && i + 1 == n => break,
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("{at}: not valid JSON"))),
+        };
         let index = v.get("index").and_then(Value::as_u64).with_context(|| format!("{at}: missing integer field `index`"))? as usize;
         if v.get("skipped").is_some() {
             continue;

@@ -2,42 +2,66 @@
 //!
 //! The reference model never changes during DPO, so `log pi_ref(y|x)` of every completion is
 //! computed once (with the initial policy weights, which are the reference) and training keeps
-//! only the policy in memory ([`References::Fixed`]). TR-DPO's reference moves and stays in memory
+//! only the policy in memory ([`References::Fixed`]): of the examples a run uses, when a batch
+//! first needs them (LoRA) or before the first step (full fine-tuning, which then frees the
+//! reference), each computed once per cache key. TR-DPO's reference moves and stays in memory
 //! ([`References::Moving`]). The file format is that of `dpo logps` ([`file`]); the cache is
 //! keyed by content ([`cache`]).
 
 pub mod cache;
 pub mod file;
 
-pub use cache::{cache_path, file_hash, model_hash, reference_logps, Origin};
+pub use cache::{cache_path, file_hash, model_hash, RefStore};
 pub use file::{align, read_file, write_file, Entry};
 
 use crate::config::{SyncReference, TrainConfig};
 use crate::data::{data_view, Tokenized, TokenizedSet};
 use crate::logps::example_logps;
-use crate::model::{self, Llama};
+use crate::model::Llama;
 use crate::observer::Observer;
+use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use std::collections::HashMap;
-use std::path::Path;
 
 /// Where the reference log-probs of the examples come from during a run.
 pub enum References {
     /// The task needs none (SFT, reference-free losses).
     None,
-    /// Computed once before training (or read from `--ref-logps`, or from the cache): per example
-    /// of the training set and of the evaluation set.
-    Fixed { train: Vec<Vec<f64>>, eval: Option<Vec<Vec<f64>>> },
+    /// A fixed reference: the training set's log-probs from `--ref-logps`, or (both sets) from
+    /// the content-keyed cache, computed with `model` when a batch first needs them. `model` is
+    /// `None` once everything the run needs is known (full fine-tuning computes that before the
+    /// first step and frees the reference; a LoRA run's reference is its own frozen base, kept).
+    Fixed { model: Option<Llama>, train: TrainSource, eval: Option<RefStore> },
     /// TR-DPO: the reference model itself, run on every batch, moved every `sync.steps` steps.
     Moving { model: Llama, sync: SyncReference },
 }
 
+/// The training set's reference log-probs: given in a file, or from the cache.
+pub enum TrainSource {
+    Given(Vec<Vec<f64>>),
+    Cached(RefStore),
+}
+
 impl References {
-    pub fn prepare(cfg: &TrainConfig, loaded: &model::Loaded, train: &TokenizedSet, eval: Option<&TokenizedSet>, obs: &mut dyn Observer) -> Result<Self> {
+    /// The reference log-probs a run of `cfg` needs. `reference` is the frozen reference model
+    /// (the initial policy; a LoRA run's base without its adapter). With `keep_model` false, the
+    /// log-probs of the training examples `visited` (all the run will use) and of the whole
+    /// evaluation set are computed now (only those not cached) and the model is dropped;
+    /// otherwise they are computed as batches reach them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prepare(
+        cfg: &TrainConfig,
+        reference: Llama,
+        tokenizer: &Tokenizer,
+        train: &TokenizedSet,
+        eval: Option<&TokenizedSet>,
+        keep_model: bool,
+        visited: &[usize],
+        obs: &mut dyn Observer,
+    ) -> Result<Self> {
         if !cfg.task.needs_reference() {
             return Ok(Self::None);
         }
-        let reference = loaded.model()?;
         if let Some(sync) = cfg.sync_ref {
             obs.message(&format!(
                 "TR-DPO: the reference moves toward the policy (alpha {}) every {} steps; its log-probs are computed on each batch, the reference cache is not used",
@@ -45,42 +69,70 @@ impl References {
             ));
             return Ok(Self::Moving { model: reference, sync });
         }
-        let hash = model_hash(&reference, &loaded.tokenizer)?;
+        let hash = model_hash(&reference, tokenizer)?;
         let view = data_view(&cfg.task, cfg.per_device_train_batch_size)?;
-        let mut logps_of = |set: &TokenizedSet, data: &Path, given: Option<&Path>| -> Result<Vec<Vec<f64>>> {
-            obs.phase(&format!("reference log-probs of {}", data.display()), set.examples.len(), "examples");
-            let (v, origin) =
-                reference_logps(&reference, &hash, data, &view, set, cfg.tokenize, given, cfg.max_tokens_per_forward, |d| obs.advance(d, ""))?;
-            obs.message(&match origin {
-                Origin::Given(p) => format!("reference log-probs read from {}", p.display()),
-                Origin::Cache(p) => format!("reference log-probs reused from the cache {}", p.display()),
-                Origin::Computed(p) => format!("reference log-probs computed and cached in {}", p.display()),
-            });
-            Ok(v)
+        let open = |set: &TokenizedSet, data: &std::path::Path, obs: &mut dyn Observer| -> Result<RefStore> {
+            let store = RefStore::open(&hash, data, &view, set, cfg.tokenize)?;
+            obs.message(&format!("reference log-probs of {}: {} of {} examples in the cache {}", data.display(), store.cached, set.examples.len(), store.path().display()));
+            Ok(store)
         };
-        let train = logps_of(train, &cfg.data, cfg.ref_logps.as_deref())?;
-        let eval = match (eval, &cfg.eval_data) {
-            (Some(s), Some(p)) => Some(logps_of(s, p, None)?),
+        let train_source = match &cfg.ref_logps {
+            Some(g) => {
+                obs.message(&format!("reference log-probs read from {}", g.display()));
+                TrainSource::Given(align(g, &read_file(g)?, train)?)
+            }
+            None => TrainSource::Cached(open(train, &cfg.data, obs)?),
+        };
+        let eval_store = match (eval, &cfg.eval_data) {
+            (Some(s), Some(p)) => Some(open(s, p, obs)?),
             _ => None,
         };
-        Ok(Self::Fixed { train, eval })
+        let mut refs = Self::Fixed { model: Some(reference), train: train_source, eval: eval_store };
+        if !keep_model {
+            refs.prefetch(train, eval, visited, cfg.max_tokens_per_forward, obs)?;
+        }
+        Ok(refs)
     }
 
-    /// The reference log-probs of the training examples `idx` (`examples[i]` is example `idx[i]`).
-    pub fn train_batch(&self, idx: &[usize], examples: &[&Tokenized], max_tokens: usize) -> Result<Vec<Vec<f64>>> {
+    /// Computes what `visited` and the evaluation set still lack, then drops the model.
+    fn prefetch(&mut self, train: &TokenizedSet, eval: Option<&TokenizedSet>, visited: &[usize], max_tokens: usize, obs: &mut dyn Observer) -> Result<()> {
+        let Self::Fixed { model, train: source, eval: eval_store } = self else { return Ok(()) };
+        if let TrainSource::Cached(store) = source {
+            obs.phase("reference log-probs of the training examples", visited.len(), "examples");
+            store.get(model.as_ref(), train, visited, max_tokens, |d| obs.advance(d, ""))?;
+        }
+        if let (Some(store), Some(set)) = (eval_store, eval) {
+            let all: Vec<usize> = (0..set.examples.len()).collect();
+            obs.phase("reference log-probs of the evaluation examples", all.len(), "examples");
+            store.get(model.as_ref(), set, &all, max_tokens, |d| obs.advance(d, ""))?;
+        }
+        *model = None;
+        Ok(())
+    }
+
+    /// The reference log-probs of the training examples `idx` of `set`.
+    pub fn train_batch(&mut self, set: &TokenizedSet, idx: &[usize], max_tokens: usize) -> Result<Vec<Vec<f64>>> {
         Ok(match self {
             Self::None => vec![Vec::new(); idx.len()],
-            Self::Fixed { train, .. } => idx.iter().map(|&i| train[i].clone()).collect(),
-            Self::Moving { model, .. } => example_logps(model, examples, max_tokens, |_| {})?,
+            Self::Fixed { train: TrainSource::Given(v), .. } => idx.iter().map(|&i| v[i].clone()).collect(),
+            Self::Fixed { model, train: TrainSource::Cached(store), .. } => store.get(model.as_ref(), set, idx, max_tokens, |_| {})?,
+            Self::Moving { model, .. } => {
+                let examples: Vec<&Tokenized> = idx.iter().map(|&i| &set.examples[i]).collect();
+                example_logps(model, &examples, max_tokens, |_| {})?
+            }
         })
     }
 
     /// The reference log-probs of the evaluation set's examples.
-    pub fn eval(&self, examples: &[&Tokenized], max_tokens: usize) -> Result<Vec<Vec<f64>>> {
+    pub fn eval(&mut self, set: &TokenizedSet, max_tokens: usize) -> Result<Vec<Vec<f64>>> {
+        let all: Vec<usize> = (0..set.examples.len()).collect();
         Ok(match self {
-            Self::Fixed { eval: Some(e), .. } => e.clone(),
-            Self::Moving { model, .. } => example_logps(model, examples, max_tokens, |_| {})?,
-            _ => vec![Vec::new(); examples.len()],
+            Self::Fixed { model, eval: Some(store), .. } => store.get(model.as_ref(), set, &all, max_tokens, |_| {})?,
+            Self::Moving { model, .. } => {
+                let examples: Vec<&Tokenized> = set.examples.iter().collect();
+                example_logps(model, &examples, max_tokens, |_| {})?
+            }
+            _ => vec![Vec::new(); set.examples.len()],
         })
     }
 
@@ -88,9 +140,9 @@ impl References {
     pub fn after_step(&mut self, done: usize, policy: &Llama, obs: &mut dyn Observer) -> Result<()> {
         if let Self::Moving { model, sync } = self {
             if done % sync.steps.max(1) == 0 {
-                let p: HashMap<String, candle_core::Tensor> = policy.named_tensors().into_iter().collect();
+                let p: HashMap<String, candle_core::Tensor> = policy.named_tensors()?.into_iter().collect();
                 let mut mixed = HashMap::new();
-                for (name, r) in model.named_tensors() {
+                for (name, r) in model.named_tensors()? {
                     mixed.insert(name.clone(), ((r * (1.0 - sync.alpha))? + (p[&name].detach() * sync.alpha)?)?);
                 }
                 *model = Llama::from_tensors(model.config.clone(), &mixed)?;
