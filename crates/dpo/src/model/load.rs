@@ -110,7 +110,8 @@ impl Converter {
     }
 
     /// The weight `name` from its f32 values: a vector stays a tensor; a matrix gets the
-    /// adapter's delta and the base dtype (`ggml`: keep this block format instead, for `gguf`).
+    /// adapters' delta and the base dtype (`ggml`: keep this block format instead, for `gguf`).
+    /// The values are read in place (no copy) when converting to a compact format.
     fn finish(&self, name: &str, t: Tensor, ggml: Option<GgmlDType>) -> Result<Weight> {
         if t.rank() != 2 {
             return Ok(Weight::Tensor(t));
@@ -120,10 +121,18 @@ impl Converter {
             None => t,
         };
         let (rows, cols) = t.dims2()?;
+        let convert = |data: &[f32]| match (self.base, ggml) {
+            (BaseDType::Gguf, Some(g)) => FrozenMatrix::quantize(data, rows, cols, g),
+            (b, _) => FrozenMatrix::convert(data, rows, cols, b),
+        };
         let m = match (self.base, ggml) {
             (BaseDType::F32, _) | (BaseDType::Gguf, None | Some(GgmlDType::F32)) => return Ok(Weight::Tensor(t)),
-            (BaseDType::Gguf, Some(g)) => FrozenMatrix::quantize(&t.flatten_all()?.to_vec1::<f32>()?, rows, cols, g),
-            (b, _) => FrozenMatrix::convert(&t.flatten_all()?.to_vec1::<f32>()?, rows, cols, b),
+            _ => {
+                let t = t.to_dtype(DType::F32)?.contiguous()?;
+                let (storage, layout) = t.storage_and_layout();
+                let candle_core::Storage::Cpu(cpu) = &*storage else { bail!("tensor `{name}`: not on the CPU") };
+                convert(crate::ops::slice_of::<f32>(cpu, layout, "load")?)
+            }
         };
         Ok(Weight::Frozen(Arc::new(m.with_context(|| format!("tensor `{name}`"))?)))
     }
@@ -217,15 +226,22 @@ fn for_each_safetensor(path: &Path, mut f: impl FnMut(String, Tensor) -> Result<
             path.display(),
             e.shape
         );
-        let mut bytes = vec![0u8; (b - a) as usize];
+        // Read in chunks straight into the f32 values: one tensor's f32 memory, no second copy.
         file.seek(SeekFrom::Start(data_start + a))?;
-        file.read_exact(&mut bytes).with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
-        let values: Vec<f32> = match e.dtype.as_str() {
-            "F32" => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            "F16" => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            _ => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        };
-        drop(bytes);
+        let mut values: Vec<f32> = Vec::with_capacity(((b - a) / width) as usize);
+        let mut chunk = vec![0u8; (4 << 20) - (4 << 20) % width as usize];
+        let mut left = (b - a) as usize;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            file.read_exact(&mut chunk[..n]).with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
+            let c = &chunk[..n];
+            match e.dtype.as_str() {
+                "F32" => values.extend(c.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+                "F16" => values.extend(c.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())),
+                _ => values.extend(c.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+            }
+            left -= n;
+        }
         f(name, Tensor::from_vec(values, e.shape, &Device::Cpu)?)?;
     }
     Ok(())

@@ -111,6 +111,8 @@ impl Weight {
         h.update(format!("{:?}", self.dims()).as_bytes());
         match self {
             Weight::Tensor(t) => {
+                // The same bytes as a frozen f32 matrix of these values gives.
+                h.update(b"f32");
                 let t = t.to_dtype(DType::F32)?.flatten_all()?;
                 let (s, l) = t.storage_and_layout();
                 let candle_core::Storage::Cpu(s) = &*s else { bail!("model on the CPU expected") };
