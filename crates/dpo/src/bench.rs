@@ -100,6 +100,9 @@ pub fn run(cfg: &BenchConfig, obs: &mut dyn Observer) -> Result<BenchResult> {
     tc.lr_scheduler_type = ScheduleKind::Constant;
     tc.max_tokens_per_forward = cfg.max_tokens_per_forward;
     tc.setup = cfg.setup.clone();
+    // Reference log-probs before the timed steps (full fine-tuning always; LoRA as TRL's
+    // precompute_ref_log_probs): the steps measure training only.
+    tc.precompute_ref_log_probs = true;
     let s = train(&tc, obs)?;
     let t = |v: &[f64]| v[cfg.warmup..].iter().sum::<f64>();
     let secs = t(&s.step_seconds);

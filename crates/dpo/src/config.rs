@@ -118,6 +118,9 @@ pub struct TrainConfig {
     /// Packed tokens per forward pass (memory/speed trade-off; gradients are the same).
     #[arg(long, default_value_t = defaults::MAX_TOKENS_PER_FORWARD)]
     pub max_tokens_per_forward: usize,
+    /// Compute the reference log-probs of every example the run uses before the first step (full fine-tuning always does, to free the reference; a LoRA run otherwise computes them when a batch first needs them).
+    #[arg(long)]
+    pub precompute_ref_log_probs: bool,
     #[command(flatten)]
     pub setup: ModelSetup,
     /// TR-DPO: update the reference during training (see [`SyncReference`]).
@@ -188,6 +191,7 @@ impl TrainConfig {
             save_steps: None,
             seed: defaults::SEED,
             max_tokens_per_forward: defaults::MAX_TOKENS_PER_FORWARD,
+            precompute_ref_log_probs: false,
             setup: ModelSetup::default(),
             sync_ref: None,
         }

@@ -173,12 +173,12 @@ impl<'a> Run<'a> {
             let policy = Policy::lora(&base, &adapter)?;
             drop(base);
             let reference = policy.model.without_adapters();
-            let references = References::prepare(cfg, reference, &tokenizer, &train_set, eval_set.as_ref(), true, &visited, obs)?;
+            let references = References::prepare(cfg, reference, &tokenizer, &train_set, eval_set.as_ref(), cfg.precompute_ref_log_probs, true, &visited, obs)?;
             obs.message(&format!("LoRA: {} trainable parameters (r {}, alpha {}), base {}", policy.num_parameters(), cfg.setup.lora.lora_r, cfg.setup.lora.lora_alpha, cfg.setup.load.base_dtype));
             (policy, references)
         } else {
             // Reference log-probs of every example the run uses first, then only the policy.
-            let references = References::prepare(cfg, base, &tokenizer, &train_set, eval_set.as_ref(), false, &visited, obs)?;
+            let references = References::prepare(cfg, base, &tokenizer, &train_set, eval_set.as_ref(), true, false, &visited, obs)?;
             let policy = Policy::new(loaded.config.clone(), &loaded.tensors)?;
             drop(loaded);
             (policy, references)

@@ -11,11 +11,10 @@
 
 use super::{LlamaConfig, Proj};
 use crate::io::write_dir_atomic;
-use crate::ops::{mix_seed, splitmix64};
+use crate::ops::{apply_dropout, mix_seed};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
-use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -117,8 +116,9 @@ pub struct Lora {
 }
 
 impl Lora {
-    /// `s * (dropout(x) A^T) B^T` for `x` `[rows, in]`; `mask_seed` (training) draws the dropout
-    /// mask, `None` applies none.
+    /// `s * (dropout(x) A^T) B^T` for `x` `[rows, in]` from candle ops; `mask_seed` (training)
+    /// draws the dropout mask, `None` applies none. (A frozen layer uses the fused
+    /// [`crate::ops::lora_linear`] instead, which stores no intermediate.)
     pub fn forward(&self, x: &Tensor, mask_seed: Option<u64>) -> Result<Tensor> {
         let x = match mask_seed {
             Some(seed) if self.dropout > 0.0 => (x * dropout_mask(x.dims(), self.dropout, seed, x.dtype())?)?,
@@ -132,22 +132,11 @@ impl Lora {
     }
 }
 
-/// Inverted dropout's mask (Srivastava et al. 2014): each entry `0` with probability `p`, else
-/// `1 / (1 - p)`, drawn from a counter-based hash of `seed` (SplitMix64; four 16-bit uniforms per
-/// hash), so a mask is the same whenever it is drawn again (layer recomputation).
+/// Inverted dropout's mask as a tensor: `1 / (1 - p)` or `0` per entry, drawn as
+/// [`crate::ops::apply_dropout`] draws it from `seed` (the mask the fused op applies).
 pub fn dropout_mask(dims: &[usize], p: f64, seed: u64, dtype: DType) -> Result<Tensor> {
-    let n: usize = dims.iter().product();
-    let threshold = (p * 65536.0).round() as u32;
-    let keep = (1.0 / (1.0 - p)) as f32;
-    let mut mask = vec![0f32; n];
-    mask.par_chunks_mut(4096).enumerate().for_each(|(c, chunk)| {
-        for (j, quad) in chunk.chunks_mut(4).enumerate() {
-            let h = splitmix64(seed ^ ((c * 1024 + j) as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-            for (k, m) in quad.iter_mut().enumerate() {
-                *m = if ((h >> (16 * k)) & 0xFFFF) as u32 >= threshold { keep } else { 0.0 };
-            }
-        }
-    });
+    let mut mask = vec![1f32; dims.iter().product()];
+    apply_dropout(&mut mask, p, seed);
     Ok(Tensor::from_vec(mask, dims, &Device::Cpu)?.to_dtype(dtype)?)
 }
 

@@ -2,7 +2,7 @@
 
 use super::adapter::Lora;
 use super::{LlamaConfig, Weight};
-use crate::ops::{attention, decode_attention, logp_head, logp_head_frozen, rms_norm, AttentionLayout, Group, LogpHeadStats, Rope, RopeTable, SwiGlu};
+use crate::ops::{attention, decode_attention, logp_head, logp_head_frozen, lora_linear, rms_norm, AttentionLayout, Group, LogpHeadStats, Rope, RopeTable, SwiGlu};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -20,13 +20,13 @@ pub struct Linear {
 impl Linear {
     /// `mask_seed`: in training, the seed of this call's LoRA dropout mask (`None`: no dropout).
     fn forward(&self, x: &Tensor, mask_seed: Option<u64>) -> Result<Tensor> {
-        let y = self.w.matmul_t(x)?;
-        let y = match &self.b {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+        let y = match (&self.w, &self.lora) {
+            (Weight::Frozen(w), Some(l)) => lora_linear(x, w, &l.a, &l.b, l.scale, l.dropout, mask_seed)?,
+            (w, Some(l)) => (w.matmul_t(x)? + l.forward(x, mask_seed)?)?,
+            (w, None) => w.matmul_t(x)?,
         };
-        Ok(match &self.lora {
-            Some(l) => (y + l.forward(x, mask_seed)?)?,
+        Ok(match &self.b {
+            Some(b) => y.broadcast_add(b)?,
             None => y,
         })
     }

@@ -144,7 +144,7 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     if path.is_dir() {
         Tokenizer::from_hf_dir(path)
     } else if path.extension().is_some_and(|e| e == "gguf") {
-        let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut f = std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?);
         let content = gguf_file::Content::read(&mut f).with_context(|| format!("{}: not a GGUF file", path.display()))?;
         Tokenizer::from_gguf(&content)
     } else {
@@ -270,7 +270,7 @@ fn unpermuted_rows(rows: usize, heads: usize) -> Vec<usize> {
 }
 
 fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut f = std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?);
     let content = gguf_file::Content::read(&mut f).with_context(|| format!("{}: not a GGUF file", path.display()))?;
     let md = &content.metadata;
     let arch = md.get("general.architecture").context("GGUF metadata has no general.architecture")?.to_string()?.clone();

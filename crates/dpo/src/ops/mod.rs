@@ -10,6 +10,7 @@
 mod attention;
 mod log_sigmoid;
 mod logp_head;
+mod lora;
 pub mod qmatmul;
 mod rmsnorm;
 mod rope;
@@ -18,6 +19,7 @@ mod swiglu;
 pub use attention::{attention, decode_attention, Attention, AttentionLayout, Group};
 pub use log_sigmoid::{log1mexp, log1mexp_f64, log_sigmoid, log_sigmoid_f64, sigmoid, Elementwise};
 pub use logp_head::{logp_head, logp_head_frozen, LogpHead, LogpHeadStats};
+pub use lora::{apply_dropout, lora_linear, LoraLinear};
 pub use qmatmul::{frozen_linear, BaseDType, FrozenDType, FrozenLinear, FrozenMatrix};
 pub use rmsnorm::{rms_norm, RmsNorm};
 pub use rope::{Llama3Scaling, Rope, RopeTable};

@@ -44,10 +44,10 @@ pub enum TrainSource {
 
 impl References {
     /// The reference log-probs a run of `cfg` needs. `reference` is the frozen reference model
-    /// (the initial policy; a LoRA run's base without its adapter). With `keep_model` false, the
+    /// (the initial policy; a LoRA run's base without its adapter). With `prefetch`, the
     /// log-probs of the training examples `visited` (all the run will use) and of the whole
-    /// evaluation set are computed now (only those not cached) and the model is dropped;
-    /// otherwise they are computed as batches reach them.
+    /// evaluation set are computed now (only those not cached); otherwise as batches reach them.
+    /// Without `keep_model` (only with `prefetch`), the model is then dropped.
     #[allow(clippy::too_many_arguments)]
     pub fn prepare(
         cfg: &TrainConfig,
@@ -55,6 +55,7 @@ impl References {
         tokenizer: &Tokenizer,
         train: &TokenizedSet,
         eval: Option<&TokenizedSet>,
+        prefetch: bool,
         keep_model: bool,
         visited: &[usize],
         obs: &mut dyn Observer,
@@ -88,13 +89,18 @@ impl References {
             _ => None,
         };
         let mut refs = Self::Fixed { model: Some(reference), train: train_source, eval: eval_store };
-        if !keep_model {
+        if prefetch {
             refs.prefetch(train, eval, visited, cfg.max_tokens_per_forward, obs)?;
+            if !keep_model {
+                if let Self::Fixed { model, .. } = &mut refs {
+                    *model = None;
+                }
+            }
         }
         Ok(refs)
     }
 
-    /// Computes what `visited` and the evaluation set still lack, then drops the model.
+    /// Computes what `visited` and the evaluation set still lack.
     fn prefetch(&mut self, train: &TokenizedSet, eval: Option<&TokenizedSet>, visited: &[usize], max_tokens: usize, obs: &mut dyn Observer) -> Result<()> {
         let Self::Fixed { model, train: source, eval: eval_store } = self else { return Ok(()) };
         if let TrainSource::Cached(store) = source {
@@ -106,7 +112,6 @@ impl References {
             obs.phase("reference log-probs of the evaluation examples", all.len(), "examples");
             store.get(model.as_ref(), set, &all, max_tokens, |d| obs.advance(d, ""))?;
         }
-        *model = None;
         Ok(())
     }
 
