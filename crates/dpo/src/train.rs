@@ -168,7 +168,7 @@ impl<'a> Run<'a> {
         let base = loaded.model()?;
         let (policy, references) = if cfg.setup.lora.use_peft {
             // The reference is the frozen base itself (the adapter switched off): no second model.
-            let adapter = Adapter::init(&cfg.setup.lora, &loaded.config, &cfg.model.display().to_string(), cfg.seed, DType::F32)?;
+            let adapter = Adapter::init(&cfg.setup.lora, &loaded.config, &crate::fetch::base_model_name(&cfg.model), cfg.seed, DType::F32)?;
             drop(loaded);
             let policy = Policy::lora(&base, &adapter)?;
             drop(base);
@@ -254,7 +254,7 @@ impl<'a> Run<'a> {
     /// adapter directory.
     fn save(&self, name: &str, obs: &mut dyn Observer) -> Result<()> {
         let dir = self.cfg.output_dir.join(name);
-        match self.policy.adapter(&self.cfg.model.display().to_string()) {
+        match self.policy.adapter(&crate::fetch::base_model_name(&self.cfg.model)) {
             Some(adapter) => adapter.save(&dir)?,
             None => save_hf_dir(&self.policy.model.detached(), &self.tokenizer, &dir)?,
         }

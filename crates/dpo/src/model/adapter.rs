@@ -9,7 +9,8 @@
 //! `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`), which
 //! `peft.PeftModel.from_pretrained` loads.
 
-use super::{LlamaConfig, Proj};
+use super::safetensors::write_safetensors;
+use super::{LlamaConfig, Proj, Weight};
 use crate::io::write_dir_atomic;
 use crate::ops::{apply_dropout, mix_seed};
 use anyhow::{bail, ensure, Context, Result};
@@ -17,7 +18,6 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::path::Path;
 
 /// The LoRA defaults (TRL's `ModelConfig`: r 16, alpha 32, dropout 0.05, all linear layers).
@@ -224,14 +224,12 @@ impl Adapter {
         });
         let mut tensors = Vec::with_capacity(2 * self.modules.len());
         for m in &self.modules {
-            tensors.push((peft_name(m.layer, m.proj, 'A'), m.a.to_dtype(DType::F32)?.contiguous()?));
-            tensors.push((peft_name(m.layer, m.proj, 'B'), m.b.to_dtype(DType::F32)?.contiguous()?));
+            tensors.push((peft_name(m.layer, m.proj, 'A'), Weight::Tensor(m.a.clone())));
+            tensors.push((peft_name(m.layer, m.proj, 'B'), Weight::Tensor(m.b.clone())));
         }
         write_dir_atomic(dir, |tmp| {
             std::fs::write(tmp.join("adapter_config.json"), serde_json::to_string_pretty(&config)?)?;
-            let meta = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
-            safetensors::tensor::serialize_to_file(tensors, meta, &tmp.join("adapter_model.safetensors"))?;
-            Ok(())
+            write_safetensors(&tmp.join("adapter_model.safetensors"), &tensors, ::safetensors::Dtype::F32)
         })
     }
 
@@ -247,14 +245,24 @@ impl Adapter {
         let field = |k: &str| v.get(k).filter(|x| !x.is_null());
         let peft_type = field("peft_type").and_then(Value::as_str).unwrap_or("LORA");
         ensure!(peft_type == "LORA", "{}: `{peft_type}`; only LORA adapters are supported", at("peft_type"));
+        // Every feature PEFT applies and we do not is refused by name (a silent drop would give
+        // other numbers than PEFT's).
+        let empty = |x: &Value| x.as_array().is_some_and(|a| a.is_empty()) || x.as_object().is_some_and(|o| o.is_empty());
         for (k, ok) in [
             ("use_dora", field("use_dora").is_none_or(|x| x == &Value::Bool(false))),
+            ("lora_bias", field("lora_bias").is_none_or(|x| x == &Value::Bool(false))),
+            ("use_qalora", field("use_qalora").is_none_or(|x| x == &Value::Bool(false))),
             ("bias", field("bias").is_none_or(|x| x == "none")),
-            ("modules_to_save", field("modules_to_save").is_none_or(|x| x.as_array().is_some_and(|a| a.is_empty()))),
-            ("rank_pattern", field("rank_pattern").is_none_or(|x| x.as_object().is_some_and(|o| o.is_empty()))),
-            ("alpha_pattern", field("alpha_pattern").is_none_or(|x| x.as_object().is_some_and(|o| o.is_empty()))),
-            ("layers_to_transform", field("layers_to_transform").is_none()),
             ("fan_in_fan_out", field("fan_in_fan_out").is_none_or(|x| x == &Value::Bool(false))),
+            ("modules_to_save", field("modules_to_save").is_none_or(empty)),
+            ("rank_pattern", field("rank_pattern").is_none_or(empty)),
+            ("alpha_pattern", field("alpha_pattern").is_none_or(empty)),
+            ("layers_to_transform", field("layers_to_transform").is_none()),
+            ("layer_replication", field("layer_replication").is_none()),
+            ("exclude_modules", field("exclude_modules").is_none_or(empty)),
+            ("target_parameters", field("target_parameters").is_none_or(empty)),
+            ("trainable_token_indices", field("trainable_token_indices").is_none_or(empty)),
+            ("alora_invocation_tokens", field("alora_invocation_tokens").is_none_or(empty)),
         ] {
             ensure!(ok, "{}: {} is not supported", at(k), v[k]);
         }
@@ -262,8 +270,8 @@ impl Adapter {
         let alpha = field("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0);
         let targets: Vec<String> = match field("target_modules") {
             Some(Value::Array(a)) => a.iter().map(|x| x.as_str().map(str::to_string).with_context(|| format!("{}: not a list of names", at("target_modules")))).collect::<Result<_>>()?,
-            Some(Value::String(s)) if s == "all-linear" || Proj::ALL.iter().any(|p| p.name() == s) => vec![s.clone()],
-            Some(x) => bail!("{}: {x} is not supported (a list of module names, or \"all-linear\")", at("target_modules")),
+            Some(Value::String(s)) if s == "all-linear" => vec![s.clone()],
+            Some(x) => bail!("{}: {x} is not supported (a list of module names, or \"all-linear\"; PEFT reads another string as a regular expression)", at("target_modules")),
             None => bail!("{}: missing", at("target_modules")),
         };
         let config = LoraConfig {
@@ -278,8 +286,11 @@ impl Adapter {
         let st_path = dir.join("adapter_model.safetensors");
         let tensors = candle_core::safetensors::load(&st_path, &Device::Cpu).with_context(|| format!("reading {}", st_path.display()))?;
         let mut modules = Vec::new();
+        let mut used = std::collections::HashSet::new();
         for layer in 0..model.num_hidden_layers {
             for proj in config.targets()? {
+                used.insert(peft_name(layer, proj, 'A'));
+                used.insert(peft_name(layer, proj, 'B'));
                 let [out, inp] = proj.shape(model);
                 let get = |which: char, shape: [usize; 2]| -> Result<Tensor> {
                     let name = peft_name(layer, proj, which);
@@ -289,6 +300,9 @@ impl Adapter {
                 };
                 modules.push(AdapterModule { layer, proj, a: get('A', [r, inp])?, b: get('B', [out, r])? });
             }
+        }
+        if let Some(extra) = tensors.keys().filter(|k| !used.contains(*k)).min() {
+            bail!("{}: tensor `{extra}` is not a LoRA A or B of the target modules (only those are read; PEFT would apply it)", st_path.display());
         }
         let base_model = field("base_model_name_or_path").and_then(Value::as_str).unwrap_or("").to_string();
         Ok(Self { config, base_model, modules })
@@ -309,6 +323,44 @@ mod tests {
         let dropped = a.iter().filter(|&&x| x == 0.0).count() as f64 / a.len() as f64;
         assert!((dropped - 0.1).abs() < 0.005, "dropped {dropped}");
         assert!(a.iter().all(|&x| x == 0.0 || (x - 1.0 / 0.9).abs() < 1e-6));
+    }
+
+    fn tiny() -> LlamaConfig {
+        LlamaConfig::from_hf_json(&json!({"vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 1})).unwrap()
+    }
+
+    #[test]
+    fn saved_adapters_load_back_and_unsupported_features_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = tiny();
+        let lora = LoraConfig { use_peft: true, lora_r: 2, lora_target_modules: vec!["q_proj".into(), "v_proj".into()], ..Default::default() };
+        let a = Adapter::init(&lora, &cfg, "base", 1, DType::F32).unwrap();
+        let dir = d.path().join("ad");
+        a.save(&dir).unwrap();
+        let back = Adapter::load(&dir, &cfg).unwrap();
+        assert_eq!(back.modules.len(), 4);
+        assert_eq!(back.modules[0].a.to_vec2::<f32>().unwrap(), a.modules[0].a.to_vec2::<f32>().unwrap());
+        let cfg_path = dir.join("adapter_config.json");
+        let original: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+        for (key, value, says) in [
+            ("lora_bias", json!(true), "field `lora_bias`: true is not supported"),
+            ("use_dora", json!(true), "field `use_dora`: true is not supported"),
+            ("target_modules", json!(".*q_proj"), "PEFT reads another string as a regular expression"),
+            ("target_modules", json!(["qkv_proj"]), "`qkv_proj` is not a module"),
+        ] {
+            let mut v = original.clone();
+            v[key] = value;
+            std::fs::write(&cfg_path, v.to_string()).unwrap();
+            let e = format!("{:#}", Adapter::load(&dir, &cfg).err().unwrap());
+            assert!(e.contains("adapter_config.json") && e.contains(says), "{e}");
+        }
+        std::fs::write(&cfg_path, original.to_string()).unwrap();
+        let mut tensors = candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+        tensors.insert("base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias".into(), Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap());
+        candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors")).unwrap();
+        let e = format!("{:#}", Adapter::load(&dir, &cfg).err().unwrap());
+        assert!(e.contains("lora_B.bias` is not a LoRA A or B"), "{e}");
     }
 
     #[test]

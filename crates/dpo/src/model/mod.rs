@@ -4,6 +4,7 @@ pub mod adapter;
 mod config;
 mod llama;
 mod load;
+mod safetensors;
 mod weight;
 
 pub use config::LlamaConfig;
