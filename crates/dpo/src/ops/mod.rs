@@ -18,7 +18,7 @@ mod swiglu;
 pub use attention::{attention, decode_attention, Attention, AttentionLayout, Group};
 pub use log_sigmoid::{log1mexp, log1mexp_f64, log_sigmoid, log_sigmoid_f64, sigmoid, Elementwise};
 pub use logp_head::{logp_head, LogpHead, LogpHeadStats};
-pub use qmatmul::{frozen_linear, BaseDType, FrozenDType, FrozenLinear, FrozenMatrix};
+pub use qmatmul::{frozen_linear, BaseDType, FrozenDType, FrozenLinear, FrozenMatrix, Kernel};
 pub use rmsnorm::{rms_norm, RmsNorm};
 pub use rope::{Llama3Scaling, Rope, RopeTable};
 pub use swiglu::SwiGlu;

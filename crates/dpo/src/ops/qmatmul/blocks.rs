@@ -87,7 +87,10 @@ pub(super) fn byte_len(rows: usize, cols: usize, dtype: GgmlDType) -> Result<usi
     if !cols.is_multiple_of(bs) {
         bail!("frozen matrix [{rows}, {cols}]: {dtype:?} needs in_features (cols) to be a multiple of its block size {bs}");
     }
-    Ok(rows * (cols / bs) * dtype.type_size())
+    match rows.checked_mul(cols / bs).and_then(|b| b.checked_mul(dtype.type_size())) {
+        Some(n) => Ok(n),
+        None => bail!("frozen matrix [{rows}, {cols}] {dtype:?}: too large"),
+    }
 }
 
 /// `rows x cols` weights as raw GGML blocks of `dtype`.
@@ -291,4 +294,28 @@ unsafe fn fill_fast_avx512<'a>(fast: Fast, rows: impl Iterator<Item = &'a [u8]>,
 fn avx512_available() -> bool {
     static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *DETECTED.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl"))
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The portable build of the fast dequantization equals the AVX-512 build bit for bit.
+    #[test]
+    fn portable_and_avx512_dequantization_agree() {
+        if !avx512_available() {
+            return;
+        }
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for (fast, ts) in [(Fast::Q8_0, 34), (Fast::Q4_0, 18), (Fast::Q4_1, 20)] {
+            let (rows, blocks) = (5, 3);
+            let bytes: Vec<u8> = (0..rows * blocks * ts).map(|_| r.random()).collect();
+            let (mut a, mut b) = (vec![0f32; rows * blocks * 32], vec![0f32; rows * blocks * 32]);
+            fill_fast(fast, bytes.chunks_exact(blocks * ts), &mut a, blocks * 32);
+            // SAFETY: avx512_available() holds.
+            unsafe { fill_fast_avx512(fast, bytes.chunks_exact(blocks * ts), &mut b, blocks * 32) };
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan())));
+        }
+    }
 }

@@ -2,15 +2,23 @@
 //! linear layer needs in training: the forward product and the input gradient.
 //!
 //! A [`FrozenMatrix`] holds `W` `[rows = out_features, cols = in_features]` (row-major, as
-//! [`crate::model::llama::Linear`] stores it: `y = x W^T`). Its weight is never trained, so only
+//! [`crate::model::Linear`] stores it: `y = x W^T`). Its weight is never trained, so only
 //!
 //! - the forward product `y[m, rows] = x[m, cols] · W^T` ([`FrozenMatrix::forward`]) and
 //! - the input gradient `dx[m, cols] = dy[m, rows] · W` ([`FrozenMatrix::backward_input`])
 //!
 //! are computed, never `dW`. The full matrix never exists in f32: the products convert a tile of
-//! the weight at a time (a few hundred KB, so that it stays in the 1 MB L2 cache) and run a GEMM
-//! on the tile; bf16 weights on CPUs with AVX512-BF16 go through a dedicated micro-kernel
-//! (`vdpbf16ps`) that reads the packed weight directly.
+//! the weight at a time (at most 1 MB of f32, about Zen 4's L2 cache) and run the f32 GEMM of the
+//! gemm crate on the tile; bf16 weights on CPUs with AVX512-BF16 go through our own
+//! GEMM (`vdpbf16ps`, twice the f32 FMA rate) that reads the packed weight directly.
+//!
+//! Numerics: f32/f64 storage is the plain GEMM; the GGML block formats give the f32 product of
+//! the exactly dequantized weight (candle's `to_float`, i.e. llama.cpp's `dequantize_row_*`);
+//! bf16 rounds the activations to bf16 (nearest, ties to even) and accumulates bf16 x bf16
+//! products (exact in f32) in f32, as PyTorch's bf16 autocast does.
+//!
+//! Parallel work uses `crate::ops::num_threads()` threads of the rayon pool; the bf16 kernel keeps
+//! up to 2.3 MB of scratch per thread between calls.
 //!
 //! [`frozen_linear`] wraps the products in a candle custom op for autograd.
 
