@@ -332,6 +332,7 @@ fn frozen_linear_forward_and_backward() {
         let dx = grads.get(&xv).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let e = rel_err(&dx, &ref_backward(&wd, rows, cols, &probe_v, 10));
         assert!(e < 1e-6, "{w:?}: input gradient {e:e}");
+        eprintln!("frozen_linear {:?}: input gradient relative error {e:.2e}", w.dtype());
         assert!(frozen_linear(&Tensor::zeros((2, cols + 1), candle_core::DType::F32, &Device::Cpu).unwrap(), &w).is_err());
     }
 }
@@ -372,6 +373,7 @@ fn bf16_simd_work_splits_agree() {
         let wd = w.dequantize_f64();
         let (x, dy) = (rand_bf16_exact(m * cols, 70 + i as u64), rand_bf16_exact(m * rows, 80 + i as u64));
         let (yr, dxr) = (ref_forward(&wd, rows, cols, &x, m), ref_backward(&wd, rows, cols, &dy, m));
+        let mut worst = 0f64;
         for s in [Strategy::Rows, Strategy::SplitK(1, 1), Strategy::SplitK(3, 1), Strategy::SplitK(8, 3), Strategy::SplitGroups(1), Strategy::SplitGroups(5)] {
             for accumulate in [false, true] {
                 let base = if accumulate { 1.0 } else { 0.0 };
@@ -381,14 +383,17 @@ fn bf16_simd_work_splits_agree() {
                     let want: Vec<f64> = yr.iter().map(|v| v + base).collect();
                     let e = rel_err(&y, &want);
                     assert!(e < 1e-5, "forward {m}x{cols}->{rows} {s:?} accumulate={accumulate}: {e:e}");
+                    worst = worst.max(e);
                 }
                 let mut dx = vec![base as f32; m * cols];
                 b.simd_with(true, s, &dy, m, &mut dx, accumulate);
                 let want: Vec<f64> = dxr.iter().map(|v| v + base).collect();
                 let e = rel_err(&dx, &want);
                 assert!(e < 1e-5, "input gradient {m}x{rows}->{cols} {s:?} accumulate={accumulate}: {e:e}");
+                worst = worst.max(e);
             }
         }
+        eprintln!("bf16 work splits, m={m} rows={rows} cols={cols}: max relative error {worst:.2e}");
     }
 }
 
