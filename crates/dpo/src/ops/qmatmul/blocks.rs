@@ -133,6 +133,19 @@ impl BlockMatrix {
         Ok(out)
     }
 
+    /// The matrix of rows `order` (each `< rows`), copying their blocks.
+    pub(super) fn gather_rows(&self, order: &[usize]) -> Result<Self> {
+        let mut out = Self::zeroed(order.len(), self.cols, self.dtype)?;
+        let rb = self.nbytes / self.rows;
+        let src = self.raw();
+        // SAFETY: out.data holds at least out.nbytes = order.len() · rb bytes, any bytes valid.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.data.as_mut_ptr() as *mut u8, out.nbytes) };
+        for (d, &r) in dst.chunks_exact_mut(rb).zip(order) {
+            d.copy_from_slice(&src[r * rb..(r + 1) * rb]);
+        }
+        Ok(out)
+    }
+
     pub(super) fn dtype(&self) -> GgmlDType {
         self.dtype
     }

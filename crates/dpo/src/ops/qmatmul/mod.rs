@@ -308,6 +308,28 @@ impl FrozenMatrix {
         Self::from_ggml_bytes(&t.data()?, rows, cols, t.dtype())
     }
 
+    /// The matrix whose row `i` is row `order[i]` of this one, in the same format without
+    /// re-quantizing (e.g. to undo the q/k row interleaving of GGUF files, llama.cpp's
+    /// `convert_hf_to_gguf.py` `permute`, on quantized data).
+    ///
+    /// Errors when `order` is empty or holds a row index `>= rows`.
+    pub fn gather_rows(&self, order: &[usize]) -> Result<Self> {
+        if order.is_empty() {
+            bail!("frozen matrix [{}, {}]: gathering no rows", self.rows, self.cols);
+        }
+        if let Some(&r) = order.iter().find(|&&r| r >= self.rows) {
+            bail!("frozen matrix [{}, {}]: row {r} out of range", self.rows, self.cols);
+        }
+        let c = self.cols;
+        let storage = match &self.storage {
+            Storage::F32(v) => Storage::F32(order.iter().flat_map(|&r| v[r * c..(r + 1) * c].iter().copied()).collect()),
+            Storage::F64(v) => Storage::F64(order.iter().flat_map(|&r| v[r * c..(r + 1) * c].iter().copied()).collect()),
+            Storage::Bf16(b) => Storage::Bf16(b.gather_rows(order)),
+            Storage::Blocks(b) => Storage::Blocks(b.gather_rows(order)?),
+        };
+        Ok(Self { rows: order.len(), cols: c, storage })
+    }
+
     /// `out_features`.
     pub fn rows(&self) -> usize {
         self.rows

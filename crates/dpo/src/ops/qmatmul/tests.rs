@@ -420,3 +420,25 @@ fn fast_dequantization_matches_candle_on_arbitrary_blocks() {
         }
     }
 }
+
+#[test]
+fn gather_rows_keeps_the_format() {
+    let (rows, cols) = (40, 64);
+    let data = rand_vec(rows * cols, 17);
+    let order: Vec<usize> = (0..rows).rev().chain([3, 3]).collect();
+    let mut ws = vec![
+        FrozenMatrix::from_f32(data.clone(), rows, cols).unwrap(),
+        FrozenMatrix::from_f64(data.iter().map(|&v| v as f64).collect(), rows, cols).unwrap(),
+        FrozenMatrix::bf16_from_f32(&data, rows, cols).unwrap(),
+    ];
+    ws.extend([GgmlDType::Q4_0, GgmlDType::Q8_0, GgmlDType::F16].map(|d| FrozenMatrix::quantize(&data, rows, cols, d).unwrap()));
+    for w in &ws {
+        let g = w.gather_rows(&order).unwrap();
+        assert_eq!((g.rows(), g.cols(), g.dtype()), (order.len(), cols, w.dtype()));
+        let (a, b) = (w.dequantize(), g.dequantize());
+        for (i, &r) in order.iter().enumerate() {
+            assert_eq!(b[i * cols..(i + 1) * cols], a[r * cols..(r + 1) * cols], "{w:?} row {i}");
+        }
+        assert!(w.gather_rows(&[rows]).is_err() && w.gather_rows(&[]).is_err());
+    }
+}
