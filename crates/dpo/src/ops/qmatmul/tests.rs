@@ -374,7 +374,7 @@ fn bf16_simd_work_splits_agree() {
         let (x, dy) = (rand_bf16_exact(m * cols, 70 + i as u64), rand_bf16_exact(m * rows, 80 + i as u64));
         let (yr, dxr) = (ref_forward(&wd, rows, cols, &x, m), ref_backward(&wd, rows, cols, &dy, m));
         let mut worst = 0f64;
-        for s in [Strategy::Rows, Strategy::SplitK(1, 1), Strategy::SplitK(3, 1), Strategy::SplitK(8, 3), Strategy::SplitGroups(1), Strategy::SplitGroups(5)] {
+        for s in [Strategy::Rows(1), Strategy::Rows(7), Strategy::SplitK(1, 1), Strategy::SplitK(3, 1), Strategy::SplitK(8, 3), Strategy::SplitGroups(1), Strategy::SplitGroups(5)] {
             for accumulate in [false, true] {
                 let base = if accumulate { 1.0 } else { 0.0 };
                 if !matches!(s, Strategy::SplitK(..)) {
