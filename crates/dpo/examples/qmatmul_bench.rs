@@ -4,8 +4,10 @@
 //!
 //! Prints GFLOP/s = 2·m·rows·cols / seconds (best of the repetitions; the formats of one shape
 //! are timed in turn within each repetition, so that load from other jobs hits them alike) for
-//! the forward product `y = x W^T` and the input gradient `dx = dy W`, and the time to convert
-//! the whole weight to f32 one tile at a time on one thread (the dequantisation share).
+//! the forward product `y = x W^T` and the input gradient `dx = dy W`, the time to convert the
+//! whole weight to f32 one tile at a time on one thread (`deq ms/1t`; for f32 a copy), and that
+//! time split over the threads as a share of the forward product's time (the dequantisation
+//! share of the tiled formats).
 
 use dpo::candle_core::quantized::GgmlDType;
 use dpo::ops::qmatmul::{bf16_simd_available, FrozenMatrix, Kernel};
@@ -79,7 +81,11 @@ fn main() {
         bf16_simd_available(),
         clock_ghz().unwrap_or(f64::NAN)
     );
-    println!("{:>18} {:>14} {:>10} {:>10} {:>8} {:>8} {:>10}", "m,cols,rows", "format", "fwd GF/s", "bwd GF/s", "fwd/f32", "bwd/f32", "deq ms/1t");
+    let threads = dpo::candle_core::utils::get_num_threads();
+    println!(
+        "{:>18} {:>14} {:>10} {:>10} {:>8} {:>8} {:>10} {:>9}",
+        "m,cols,rows", "format", "fwd GF/s", "bwd GF/s", "fwd/f32", "bwd/f32", "deq ms/1t", "deq/fwd"
+    );
     for &(m, cols, rows) in &shapes {
         let w = rand_vec(rows * cols, 1);
         let x = rand_vec(m * cols, 2);
@@ -110,14 +116,15 @@ fn main() {
         for (k, f) in fmts.iter().enumerate() {
             let (fw, bw) = (flop / best[k][0] / 1e9, flop / best[k][1] / 1e9);
             println!(
-                "{:>18} {:>14} {:>10.1} {:>10.1} {:>8.2} {:>8.2} {:>10.2}",
+                "{:>18} {:>14} {:>10.1} {:>10.1} {:>8.2} {:>8.2} {:>10.2} {:>8.1}%",
                 format!("{m},{cols},{rows}"),
                 f.name,
                 fw,
                 bw,
                 best[0][0] / best[k][0],
                 best[0][1] / best[k][1],
-                best[k][2] * 1e3
+                best[k][2] * 1e3,
+                100.0 * best[k][2] / threads as f64 / best[k][0]
             );
         }
     }

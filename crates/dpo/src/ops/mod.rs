@@ -20,7 +20,7 @@ pub use attention::{attention, decode_attention, Attention, AttentionLayout, Gro
 pub use log_sigmoid::{log1mexp, log1mexp_f64, log_sigmoid, log_sigmoid_f64, sigmoid, Elementwise};
 pub use logp_head::{logp_head, logp_head_frozen, LogpHead, LogpHeadStats};
 pub use lora::{apply_dropout, lora_linear, LoraLinear};
-pub use qmatmul::{frozen_linear, BaseDType, FrozenDType, FrozenLinear, FrozenMatrix};
+pub use qmatmul::{frozen_linear, BaseDType, FrozenDType, FrozenLinear, FrozenMatrix, Kernel};
 pub use rmsnorm::{rms_norm, RmsNorm};
 pub use rope::{Llama3Scaling, Rope, RopeTable};
 pub use swiglu::SwiGlu;

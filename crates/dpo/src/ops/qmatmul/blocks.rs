@@ -87,7 +87,10 @@ pub(super) fn byte_len(rows: usize, cols: usize, dtype: GgmlDType) -> Result<usi
     if !cols.is_multiple_of(bs) {
         bail!("frozen matrix [{rows}, {cols}]: {dtype:?} needs in_features (cols) to be a multiple of its block size {bs}");
     }
-    Ok(rows * (cols / bs) * dtype.type_size())
+    match rows.checked_mul(cols / bs).and_then(|b| b.checked_mul(dtype.type_size())) {
+        Some(n) => Ok(n),
+        None => bail!("frozen matrix [{rows}, {cols}] {dtype:?}: too large"),
+    }
 }
 
 /// `rows x cols` weights as raw GGML blocks of `dtype`.
@@ -127,6 +130,19 @@ impl BlockMatrix {
         // SAFETY: data holds at least nbytes bytes (nbytes.div_ceil(8) u64s), and any bytes are valid u64s.
         let dst = unsafe { std::slice::from_raw_parts_mut(out.data.as_mut_ptr() as *mut u8, out.nbytes) };
         dst.copy_from_slice(bytes);
+        Ok(out)
+    }
+
+    /// The matrix of rows `order` (each `< rows`), copying their blocks.
+    pub(super) fn gather_rows(&self, order: &[usize]) -> Result<Self> {
+        let mut out = Self::zeroed(order.len(), self.cols, self.dtype)?;
+        let rb = self.nbytes / self.rows;
+        let src = self.raw();
+        // SAFETY: out.data holds at least out.nbytes = order.len() · rb bytes, any bytes valid.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.data.as_mut_ptr() as *mut u8, out.nbytes) };
+        for (d, &r) in dst.chunks_exact_mut(rb).zip(order) {
+            d.copy_from_slice(&src[r * rb..(r + 1) * rb]);
+        }
         Ok(out)
     }
 
@@ -176,18 +192,16 @@ impl TileSource for BlockMatrix {
 
     fn fill(&self, r0: usize, r1: usize, c0: usize, c1: usize, out: &mut [f32]) {
         let nc = c1 - c0;
-        if let Some(fast) = Fast::of(self.dtype) {
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(fast), true) = (simd::Fast::of(self.dtype), simd::available()) {
             let (bs, ts) = (self.dtype.block_size(), self.dtype.type_size());
             let row_bytes = self.cols / bs * ts;
             let raw = self.raw();
-            let rows = (r0..r1).map(|r| &raw[r * row_bytes + c0 / bs * ts..r * row_bytes + c1 / bs * ts]);
-            #[cfg(target_arch = "x86_64")]
-            if avx512_available() {
-                // SAFETY: the CPU has avx512f, avx512bw and avx512vl (checked).
-                unsafe { fill_fast_avx512(fast, rows, out, nc) };
-                return;
+            for (r, o) in (r0..r1).zip(out.chunks_exact_mut(nc)) {
+                // SAFETY: the CPU has the features (checked); the bytes are the whole blocks of
+                // columns c0..c1 of row r, and o holds their c1 - c0 values.
+                unsafe { simd::dequantize(fast, &raw[r * row_bytes + c0 / bs * ts..r * row_bytes + c1 / bs * ts], o) };
             }
-            fill_fast(fast, rows, out, nc);
             return;
         }
         with_block!(self.dtype, |B| {
@@ -201,94 +215,126 @@ impl TileSource for BlockMatrix {
     }
 }
 
-/// Formats with our own dequantization: those `--base-dtype` makes, and Q4_1 (common in GGUF
-/// files). Plain loops the compiler vectorises, doing the arithmetic of candle's `to_float`
-/// (llama.cpp's `dequantize_row_q8_0/q4_0/q4_1`) in the same order, so the values are the same
-/// bit for bit (tested), without candle's per-block runtime dispatch of the f16 conversion.
-#[derive(Clone, Copy)]
-enum Fast {
-    Q8_0,
-    Q4_0,
-    Q4_1,
-}
-
-impl Fast {
-    fn of(dtype: GgmlDType) -> Option<Self> {
-        match dtype {
-            GgmlDType::Q8_0 => Some(Self::Q8_0),
-            GgmlDType::Q4_0 => Some(Self::Q4_0),
-            GgmlDType::Q4_1 => Some(Self::Q4_1),
-            _ => None,
-        }
-    }
-}
-
-/// The f16 at `b[0..2]` (little-endian) in f32 (exact).
-#[inline(always)]
-fn f16_at(b: &[u8]) -> f32 {
-    half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32_const()
-}
-
-/// Q8_0 (34-byte blocks: f16 scale `d`, 32 int8 `q`): `d · q`.
-#[inline(always)]
-fn q8_0_row(bytes: &[u8], out: &mut [f32]) {
-    for (b, o) in bytes.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
-        let d = f16_at(b);
-        for (o, &q) in o.iter_mut().zip(&b[2..34]) {
-            *o = (q as i8) as f32 * d;
-        }
-    }
-}
-
-/// Q4_0 (18-byte blocks: f16 scale `d`, 16 bytes of 4-bit `q`, low nibbles first): `d · (q - 8)`.
-#[inline(always)]
-fn q4_0_row(bytes: &[u8], out: &mut [f32]) {
-    for (b, o) in bytes.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
-        let d = f16_at(b);
-        let (lo, hi) = o.split_at_mut(16);
-        for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[2..18]) {
-            *l = ((q & 0x0f) as i16 - 8) as f32 * d;
-            *h = ((q >> 4) as i16 - 8) as f32 * d;
-        }
-    }
-}
-
-/// Q4_1 (20-byte blocks: f16 scale `d` and minimum `m`, 16 bytes of 4-bit `q`): `d · q + m`.
-#[inline(always)]
-fn q4_1_row(bytes: &[u8], out: &mut [f32]) {
-    for (b, o) in bytes.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
-        let (d, m) = (f16_at(b), f16_at(&b[2..]));
-        let (lo, hi) = o.split_at_mut(16);
-        for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[4..20]) {
-            *l = (q & 0x0f) as f32 * d + m;
-            *h = (q >> 4) as f32 * d + m;
-        }
-    }
-}
-
-/// Dequantizes each row's blocks (`rows`) into the next `nc` values of `out`.
-#[inline(always)]
-fn fill_fast<'a>(fast: Fast, rows: impl Iterator<Item = &'a [u8]>, out: &mut [f32], nc: usize) {
-    let each = |row: fn(&[u8], &mut [f32])| rows.zip(out.chunks_exact_mut(nc)).for_each(|(b, o)| row(b, o));
-    match fast {
-        Fast::Q8_0 => each(q8_0_row),
-        Fast::Q4_0 => each(q4_0_row),
-        Fast::Q4_1 => each(q4_1_row),
-    }
-}
-
-/// [`fill_fast`] compiled for AVX-512 (the same scalar arithmetic, vectorised 16 wide).
-///
-/// # Safety
-/// The CPU has avx512f, avx512bw and avx512vl.
+/// Our own dequantization of the formats `--base-dtype` makes (and Q4_1, common in GGUF files)
+/// with AVX-512 (candle's `to_float` is scalar, and converts each block's f16 scale through a
+/// runtime-dispatched call). The same arithmetic as candle's `to_float` (llama.cpp's
+/// `dequantize_row_q8_0/q4_0/q4_1`): exact integer-to-float conversions, then one f32 multiply
+/// (and for Q4_1 one add, not fused), so the values are the same bit for bit (tested).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn fill_fast_avx512<'a>(fast: Fast, rows: impl Iterator<Item = &'a [u8]>, out: &mut [f32], nc: usize) {
-    fill_fast(fast, rows, out, nc)
+mod simd {
+    use candle_core::quantized::GgmlDType;
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy)]
+    pub(super) enum Fast {
+        Q8_0,
+        Q4_0,
+        Q4_1,
+    }
+
+    impl Fast {
+        pub(super) fn of(dtype: GgmlDType) -> Option<Self> {
+            match dtype {
+                GgmlDType::Q8_0 => Some(Self::Q8_0),
+                GgmlDType::Q4_0 => Some(Self::Q4_0),
+                GgmlDType::Q4_1 => Some(Self::Q4_1),
+                _ => None,
+            }
+        }
+    }
+
+    /// Whether the CPU has what [`dequantize`] needs (detected once).
+    pub(super) fn available() -> bool {
+        static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("f16c"))
+    }
+
+    /// The f16 at `p` (little-endian, unaligned) in f32, exactly (`vcvtph2ps`).
+    #[target_feature(enable = "avx512f,f16c")]
+    unsafe fn f16_at(p: *const u8) -> f32 {
+        // SAFETY: the caller's two readable bytes at p.
+        let bits = unsafe { std::ptr::read_unaligned(p as *const u16) };
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    /// Dequantizes the whole blocks in `bytes` into `out` (32 values a block).
+    ///
+    /// # Safety
+    /// The CPU has avx512f and f16c; `bytes` holds whole blocks of `fast`'s format and `out`
+    /// 32 values for each.
+    #[target_feature(enable = "avx512f,f16c")]
+    pub(super) unsafe fn dequantize(fast: Fast, bytes: &[u8], out: &mut [f32]) {
+        let ts = match fast {
+            Fast::Q8_0 => 34,
+            Fast::Q4_0 => 18,
+            Fast::Q4_1 => 20,
+        };
+        debug_assert!(bytes.len().is_multiple_of(ts) && out.len() == bytes.len() / ts * 32);
+        let low = _mm_set1_epi8(0x0f);
+        for (b, o) in bytes.chunks_exact(ts).zip(out.chunks_exact_mut(32)) {
+            let (b, o) = (b.as_ptr(), o.as_mut_ptr());
+            // SAFETY: b is one block of ts bytes (read below within it) and o 32 floats.
+            unsafe {
+                let d = _mm512_set1_ps(f16_at(b));
+                let (lo, hi) = match fast {
+                    // 2-byte scale, 32 int8: d · q.
+                    Fast::Q8_0 => {
+                        let q = _mm256_loadu_si256(b.add(2) as *const __m256i);
+                        let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
+                        let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q)));
+                        (_mm512_mul_ps(lo, d), _mm512_mul_ps(hi, d))
+                    }
+                    // 2-byte scale, 16 bytes of nibbles (low nibbles are values 0..16): d · (q - 8).
+                    Fast::Q4_0 => {
+                        let q = _mm_loadu_si128(b.add(2) as *const __m128i);
+                        let eight = _mm512_set1_epi32(8);
+                        let nib = |v: __m128i| _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(v), eight));
+                        let lo = nib(_mm_and_si128(q, low));
+                        let hi = nib(_mm_and_si128(_mm_srli_epi16::<4>(q), low));
+                        (_mm512_mul_ps(lo, d), _mm512_mul_ps(hi, d))
+                    }
+                    // 2-byte scale d and minimum m, 16 bytes of nibbles: d · q + m.
+                    Fast::Q4_1 => {
+                        let m = _mm512_set1_ps(f16_at(b.add(2)));
+                        let q = _mm_loadu_si128(b.add(4) as *const __m128i);
+                        let nib = |v: __m128i| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
+                        let lo = nib(_mm_and_si128(q, low));
+                        let hi = nib(_mm_and_si128(_mm_srli_epi16::<4>(q), low));
+                        (_mm512_add_ps(_mm512_mul_ps(lo, d), m), _mm512_add_ps(_mm512_mul_ps(hi, d), m))
+                    }
+                };
+                _mm512_storeu_ps(o, lo);
+                _mm512_storeu_ps(o.add(16), hi);
+            }
+        }
+    }
 }
 
-#[cfg(target_arch = "x86_64")]
-fn avx512_available() -> bool {
-    static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DETECTED.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl"))
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// ns per weight of candle's and our dequantization (`cargo test -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "timing"]
+    fn dequantization_speed() {
+        let (rows, cols) = (64, 1536);
+        let data: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let mut out = vec![0f32; rows * cols];
+        let mut time = |f: &mut dyn FnMut(&mut [f32])| {
+            let mut best = f64::INFINITY;
+            for _ in 0..200 {
+                let t = std::time::Instant::now();
+                f(&mut out);
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            best * 1e9 / (rows * cols) as f64
+        };
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1] {
+            let m = BlockMatrix::quantize(&data, rows, cols, dtype).unwrap();
+            let candle = with_block!(dtype, |B| time(&mut |o| B::to_float(m.blocks::<B>(), o)));
+            let ours = time(&mut |o| m.fill(0, rows, 0, cols, o));
+            eprintln!("{dtype:?}: candle {candle:.3} ns, ours {ours:.3} ns per weight (AVX-512: {})", simd::available());
+        }
+    }
 }

@@ -2,15 +2,23 @@
 //! linear layer needs in training: the forward product and the input gradient.
 //!
 //! A [`FrozenMatrix`] holds `W` `[rows = out_features, cols = in_features]` (row-major, as
-//! [`crate::model::llama::Linear`] stores it: `y = x W^T`). Its weight is never trained, so only
+//! [`crate::model::Linear`] stores it: `y = x W^T`). Its weight is never trained, so only
 //!
 //! - the forward product `y[m, rows] = x[m, cols] · W^T` ([`FrozenMatrix::forward`]) and
 //! - the input gradient `dx[m, cols] = dy[m, rows] · W` ([`FrozenMatrix::backward_input`])
 //!
 //! are computed, never `dW`. The full matrix never exists in f32: the products convert a tile of
-//! the weight at a time (a few hundred KB, so that it stays in the 1 MB L2 cache) and run a GEMM
-//! on the tile; bf16 weights on CPUs with AVX512-BF16 go through a dedicated micro-kernel
-//! (`vdpbf16ps`) that reads the packed weight directly.
+//! the weight at a time (at most 1 MB of f32, about Zen 4's L2 cache) and run the f32 GEMM of the
+//! gemm crate on the tile; bf16 weights on CPUs with AVX512-BF16 go through our own
+//! GEMM (`vdpbf16ps`, twice the f32 FMA rate) that reads the packed weight directly.
+//!
+//! Numerics: f32/f64 storage is the plain GEMM; the GGML block formats give the f32 product of
+//! the exactly dequantized weight (candle's `to_float`, i.e. llama.cpp's `dequantize_row_*`);
+//! bf16 rounds the activations to bf16 (nearest, ties to even) and accumulates bf16 x bf16
+//! products (exact in f32) in f32, as PyTorch's bf16 autocast does.
+//!
+//! Parallel work uses `crate::ops::num_threads()` threads of the rayon pool; the bf16 kernel keeps
+//! up to 2.3 MB of scratch per thread between calls.
 //!
 //! [`frozen_linear`] wraps the products in a candle custom op for autograd.
 
@@ -298,6 +306,28 @@ impl FrozenMatrix {
     pub fn from_qtensor(t: &QTensor) -> Result<Self> {
         let (rows, cols) = t.shape().dims2()?;
         Self::from_ggml_bytes(&t.data()?, rows, cols, t.dtype())
+    }
+
+    /// The matrix whose row `i` is row `order[i]` of this one, in the same format without
+    /// re-quantizing (e.g. to undo the q/k row interleaving of GGUF files, llama.cpp's
+    /// `convert_hf_to_gguf.py` `permute`, on quantized data).
+    ///
+    /// Errors when `order` is empty or holds a row index `>= rows`.
+    pub fn gather_rows(&self, order: &[usize]) -> Result<Self> {
+        if order.is_empty() {
+            bail!("frozen matrix [{}, {}]: gathering no rows", self.rows, self.cols);
+        }
+        if let Some(&r) = order.iter().find(|&&r| r >= self.rows) {
+            bail!("frozen matrix [{}, {}]: row {r} out of range", self.rows, self.cols);
+        }
+        let c = self.cols;
+        let storage = match &self.storage {
+            Storage::F32(v) => Storage::F32(order.iter().flat_map(|&r| v[r * c..(r + 1) * c].iter().copied()).collect()),
+            Storage::F64(v) => Storage::F64(order.iter().flat_map(|&r| v[r * c..(r + 1) * c].iter().copied()).collect()),
+            Storage::Bf16(b) => Storage::Bf16(b.gather_rows(order)),
+            Storage::Blocks(b) => Storage::Blocks(b.gather_rows(order)?),
+        };
+        Ok(Self { rows: order.len(), cols: c, storage })
     }
 
     /// `out_features`.

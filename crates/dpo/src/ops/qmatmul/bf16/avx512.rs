@@ -107,8 +107,8 @@ struct Gemm<'a> {
 /// How the work is split into tasks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(in super::super) enum Strategy {
-    /// One task per block of `MC` rows.
-    Rows,
+    /// This many tasks (at least `⌈m / MC⌉`) over ranges of rows.
+    Rows(usize),
     /// This many ranges of the reduction, each into its own partial output, times this many
     /// ranges of the column groups (input gradient).
     SplitK(usize, usize),
@@ -155,8 +155,11 @@ impl<'a> Gemm<'a> {
     /// How to split the work among `threads` threads.
     fn strategy(&self, threads: usize) -> Strategy {
         let target = if threads > 1 { threads * TASKS_PER_THREAD } else { 1 };
-        if self.m.div_ceil(MC) * 2 >= target {
-            Strategy::Rows
+        let blocks = self.m.div_ceil(MC);
+        if blocks * 2 >= target {
+            // Equal shares (a multiple of `threads` of them): 2048 rows in 10 blocks of 192 and
+            // one of 128 left one of two threads 6 blocks to the other's 5.
+            Strategy::Rows(blocks.div_ceil(threads) * threads)
         } else if self.dir == Dir::Backward && self.kp >= 2 * self.kc {
             let k_parts = target.min(self.kp / self.kc);
             Strategy::SplitK(k_parts, target.div_ceil(k_parts))
@@ -175,9 +178,11 @@ impl<'a> Gemm<'a> {
         let cp = SendPtr(c.as_mut_ptr());
         let block = |i: usize| i * MC..((i + 1) * MC).min(self.m);
         match strategy.unwrap_or_else(|| self.strategy(num_threads())) {
-            Strategy::Rows => {
-                // Blocks of MC rows, each task reading its rows of A once.
-                let tasks: Vec<Task> = (0..row_blocks).map(|i| Task { rows: block(i), pairs: 0..self.kp, groups: 0..self.groups }).collect();
+            Strategy::Rows(parts) => {
+                // Ranges of at most MC rows (multiples of MR), each task reading its rows of A once.
+                let parts = parts.max(row_blocks);
+                let tasks: Vec<Task> =
+                    split(self.m, parts, MR).into_iter().map(|rows| Task { rows, pairs: 0..self.kp, groups: 0..self.groups }).collect();
                 // SAFETY: each task writes its own rows of c.
                 for_each(&tasks, |t| unsafe { self.task(t, None, cp, accumulate) });
             }

@@ -109,6 +109,17 @@ impl PackedBf16 {
         Self { rows, cols, kpad, data }
     }
 
+    /// The bf16 bits of `W[r, c]`.
+    fn bits(&self, r: usize, c: usize) -> u16 {
+        let w = words(&self.data)[((r / NR) * self.kpad + c / 2) * NR + r % NR];
+        (w >> (16 * (c % 2))) as u16
+    }
+
+    /// The matrix of rows `order` (each `< rows`), repacked.
+    pub(super) fn gather_rows(&self, order: &[usize]) -> Self {
+        Self::from_fn(order.len(), self.cols, |r, c| self.bits(order[r], c))
+    }
+
     /// Bytes held: 2 bytes per element of the padded `⌈rows/32⌉·32 x ⌈cols/32⌉·32` matrix.
     pub(super) fn bytes(&self) -> usize {
         self.data.len() * std::mem::size_of::<Line>()
