@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The learning experiments on Anthropic HH helpful-base (test split, ../shared/data):
 #  1. overfit: 3 epochs on the first 64 pairs -> train rewards/accuracies toward 1, loss << log 2;
+#  1b. overfit-lora: the same with a LoRA adapter (r 16, all-linear) on a bf16 base (LORA_LR);
 #  2. long run: split off the first 500 pairs for evaluation, train on the rest for STEPS steps
 #     (about an hour here), evaluating on the 500 every EVAL_STEPS steps.
-# Usage: scripts/hh_helpful_experiments.sh [overfit|long|all] [OUT_DIR]
+# Usage: scripts/hh_helpful_experiments.sh [overfit|overfit-lora|long|all] [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHAT="${1:-all}"
@@ -27,6 +28,11 @@ PY
 if [ "$WHAT" = overfit ] || [ "$WHAT" = all ]; then
   $DPO train --data "$OUT/first64.jsonl" --output-dir "$OUT/overfit64" --overwrite-output-dir \
     --num-train-epochs 3 --per-device-train-batch-size 8 --learning-rate 5e-6 --beta 0.1 --max-length 512 --seed 42
+fi
+if [ "$WHAT" = overfit-lora ] || [ "$WHAT" = all ]; then
+  $DPO train --data "$OUT/first64.jsonl" --output-dir "$OUT/overfit64-lora" --overwrite-output-dir \
+    --num-train-epochs 3 --per-device-train-batch-size 8 --learning-rate "${LORA_LR:-2e-4}" --beta 0.1 --max-length 512 --seed 42 \
+    --use-peft --base-dtype bf16
 fi
 if [ "$WHAT" = long ] || [ "$WHAT" = all ]; then
   $DPO train --data "$OUT/train_rest.jsonl" --eval-data "$OUT/eval500.jsonl" --output-dir "$OUT/long" --overwrite-output-dir \

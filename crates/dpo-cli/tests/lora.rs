@@ -90,3 +90,23 @@ fn reference_log_probs_only_for_the_examples_a_run_reaches() {
         assert_eq!(lines(&cache[0]).len(), 2, "one step of 2 of the 8 pairs: 2 reference log-probs computed (use_peft {peft})");
     }
 }
+
+#[test]
+fn compact_bases_give_the_numbers_of_their_weights() {
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path();
+    let gguf = dpo::fetch::ensure_default_model().unwrap();
+    let m = s(&gguf);
+    let f32 = logps(home, &home.join("f32.jsonl"), &["--model", m]);
+    // The GGUF file's own blocks (q/k rows reordered block-wise): the f32 model is their exact
+    // dequantization, so the products are the same up to summation order.
+    let gg = logps(home, &home.join("gguf.jsonl"), &["--model", m, "--base-dtype", "gguf"]);
+    let (bf16, q8) = (
+        logps(home, &home.join("bf16.jsonl"), &["--model", m, "--base-dtype", "bf16"]),
+        logps(home, &home.join("q8.jsonl"), &["--model", m, "--base-dtype", "q8_0"]),
+    );
+    let (e_gg, e_bf, e_q8) = (max_diff(&gg, &f32), max_diff(&bf16, &f32), max_diff(&q8, &f32));
+    println!("largest log-prob difference from the f32 model on pairs8: gguf blocks {e_gg:.2e}, bf16 {e_bf:.3}, q8_0 {e_q8:.3} nats");
+    assert!(e_gg < 1e-3, "{e_gg}");
+    assert!(e_bf < 1.0 && e_q8 < 1.0, "bf16 {e_bf}, q8_0 {e_q8}: rounding the weights moves a completion's log-prob by a fraction of a nat");
+}

@@ -251,18 +251,14 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         };
         let keep = (opts.base_dtype == BaseDType::Gguf && q.rank() == 2 && q.dtype() != GgmlDType::F32).then(|| q.dtype());
         let w = match (keep, conv.delta(&name)?) {
-            (Some(g), None) => {
+            (Some(_), None) => {
                 // The file's own blocks, rows reordered for q and k (a row is whole blocks).
-                let (rows, cols) = q.shape().dims2()?;
-                let mut bytes = q.data()?.into_owned();
-                if let Some(h) = heads {
-                    let row_bytes = bytes.len() / rows;
-                    let src = bytes.clone();
-                    for (r, from) in unpermuted_rows(rows, h).into_iter().enumerate() {
-                        bytes[r * row_bytes..(r + 1) * row_bytes].copy_from_slice(&src[from * row_bytes..(from + 1) * row_bytes]);
-                    }
-                }
-                Weight::Frozen(Arc::new(FrozenMatrix::from_ggml_bytes(&bytes, rows, cols, g).with_context(|| format!("tensor `{name}`"))?))
+                let m = FrozenMatrix::from_qtensor(&q).with_context(|| format!("tensor `{name}`"))?;
+                let m = match heads {
+                    Some(h) => m.gather_rows(&unpermuted_rows(m.rows(), h))?,
+                    None => m,
+                };
+                Weight::Frozen(Arc::new(m))
             }
             _ => {
                 let t = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
