@@ -1,10 +1,12 @@
 //! The whole DPO pipeline on an embedded default (`dpo demo`): the DPO paper's controlled
 //! sentiment generation (§6.1, Fig. 2) at the scale of one CPU.
 //!
-//! 1. sample completions of every training prompt from the reference (SmolLM2-135M-Instruct);
+//! 1. sample completions of every training prompt from the reference (SmolLM2-135M-Instruct;
+//!    sampling, here and in 4, with a `sample_dtype` copy of the weights: bf16 by default);
 //! 2. label them with the sentiment judge: best against worst, second best against second
 //!    worst, … (`rank-pairs`), ties dropped;
-//! 3. train a policy with DPO at each beta (reference log-probs computed once, shared);
+//! 3. train a policy with DPO at each beta (reference log-probs computed once, shared), every
+//!    weight or (`--use-peft`) a LoRA adapter;
 //! 4. sample from the reference and every policy on held-out prompts: judge reward (mean ± 95%
 //!    CI), win rate against the reference, KL(policy ‖ reference) from the policy's samples;
 //! 5. write `summary.json`, `eval_samples.jsonl` and the report (frontier plot: reward vs KL).
@@ -17,6 +19,7 @@ use crate::io::{write_atomic, write_jsonl_atomic};
 use crate::judge::Sentiment;
 use crate::label::{label, LabelMode, SampleLine};
 use crate::model::LoadOptions;
+use crate::ops::qmatmul::BaseDType;
 use crate::optim::ScheduleKind;
 use crate::sample::{write_samples, SampleConfig};
 use crate::task::Task;
@@ -40,10 +43,14 @@ pub mod defaults {
     pub const EVAL_SAMPLES: usize = 4;
     pub const MAX_NEW_TOKENS: usize = 24;
     pub const LEARNING_RATE: f64 = 4e-5;
+    /// With `--use-peft`: an adapter needs a larger step than the whole model.
+    pub const LORA_LEARNING_RATE: f64 = 5e-4;
     pub const EPOCHS: f64 = 1.0;
     pub const BATCH: usize = 8;
     pub const WARMUP_STEPS: usize = 2;
     pub const SEED: u64 = 0;
+    /// The weights' form when sampling: bf16 samples at the bf16 product rate.
+    pub const SAMPLE_DTYPE: crate::ops::qmatmul::BaseDType = crate::ops::qmatmul::BaseDType::Bf16;
 }
 
 /// Settings of the demo; each field is a flag of `dpo demo` of the same name.
@@ -71,8 +78,9 @@ pub struct DemoConfig {
     pub eval_samples: usize,
     #[arg(long, default_value_t = defaults::MAX_NEW_TOKENS)]
     pub max_new_tokens: usize,
-    #[arg(long, default_value_t = defaults::LEARNING_RATE)]
-    pub learning_rate: f64,
+    /// Peak learning rate [default: 4e-5; with --use-peft 5e-4].
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
     #[arg(long, default_value_t = defaults::EPOCHS)]
     pub epochs: f64,
     /// Pairs per optimiser step.
@@ -83,6 +91,10 @@ pub struct DemoConfig {
     /// Packed tokens per forward pass (training and evaluation log-probs).
     #[arg(long, default_value_t = crate::config::defaults::MAX_TOKENS_PER_FORWARD)]
     pub max_tokens_per_forward: usize,
+    /// The weights' form when the reference and the policies sample (and score their samples for the KL): f32, bf16, q8_0, ...
+    #[arg(long, default_value_t = defaults::SAMPLE_DTYPE)]
+    #[serde(default = "default_sample_dtype")]
+    pub sample_dtype: BaseDType,
     /// How the policies are trained (LoRA, the base's form, recomputation); the reference and
     /// every policy sample with the base in this form.
     #[command(flatten)]
@@ -91,6 +103,11 @@ pub struct DemoConfig {
 }
 
 impl DemoConfig {
+    /// The peak learning rate: the one given, else the default for full fine-tuning or LoRA.
+    pub fn learning_rate(&self) -> f64 {
+        self.learning_rate.unwrap_or(if self.setup.lora.use_peft { defaults::LORA_LEARNING_RATE } else { defaults::LEARNING_RATE })
+    }
+
     /// The [`defaults`] for a model and output directory.
     pub fn new(model: PathBuf, output_dir: PathBuf) -> Self {
         Self {
@@ -102,14 +119,20 @@ impl DemoConfig {
             samples: defaults::SAMPLES,
             eval_samples: defaults::EVAL_SAMPLES,
             max_new_tokens: defaults::MAX_NEW_TOKENS,
-            learning_rate: defaults::LEARNING_RATE,
+            learning_rate: None,
             epochs: defaults::EPOCHS,
             batch: defaults::BATCH,
             seed: defaults::SEED,
             max_tokens_per_forward: crate::config::defaults::MAX_TOKENS_PER_FORWARD,
+            sample_dtype: defaults::SAMPLE_DTYPE,
             setup: ModelSetup::default(),
         }
     }
+}
+
+fn default_sample_dtype() -> BaseDType {
+    // summaries written before the setting existed sampled in f32
+    BaseDType::F32
 }
 
 /// The reference's judge reward in the summary: mean and 95% confidence interval. (A value that
@@ -174,7 +197,12 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
     obs.message(&format!("loading {}", cfg.model.display()));
     cfg.setup.validate()?;
     let model_path = crate::fetch::ensure_model(&cfg.model)?;
-    let loaded = crate::model::load_with(&model_path, &cfg.setup.load)?;
+    // The reference as it samples (the policies train from the model as `setup` loads it).
+    let sampler = |mut load: LoadOptions| {
+        load.base_dtype = cfg.sample_dtype;
+        load
+    };
+    let loaded = crate::model::load_with(&model_path, &sampler(cfg.setup.load.clone()))?;
     let reference = loaded.model()?;
     let tok = &loaded.tokenizer;
     let judge = Sentiment::new();
@@ -212,7 +240,7 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
         let mut tc = TrainConfig::new(cfg.model.clone(), pairs_path.clone(), policy_dir(&cfg.output_dir, beta));
         tc.overwrite_output_dir = true;
         tc.task = Task::dpo(beta);
-        tc.learning_rate = cfg.learning_rate;
+        tc.learning_rate = cfg.learning_rate();
         tc.num_train_epochs = cfg.epochs;
         tc.per_device_train_batch_size = cfg.batch;
         tc.warmup_steps = defaults::WARMUP_STEPS;
@@ -233,11 +261,11 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
             let fin = policy_dir(&cfg.output_dir, *b).join("final");
             match cfg.setup.lora.use_peft {
                 true => {
-                    let mut load = cfg.setup.load.clone();
+                    let mut load = sampler(cfg.setup.load.clone());
                     load.adapters.push(fin);
                     (format!("beta={b}"), model_path.clone(), load)
                 }
-                false => (format!("beta={b}"), fin, LoadOptions::default()),
+                false => (format!("beta={b}"), fin, sampler(LoadOptions::default())),
             }
         })
         .collect();
@@ -269,7 +297,7 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
         pairs: pairs.len(),
         ties_dropped: report.ties_dropped,
         sample_tokens_per_second: sample_tps,
-        settings: cfg.clone(),
+        settings: DemoConfig { learning_rate: Some(cfg.learning_rate()), ..cfg.clone() },
     };
     write_atomic(&cfg.output_dir.join("summary.json"), |w| Ok(serde_json::to_writer_pretty(w, &summary)?))?;
     crate::report::write_demo_report(&cfg.output_dir)?;

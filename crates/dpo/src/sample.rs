@@ -9,6 +9,7 @@ use anyhow::{bail, ensure, Result};
 use candle_core::DType;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 use std::path::Path;
@@ -91,11 +92,26 @@ pub struct Sampled {
 }
 
 /// Picks the next token from a row of logits; returns it with its log-prob under the model.
+/// Plain temperature sampling (no top-k, no top-p) needs no allocation: two passes over the row
+/// with the same arithmetic as the general path, so both pick the same token.
 fn choose(z: &[f32], cfg: &SampleConfig, rng: &mut ChaCha8Rng) -> (u32, f64) {
     let m = z.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
     let lse = m as f64 + z.iter().map(|&x| ((x - m) as f64).exp()).sum::<f64>().ln();
     let t = if cfg.temperature <= 0.0 {
         z.iter().enumerate().fold(0, |best, (i, &x)| if x > z[best] { i } else { best })
+    } else if cfg.top_k == 0 && cfg.top_p >= 1.0 {
+        let weight = |x: f32| ((x - m) as f64 / cfg.temperature).exp();
+        let mut u = rng.random::<f64>() * z.iter().map(|&x| weight(x)).sum::<f64>();
+        let mut pick = z.len() - 1;
+        for (i, &x) in z.iter().enumerate() {
+            let w = weight(x);
+            if u < w {
+                pick = i;
+                break;
+            }
+            u -= w;
+        }
+        pick
     } else {
         let mut cand: Vec<usize> = (0..z.len()).collect();
         if cfg.top_k > 0 && cfg.top_k < cand.len() {
@@ -180,13 +196,20 @@ pub fn sample_ids(
             }
             let hidden = model.decode_step(&ids, &mut caches)?;
             let logits = model.logits(&hidden)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-            for (row, &s) in logits.iter().zip(&active) {
-                let (_, sampled, rng) = &mut seqs[s];
+            // Each sequence draws from its own generator: the rows are independent.
+            let mut rows: Vec<(&[f32], &mut (KvCache, Sampled, ChaCha8Rng))> = Vec::with_capacity(active.len());
+            let mut next = active.iter().zip(&logits).peekable();
+            for (i, seq) in seqs.iter_mut().enumerate() {
+                if let Some((_, row)) = next.next_if(|(&s, _)| s == i) {
+                    rows.push((row, seq));
+                }
+            }
+            rows.into_par_iter().for_each(|(row, (_, sampled, rng))| {
                 let (t, lp) = choose(row, cfg, rng);
                 sampled.tokens.push(t);
                 sampled.logp += lp;
                 sampled.ended = t == eos;
-            }
+            });
         }
         generated += seqs.iter().map(|s| s.1.tokens.len()).sum::<usize>();
         for p in seqs.chunks(cfg.n) {
@@ -290,5 +313,30 @@ mod tests {
         }
         let nucleus = SampleConfig { top_p: 0.5, ..Default::default() };
         assert!((0..50).all(|_| choose(&z, &nucleus, &mut rng).0 == 1), "p(1) = 0.66 > 0.5");
+    }
+
+    /// Plain temperature sampling (the path without allocations) picks what the general path
+    /// (candidates and weights in vectors) picks from the same random draw.
+    #[test]
+    fn plain_sampling_picks_as_the_general_path() {
+        let mut g = ChaCha8Rng::seed_from_u64(3);
+        let z: Vec<f32> = (0..5000).map(|_| g.random_range(-4.0f32..4.0)).collect();
+        let cfg = SampleConfig { temperature: 0.7, ..Default::default() };
+        let m = z.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+        let w: Vec<f64> = z.iter().map(|&x| ((x - m) as f64 / 0.7).exp()).collect();
+        let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(9), ChaCha8Rng::seed_from_u64(9));
+        for _ in 0..300 {
+            let (t, _) = choose(&z, &cfg, &mut a);
+            let mut u = b.random::<f64>() * w.iter().sum::<f64>();
+            let mut want = z.len() - 1;
+            for (i, &wi) in w.iter().enumerate() {
+                if u < wi {
+                    want = i;
+                    break;
+                }
+                u -= wi;
+            }
+            assert_eq!(t as usize, want);
+        }
     }
 }
