@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Tensor};
 use dpo::batch::pack;
-use dpo::data::{ExampleKind, Tokenized};
+use dpo::data::Tokenized;
 use dpo::logps::completion_logps;
 use dpo::loss::{Loss, LossBatch};
 use dpo::model::{random_tensors, Llama, LlamaConfig};
@@ -11,38 +11,9 @@ use dpo::policy::Policy;
 use dpo::step::loss_and_gradients;
 use std::collections::HashMap;
 
-fn config(tied: bool, bias: bool) -> LlamaConfig {
-    LlamaConfig {
-        model_type: if bias { "qwen2".into() } else { "llama".into() },
-        vocab_size: 23,
-        hidden_size: 8,
-        intermediate_size: 12,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 4,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
-        max_position_embeddings: 64,
-        tie_word_embeddings: tied,
-        attention_bias: bias,
-        bos_token_id: None,
-        eos_token_id: Some(1),
-        pad_token_id: None,
-    }
-}
+mod common;
+use common::{config, examples, REFERENCE};
 
-fn examples() -> Vec<Tokenized> {
-    vec![
-        Tokenized { index: 0, prompt: vec![3, 4, 5], completions: vec![vec![6, 7, 1], vec![8, 1]], kind: ExampleKind::Pair { scores: None } },
-        Tokenized { index: 1, prompt: vec![9, 10, 11, 12, 2], completions: vec![vec![13, 14, 15, 1], vec![16, 17, 18, 19, 1]], kind: ExampleKind::Pair { scores: None } },
-        Tokenized { index: 2, prompt: vec![20], completions: vec![vec![21, 1], vec![22, 3, 4, 1]], kind: ExampleKind::Pair { scores: None } },
-    ]
-}
-
-/// Reference log-probs chosen so that the margins are far from 0 (both signs).
-const REFERENCE: [[f64; 2]; 3] = [[-9.0, -4.0], [-11.0, -16.0], [-5.0, -9.5]];
 const LOSS: Loss = Loss::Sigmoid { beta: 0.5, label_smoothing: 0.0 };
 
 fn mean_loss(config: &LlamaConfig, tensors: &HashMap<String, Tensor>) -> f64 {

@@ -3,7 +3,7 @@
 //! of the plain backward pass, for LoRA (with dropout) and for full fine-tuning.
 
 use candle_core::{DType, Device, Tensor};
-use dpo::data::{ExampleKind, Tokenized};
+use dpo::data::Tokenized;
 use dpo::loss::{Loss, Objective};
 use dpo::model::adapter::{Adapter, LoraConfig};
 use dpo::model::{random_tensors, Llama, LlamaConfig};
@@ -12,34 +12,13 @@ use dpo::step::{step_gradients, StepSettings};
 use dpo::task::Task;
 use rand::{Rng, SeedableRng};
 
+mod common;
+use common::{examples, REFERENCE};
+
+/// The shared tiny model, untied, with q/k/v biases (every kind of tensor).
 fn config() -> LlamaConfig {
-    LlamaConfig {
-        model_type: "qwen2".into(),
-        vocab_size: 23,
-        hidden_size: 8,
-        intermediate_size: 12,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 4,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
-        max_position_embeddings: 64,
-        tie_word_embeddings: true,
-        attention_bias: true,
-        bos_token_id: None,
-        eos_token_id: Some(1),
-        pad_token_id: None,
-    }
+    common::config(false, true)
 }
-
-fn examples() -> Vec<Tokenized> {
-    let pair = |index, prompt: Vec<u32>, c: Vec<u32>, r: Vec<u32>| Tokenized { index, prompt, completions: vec![c, r], kind: ExampleKind::Pair { scores: None } };
-    vec![pair(0, vec![3, 4, 5], vec![6, 7, 1], vec![8, 1]), pair(1, vec![9, 10, 11, 12, 2], vec![13, 14, 15, 1], vec![16, 17, 18, 19, 1]), pair(2, vec![20], vec![21, 1], vec![22, 3, 4, 1])]
-}
-
-const REFERENCE: [[f64; 2]; 3] = [[-9.0, -4.0], [-11.0, -16.0], [-5.0, -9.5]];
 
 fn task() -> Task {
     Task::Preference(Objective::single(Loss::Sigmoid { beta: 0.5, label_smoothing: 0.0 }))
