@@ -24,7 +24,7 @@ use crate::optim::ScheduleKind;
 use crate::sample::{write_samples, SampleConfig};
 use crate::task::Task;
 use crate::observer::Observer;
-use crate::train::train;
+use crate::train::{train, TrainSummary};
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -185,6 +185,36 @@ pub fn policy_dir(out: &Path, beta: f64) -> PathBuf {
     out.join("policies").join(format!("beta-{beta}"))
 }
 
+/// Trains the demo's policy at `beta` on `pairs` into `policy_dir(output_dir, beta)`.
+fn train_policy(cfg: &DemoConfig, pairs: &Path, beta: f64, obs: &mut dyn Observer) -> Result<TrainSummary> {
+    obs.message(&format!("DPO with beta = {beta}"));
+    let mut tc = TrainConfig::new(cfg.model.clone(), pairs.to_path_buf(), policy_dir(&cfg.output_dir, beta));
+    tc.overwrite_output_dir = true;
+    tc.task = Task::dpo(beta);
+    tc.learning_rate = cfg.learning_rate();
+    tc.num_train_epochs = cfg.epochs;
+    tc.per_device_train_batch_size = cfg.batch;
+    tc.warmup_steps = defaults::WARMUP_STEPS;
+    tc.max_tokens_per_forward = cfg.max_tokens_per_forward;
+    tc.setup = cfg.setup.clone();
+    tc.lr_scheduler_type = ScheduleKind::Linear;
+    tc.seed = cfg.seed;
+    train(&tc, obs)
+}
+
+/// How the policy trained at `beta` is loaded to sample: its final checkpoint (a model
+/// directory), or (LoRA) the base with its adapter merged; in the form `sample_dtype`.
+fn policy_model(cfg: &DemoConfig, base: &Path, beta: f64) -> (PathBuf, LoadOptions) {
+    let fin = policy_dir(&cfg.output_dir, beta).join("final");
+    if cfg.setup.lora.use_peft {
+        let mut load = LoadOptions { base_dtype: cfg.sample_dtype, ..cfg.setup.load.clone() };
+        load.adapters.push(fin);
+        (base.to_path_buf(), load)
+    } else {
+        (fin, LoadOptions { base_dtype: cfg.sample_dtype, adapters: Vec::new() })
+    }
+}
+
 /// Runs the demo; see the module documentation.
 pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
     let t0 = Instant::now();
@@ -198,11 +228,7 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
     cfg.setup.validate()?;
     let model_path = crate::fetch::ensure_model(&cfg.model)?;
     // The reference as it samples (the policies train from the model as `setup` loads it).
-    let sampler = |mut load: LoadOptions| {
-        load.base_dtype = cfg.sample_dtype;
-        load
-    };
-    let loaded = crate::model::load_with(&model_path, &sampler(cfg.setup.load.clone()))?;
+    let loaded = crate::model::load_with(&model_path, &LoadOptions { base_dtype: cfg.sample_dtype, ..cfg.setup.load.clone() })?;
     let reference = loaded.model()?;
     let tok = &loaded.tokenizer;
     let judge = Sentiment::new();
@@ -234,39 +260,15 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
     ));
 
     // 3. DPO at each beta.
-    let mut trained = Vec::new();
-    for &beta in &cfg.betas {
-        obs.message(&format!("DPO with beta = {beta}"));
-        let mut tc = TrainConfig::new(cfg.model.clone(), pairs_path.clone(), policy_dir(&cfg.output_dir, beta));
-        tc.overwrite_output_dir = true;
-        tc.task = Task::dpo(beta);
-        tc.learning_rate = cfg.learning_rate();
-        tc.num_train_epochs = cfg.epochs;
-        tc.per_device_train_batch_size = cfg.batch;
-        tc.warmup_steps = defaults::WARMUP_STEPS;
-        tc.max_tokens_per_forward = cfg.max_tokens_per_forward;
-        tc.setup = cfg.setup.clone();
-        tc.lr_scheduler_type = ScheduleKind::Linear;
-        tc.seed = cfg.seed;
-        let s = train(&tc, obs)?;
-        trained.push((beta, s));
-    }
+    let trained: Vec<(f64, TrainSummary)> = cfg.betas.iter().map(|&beta| Ok((beta, train_policy(cfg, &pairs_path, beta, obs)?))).collect::<Result<_>>()?;
 
     // 4. evaluation on held-out prompts: the same sampling seed for every model.
-    // A policy is its final checkpoint: a model directory, or (LoRA) the base with the adapter merged.
     let policies: Vec<(String, PathBuf, LoadOptions)> = cfg
         .betas
         .iter()
-        .map(|b| {
-            let fin = policy_dir(&cfg.output_dir, *b).join("final");
-            match cfg.setup.lora.use_peft {
-                true => {
-                    let mut load = sampler(cfg.setup.load.clone());
-                    load.adapters.push(fin);
-                    (format!("beta={b}"), model_path.clone(), load)
-                }
-                false => (format!("beta={b}"), fin, sampler(LoadOptions::default())),
-            }
+        .map(|&b| {
+            let (path, load) = policy_model(cfg, &model_path, b);
+            (format!("beta={b}"), path, load)
         })
         .collect();
     let eval_cfg = PromptEvalConfig { prompts: eval_p, sampling: sampling(cfg.eval_samples, cfg.seed + 1), judge: &judge, max_tokens_per_forward: cfg.max_tokens_per_forward };

@@ -27,7 +27,8 @@ fn logits_equal_candle_transformers_llama() {
         max_position_embeddings: c.max_position_embeddings,
         tie_word_embeddings: c.tie_word_embeddings,
     };
-    let vb = candle_nn::VarBuilder::from_tensors(loaded.tensors.clone(), DType::F32, &Device::Cpu);
+    let tensors = loaded.tensors.iter().map(|(k, w)| (k.clone(), w.to_tensor().unwrap())).collect();
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
     let theirs = reference::Llama::load(vb, &cfg).unwrap();
     let ids = loaded.tokenizer.encode("The quick brown fox jumps over the lazy dog, and then it rests in the warm afternoon sun.").unwrap();
     let mut worst = 0f32;
