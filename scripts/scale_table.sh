@@ -29,7 +29,7 @@ for name in ${NAMES[@]}; do
   for r in "${runs[@]}"; do
     tag="${r%%:*}"; flags="${r#*:}"
     lora=""; [[ "$tag" == lora* ]] && lora="$LORA"
-    steps=2; warmup=1; [ "$name" = llama-3.1-8b ] && { steps=1; warmup=0; }
+    steps=2; warmup=1; case "$name" in smollm2-1.7b|llama-3.1-8b) steps=1; warmup=0 ;; esac
     echo "### $name $tag"
     /usr/bin/time -v ./target/release/dpo bench --threads "$THREADS" --model "$dir" --data "$SHARED/data/hh-rlhf/harmless-base/test.jsonl.gz" \
         --pairs 4 --batch 4 --max-length 512 --steps "$steps" --warmup "$warmup" $lora $flags --json-out "$OUT/${name}_$tag.json" \

@@ -1,12 +1,13 @@
 //! The on-disk cache of reference log-probs, keyed by content: the reference model's weights and
 //! tokenizer, the data file, how its records were converted, and the tokenization settings.
 
-use super::file::{line, read_lines};
+use super::file::{line, parse_line};
 use crate::data::{TokenizeSettings, Tokenized, TokenizedSet};
 use crate::logps::example_logps;
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// A content hash of a model's weights (names, shapes, storage format and values) and tokenizer, hex: the
@@ -41,27 +42,57 @@ pub fn cache_path(model_hash: &str, data_hash: &str, view: &str, settings: Token
 /// The reference log-probs of one data set (aligned with its examples) as far as they are known,
 /// and the cache file new ones are appended to. An example's log-probs are computed at most once
 /// per cache key: on the first run that needs them, when a batch first reaches it.
+///
+/// The file is append-only and may be shared (the training and evaluation sets of one run are
+/// the same file, or two runs share a cache): before computing, a store reads what was appended
+/// since it last looked, and the first entry of a record wins. A line that is not a valid entry
+/// (an append cut short by a crash) is ignored: that record is computed again.
 pub struct RefStore {
     path: PathBuf,
     known: Vec<Option<Vec<f64>>>,
+    /// Record index → position in the set, with the token counts the entry must have.
+    position: HashMap<usize, (usize, Vec<usize>)>,
+    /// Bytes of the cache file read so far (up to the end of its last complete line).
+    read_to: u64,
     /// Examples found in the cache when it was opened.
     pub cached: usize,
 }
 
 impl RefStore {
-    /// The store of `set` at the cache key of (`model_hash`, `data`, `view`, `settings`): the
-    /// entries already in the cache file (a torn last line ignored; an entry whose token counts
-    /// do not match is recomputed).
+    /// The store of `set` at the cache key of (`model_hash`, `data`, `view`, `settings`), with
+    /// the entries already in the cache file (an entry whose token counts do not match is
+    /// recomputed). Errors: `data` or the cache file cannot be read.
     pub fn open(model_hash: &str, data: &Path, view: &str, set: &TokenizedSet, settings: TokenizeSettings) -> Result<Self> {
         let path = cache_path(model_hash, &file_hash(data)?, view, settings);
-        let entries = if path.exists() { read_lines(&path, true)? } else { Default::default() };
-        let known: Vec<Option<Vec<f64>>> = set
-            .examples
-            .iter()
-            .map(|ex| entries.get(&ex.index).filter(|e| e.tokens == ex.scored_tokens()).map(|e| e.logps.clone()))
-            .collect();
-        let cached = known.iter().filter(|k| k.is_some()).count();
-        Ok(Self { path, known, cached })
+        let position = set.examples.iter().enumerate().map(|(i, ex)| (ex.index, (i, ex.scored_tokens()))).collect();
+        let mut store = Self { path, known: vec![None; set.examples.len()], position, read_to: 0, cached: 0 };
+        store.read_new()?;
+        store.cached = store.known.iter().filter(|k| k.is_some()).count();
+        Ok(store)
+    }
+
+    /// Reads the complete lines appended to the cache file since the last read.
+    fn read_new(&mut self) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("opening {}", self.path.display()))),
+        };
+        f.seek(SeekFrom::Start(self.read_to)).with_context(|| format!("reading {}", self.path.display()))?;
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).with_context(|| format!("reading {}", self.path.display()))?;
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+        for raw in bytes[..complete].split(|&b| b == b'\n') {
+            let Ok(Some((index, entry))) = std::str::from_utf8(raw).map_err(anyhow::Error::from).and_then(|l| parse_line("", l)) else { continue };
+            if let Some((i, tokens)) = self.position.get(&index) {
+                if self.known[*i].is_none() && entry.tokens == *tokens {
+                    self.known[*i] = Some(entry.logps);
+                }
+            }
+        }
+        self.read_to += complete as u64;
+        Ok(())
     }
 
     /// The cache file.
@@ -74,10 +105,14 @@ impl RefStore {
         self.known.iter().all(Option::is_some)
     }
 
-    /// The log-probs of examples `idx` of `set`: those not known yet are computed with
-    /// `reference` (`max_tokens` rows per forward; `progress(done)` after each pass) and appended
-    /// to the cache file. Errors: an unknown example and no model to compute it with.
+    /// The log-probs of examples `idx` of `set`: those not known yet (nor appended to the cache
+    /// since) are computed with `reference` (`max_tokens` rows per forward; `progress(done)` after
+    /// each pass) and appended to the cache file. Errors: an unknown example and no model to
+    /// compute it with; the cache file cannot be read or written.
     pub fn get(&mut self, reference: Option<&Llama>, set: &TokenizedSet, idx: &[usize], max_tokens: usize, progress: impl FnMut(usize)) -> Result<Vec<Vec<f64>>> {
+        if idx.iter().any(|&i| self.known[i].is_none()) {
+            self.read_new()?;
+        }
         let mut missing: Vec<usize> = idx.iter().copied().filter(|&i| self.known[i].is_none()).collect();
         missing.sort_unstable();
         missing.dedup();
@@ -100,10 +135,57 @@ impl RefStore {
 
 /// Appends `text` to `path` with one write (the directory is created first).
 fn append(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
+    use std::io::{Read, Seek, SeekFrom, Write};
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut f = std::fs::OpenOptions::new().read(true).create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+    // After an append cut short (no final newline), start a new line: the torn one stays invalid.
+    let mut last = [b'\n'];
+    if f.seek(SeekFrom::End(-1)).is_ok() {
+        f.read_exact(&mut last).with_context(|| format!("reading {}", path.display()))?;
+    }
+    let torn = last[0] != b'\n';
+    let text = if torn { format!("\n{text}") } else { text.to_string() };
     f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::ExampleKind;
+
+    fn pair(index: usize) -> Tokenized {
+        Tokenized { index, prompt: vec![1, 2], completions: vec![vec![3, 4], vec![5, 6, 7]], kind: ExampleKind::Pair { scores: None } }
+    }
+
+    fn store(path: &Path, set: &TokenizedSet) -> RefStore {
+        let position = set.examples.iter().enumerate().map(|(i, ex)| (ex.index, (i, ex.scored_tokens()))).collect();
+        let mut s = RefStore { path: path.to_path_buf(), known: vec![None; set.examples.len()], position, read_to: 0, cached: 0 };
+        s.read_new().unwrap();
+        s
+    }
+
+    /// The cache is shared and append-only: a store sees what others appended after it opened,
+    /// the first entry of a record wins, and a torn line (a crash mid-append) is skipped.
+    #[test]
+    fn shared_cache_tolerates_duplicates_and_torn_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.jsonl");
+        let set = TokenizedSet { examples: vec![pair(0), pair(1), pair(2)], skipped: vec![], records: 3 };
+        let entry = |i: usize, lp: f64| format!("{}\n", line(&set.examples[i], &[lp, lp - 1.0]));
+        std::fs::write(&path, entry(0, -1.0) + "{\"index\": 1, \"chosen_lo").unwrap();
+        let mut a = store(&path, &set);
+        assert_eq!(a.known.iter().filter(|k| k.is_some()).count(), 1, "the torn line is not an entry");
+        // Another store appends record 1 (after the torn line) and a second, different record 0.
+        append(&path, &(entry(1, -2.0) + &entry(0, -9.0))).unwrap();
+        let got = a.get(None, &set, &[1, 0], 64, |_| {}).unwrap();
+        assert_eq!(got, vec![vec![-2.0, -3.0], vec![-1.0, -2.0]], "appended entries read, first entry wins");
+        let err = a.get(None, &set, &[2], 64, |_| {}).unwrap_err();
+        assert!(format!("{err:#}").contains("no longer loaded"), "{err:#}");
+        // A fresh store reads the same; the torn line stays on its own line.
+        let b = store(&path, &set);
+        assert_eq!(b.known[..2], [Some(vec![-1.0, -2.0]), Some(vec![-2.0, -3.0])]);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 4);
+    }
 }

@@ -41,50 +41,47 @@ pub fn line(ex: &Tokenized, logps: &[f64]) -> Value {
 
 /// Reads a `dpo logps` file into record index → entry. Errors name the file, line and field.
 pub fn read_file(path: &Path) -> Result<HashMap<usize, Entry>> {
-    read_lines(path, false)
-}
-
-/// [`read_file`]; with `torn_tail`, a last line that is not complete JSON (an append cut short
-/// by a crash) is ignored instead of refused.
-pub fn read_lines(path: &Path, torn_tail: bool) -> Result<HashMap<usize, Entry>> {
     let mut out = HashMap::new();
-    let lines: Vec<String> = open_text(path)?.lines().collect::<std::io::Result<_>>().with_context(|| format!("reading {}", path.display()))?;
-    let n = lines.len();
-    for (i, line) in lines.into_iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
+    for (i, line) in open_text(path)?.lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
         let at = format!("{}:{}", path.display(), i + 1);
-        let v: Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
-            Err(_) if torn_tail && i + 1 == n => break,
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("{at}: not valid JSON"))),
-        };
-        let index = v.get("index").and_then(Value::as_u64).with_context(|| format!("{at}: missing integer field `index`"))? as usize;
-        if v.get("skipped").is_some() {
-            continue;
-        }
-        let num = |k: &str| v.get(k).and_then(Value::as_f64).with_context(|| format!("{at}: missing number field `{k}`"));
-        let entry = if v.get("logps").is_some() {
-            let list = |k: &str| -> Result<Vec<f64>> {
-                v[k].as_array()
-                    .with_context(|| format!("{at}: field `{k}` must be a list of numbers"))?
-                    .iter()
-                    .map(|x| x.as_f64().with_context(|| format!("{at}: field `{k}` must be a list of numbers")))
-                    .collect()
-            };
-            Entry { logps: list("logps")?, tokens: list("tokens")?.into_iter().map(|t| t as usize).collect() }
-        } else {
-            Entry {
-                logps: vec![num("chosen_logps")?, num("rejected_logps")?],
-                tokens: vec![num("chosen_tokens")? as usize, num("rejected_tokens")? as usize],
+        if let Some((index, entry)) = parse_line(&at, &line)? {
+            if out.insert(index, entry).is_some() {
+                bail!("{at}: record index {index} appears twice");
             }
-        };
-        if out.insert(index, entry).is_some() {
-            bail!("{at}: record index {index} appears twice");
         }
     }
     Ok(out)
+}
+
+/// One line of a `dpo logps` file: `None` for a blank line or a skipped record, else the record
+/// index and its entry. `at` (`file:line`) prefixes the errors, which name the field.
+pub fn parse_line(at: &str, line: &str) -> Result<Option<(usize, Entry)>> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_str(line).with_context(|| format!("{at}: not valid JSON"))?;
+    let index = v.get("index").and_then(Value::as_u64).with_context(|| format!("{at}: missing integer field `index`"))? as usize;
+    if v.get("skipped").is_some() {
+        return Ok(None);
+    }
+    let num = |k: &str| v.get(k).and_then(Value::as_f64).with_context(|| format!("{at}: missing number field `{k}`"));
+    let entry = if v.get("logps").is_some() {
+        let list = |k: &str| -> Result<Vec<f64>> {
+            v[k].as_array()
+                .with_context(|| format!("{at}: field `{k}` must be a list of numbers"))?
+                .iter()
+                .map(|x| x.as_f64().with_context(|| format!("{at}: field `{k}` must be a list of numbers")))
+                .collect()
+        };
+        Entry { logps: list("logps")?, tokens: list("tokens")?.into_iter().map(|t| t as usize).collect() }
+    } else {
+        Entry {
+            logps: vec![num("chosen_logps")?, num("rejected_logps")?],
+            tokens: vec![num("chosen_tokens")? as usize, num("rejected_tokens")? as usize],
+        }
+    };
+    Ok(Some((index, entry)))
 }
 
 /// Aligns a log-prob file with `set`: the entry of each example, checked against its token counts

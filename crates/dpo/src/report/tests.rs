@@ -76,7 +76,7 @@ fn write_demo(dir: &Path) {
         pairs: 450,
         ties_dropped: 3,
         sample_tokens_per_second: 250.0,
-        settings: DemoConfig::new("models/SmolLM2-135M-Instruct.gguf".into(), dir.to_path_buf()),
+        settings: DemoConfig { learning_rate: Some(4e-5), ..DemoConfig::new("models/SmolLM2-135M-Instruct.gguf".into(), dir.to_path_buf()) },
     };
     let mut summary = serde_json::to_value(&summary).unwrap();
     summary["something_else"] = json!([1, 2, 3]);
