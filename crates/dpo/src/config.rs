@@ -38,6 +38,9 @@ pub mod defaults {
     pub const SEED: u64 = 42;
     /// Packed rows (tokens) per forward pass: memory against speed, same gradients.
     pub const MAX_TOKENS_PER_FORWARD: usize = 2048;
+    /// Non-finite optimiser steps in a row (loss or gradient norm NaN or infinite, the update
+    /// skipped) after which a run stops.
+    pub const MAX_NONFINITE_STEPS: usize = 3;
 
     /// The loss (`--loss`).
     pub const LOSS: &str = "sigmoid";
@@ -112,6 +115,17 @@ pub struct TrainConfig {
     /// Save OUTPUT_DIR/checkpoint-STEP every this many steps (OUTPUT_DIR/final is always written).
     #[arg(long)]
     pub save_steps: Option<usize>,
+    /// Keep only the newest N `checkpoint-STEP/` directories (never the one resumed from).
+    #[arg(long)]
+    pub save_total_limit: Option<usize>,
+    /// Go on from a checkpoint of this run: a `checkpoint-STEP/` directory, or `latest` (the
+    /// newest complete one in --output-dir). The result is that of the uninterrupted run.
+    #[arg(long)]
+    pub resume_from_checkpoint: Option<PathBuf>,
+    /// Stop after this many optimiser steps in a row whose loss or gradient norm is not finite
+    /// (each is skipped: the weights are not updated).
+    #[arg(long, default_value_t = defaults::MAX_NONFINITE_STEPS)]
+    pub max_nonfinite_steps: usize,
     /// Seed of the data order.
     #[arg(long, default_value_t = defaults::SEED)]
     pub seed: u64,
@@ -189,6 +203,9 @@ impl TrainConfig {
             adam: AdamWConfig::default(),
             eval_steps: None,
             save_steps: None,
+            save_total_limit: None,
+            resume_from_checkpoint: None,
+            max_nonfinite_steps: defaults::MAX_NONFINITE_STEPS,
             seed: defaults::SEED,
             max_tokens_per_forward: defaults::MAX_TOKENS_PER_FORWARD,
             precompute_ref_log_probs: false,

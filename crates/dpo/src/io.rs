@@ -53,17 +53,17 @@ pub fn write_jsonl_atomic<T: serde::Serialize>(path: &Path, rows: impl IntoItera
     })
 }
 
-/// Fills a new directory through `fill(tmp_dir)`, then renames it to `dir` (replacing an older
-/// `dir` only once the new one is complete). A crash leaves either the old directory or the new.
+/// Fills a new directory through `fill(tmp_dir)`, flushes its files to disk, then renames it to
+/// `dir` (replacing an older `dir` only once the new one is complete) and flushes the parent
+/// directory. A crash, a kill or a full disk leaves either the old directory or the new one.
 pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    if let Some(parent) = dir.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
+    let parent = dir.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let tmp = sibling_tmp(dir, "tmp");
-    fs::create_dir_all(&tmp)?;
-    if let Err(e) = fill(&tmp) {
+    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    if let Err(e) = fill(&tmp).and_then(|()| sync_dir_and_files(&tmp)) {
         let _ = fs::remove_dir_all(&tmp);
-        return Err(e);
+        return Err(e.context(format!("writing {}", dir.display())));
     }
     if dir.exists() {
         let old = sibling_tmp(dir, "old");
@@ -73,7 +73,32 @@ pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
     } else {
         fs::rename(&tmp, dir).with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
     }
-    Ok(())
+    File::open(parent).and_then(|d| d.sync_all()).with_context(|| format!("flushing {}", parent.display()))
+}
+
+/// Removes `dir` by first renaming it to a hidden sibling, so that a crash mid-removal never
+/// leaves a partial directory under its name.
+pub fn remove_dir_atomic(dir: &Path) -> Result<()> {
+    let old = sibling_tmp(dir, "old");
+    fs::rename(dir, &old).with_context(|| format!("removing {}", dir.display()))?;
+    fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))
+}
+
+/// `fsync` of every file directly in `dir`, then of `dir` itself.
+fn sync_dir_and_files(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_file() {
+            File::open(&path).and_then(|f| f.sync_all()).with_context(|| format!("flushing {}", path.display()))?;
+        }
+    }
+    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("flushing {}", dir.display()))
+}
+
+/// Whether `name` is one of the temporary siblings [`write_atomic`] and [`write_dir_atomic`]
+/// leave behind when killed (`.NAME.tmp-PID-N`, `.NAME.old-PID-N`).
+pub fn is_leftover_tmp(name: &str) -> bool {
+    name.starts_with('.') && (name.contains(".tmp-") || name.contains(".old-"))
 }
 
 /// Peak resident set size of this process in bytes (`VmHWM`), if the OS reports it.

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// What one forward pass tells about one example; per completion (a pair: chosen, then rejected).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -140,6 +140,17 @@ impl MetricsFile {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
         Ok(Self { path })
+    }
+
+    /// Goes on appending to the file at `path` as it is (a resumed run's, restored from its
+    /// checkpoint).
+    pub fn append_to(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Appends one line.

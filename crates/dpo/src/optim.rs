@@ -2,7 +2,7 @@
 
 use crate::config::defaults;
 use crate::ops::Real;
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor, Var};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -144,6 +144,29 @@ impl AdamW {
                 Moments::F64(m, v) => run!(f64, m, v),
             }
         }
+        Ok(())
+    }
+}
+
+impl AdamW {
+    /// The moments of parameter `i` as f32 tensors of `shape`: `(exp_avg, exp_avg_sq)`, PyTorch's
+    /// names for `m` and `v`. Errors: f64 moments (only f32 state is saved; f64 policies are test
+    /// models).
+    pub fn moments(&self, i: usize, shape: &[usize]) -> Result<(Tensor, Tensor)> {
+        match &self.moments[i] {
+            Moments::F32(m, v) => Ok((Tensor::from_slice(m, shape, &candle_core::Device::Cpu)?, Tensor::from_slice(v, shape, &candle_core::Device::Cpu)?)),
+            Moments::F64(..) => bail!("AdamW: saving f64 moments is not supported"),
+        }
+    }
+
+    /// Restores parameter `i`'s moments (as [`AdamW::moments`] gave them). Errors: a size or
+    /// dtype that is not this parameter's.
+    pub fn restore_moments(&mut self, i: usize, m: &Tensor, v: &Tensor) -> Result<()> {
+        let Moments::F32(mm, vv) = &mut self.moments[i] else { bail!("AdamW: restoring f64 moments is not supported") };
+        let (m, v) = (m.flatten_all()?.to_vec1::<f32>()?, v.flatten_all()?.to_vec1::<f32>()?);
+        ensure!(m.len() == mm.len() && v.len() == vv.len(), "AdamW: parameter {i} has {} values, the saved moments {} and {}", mm.len(), m.len(), v.len());
+        *mm = m;
+        *vv = v;
         Ok(())
     }
 }

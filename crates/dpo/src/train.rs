@@ -5,16 +5,17 @@
 //! backward over the step's examples ([`loss_and_gradients`]) → clip → AdamW → one line of
 //! `metrics.jsonl` → evaluate and checkpoint on schedule → final checkpoint, summary and report.
 
+use crate::checkpoint::{self, TrainerState};
 use crate::config::TrainConfig;
 use crate::data::{load_examples, Tokenized, TokenizedSet};
 use crate::eval::evaluate;
-use crate::io::{peak_rss_bytes, write_atomic};
+use crate::io::{peak_rss_bytes, write_atomic, write_dir_atomic};
 use crate::metrics::{self, with_eval_prefix, Metrics, MetricsFile};
-use crate::model::{self, save_hf_dir};
+use crate::model::{self, write_hf_files};
 use crate::observer::Observer;
 use crate::optim::{clip_coefficient, global_grad_norm, lr_factor, AdamW};
 use crate::policy::Policy;
-use crate::reference::References;
+use crate::reference::{file_hash, References};
 use crate::model::adapter::Adapter;
 use crate::ops::mix_seed;
 use crate::step::{step_gradients, StepSettings};
@@ -143,18 +144,41 @@ struct Run<'a> {
     metrics: MetricsFile,
     log: StepLog,
     steps: usize,
+    /// The checkpoint this run resumed from, and the first step it runs.
+    resumed_from: Option<PathBuf>,
+    first_step: usize,
+    /// Training tokens of the steps before `first_step` (TRL's count).
+    tokens_before: usize,
+    /// Steps skipped for a non-finite loss or gradient norm: in all, and in a row.
+    skipped_nonfinite: usize,
+    nonfinite_in_a_row: usize,
+    data_hash: String,
+    eval_data_hash: Option<String>,
 }
 
 impl<'a> Run<'a> {
     /// Loads the model and data, prepares the reference log-probs, and only then (nothing is
     /// written for a run that cannot start) creates the output directory, `metrics.jsonl` and
-    /// `train_args.json`.
+    /// `train_args.json`. With `--resume-from-checkpoint`, the checkpoint is checked against
+    /// `cfg` first and then loaded: weights, optimizer state, data position and metrics so far.
     fn start(cfg: &'a TrainConfig, obs: &mut dyn Observer) -> Result<Self> {
         cfg.validate()?;
-        let metrics_path = cfg.output_dir.join("metrics.jsonl");
-        if metrics_path.exists() && !cfg.overwrite_output_dir {
-            bail!("{} already holds a run (metrics.jsonl); choose another --output-dir or pass --overwrite-output-dir", cfg.output_dir.display());
-        }
+        let metrics_path = cfg.output_dir.join(checkpoint::METRICS);
+        let data_hash = file_hash(&cfg.data)?;
+        let eval_data_hash = cfg.eval_data.as_deref().map(file_hash).transpose()?;
+        let resume = match &cfg.resume_from_checkpoint {
+            Some(spec) => {
+                ensure!(cfg.sync_ref.is_none(), "--resume-from-checkpoint: a TR-DPO run (--sync-ref-model) keeps its moving reference in memory only and cannot be resumed");
+                let dir = checkpoint::resolve(spec, &cfg.output_dir)?;
+                let state = checkpoint::read_state(&dir)?;
+                checkpoint::check(&state, &dir, cfg, &data_hash, eval_data_hash.as_deref())?;
+                Some((dir, state))
+            }
+            None if metrics_path.exists() && !cfg.overwrite_output_dir => {
+                bail!("{} already holds a run (metrics.jsonl); choose another --output-dir, pass --overwrite-output-dir, or --resume-from-checkpoint latest", cfg.output_dir.display())
+            }
+            None => None,
+        };
         obs.message(&format!("loading {}", cfg.model.display()));
         let loaded = model::load_with(&crate::fetch::ensure_model(&cfg.model)?, &cfg.setup.load)?;
         let load = |p, obs: &mut dyn Observer| load_examples(p, &loaded.tokenizer, cfg.tokenize, &cfg.task, cfg.per_device_train_batch_size, obs);
@@ -184,12 +208,45 @@ impl<'a> Run<'a> {
             (policy, references)
         };
         let vars = policy.vars();
-        let opt = AdamW::new(&vars, cfg.adam)?;
+        let mut opt = AdamW::new(&vars, cfg.adam)?;
         std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
-        let metrics = MetricsFile::create(metrics_path)?;
+        let mut order = Order::new(train_set.examples.len(), cfg.seed);
+        let metrics = match &resume {
+            Some((dir, state)) => {
+                checkpoint::remove_leftovers(&cfg.output_dir)?;
+                checkpoint::restore(dir, state, &policy, &mut opt, &metrics_path)?;
+                for _ in 0..state.global_step * cfg.gradient_accumulation_steps {
+                    order.next_batch(cfg.per_device_train_batch_size);
+                }
+                obs.message(&format!("resuming from {} at step {} of {steps}", dir.display(), state.global_step + 1));
+                MetricsFile::append_to(metrics_path)
+            }
+            None => MetricsFile::create(metrics_path)?,
+        };
         write_atomic(&cfg.output_dir.join("train_args.json"), |w| Ok(serde_json::to_writer_pretty(w, cfg)?))?;
-        let order = Order::new(train_set.examples.len(), cfg.seed);
-        Ok(Self { cfg, train_set, eval_set, references, policy, vars, tokenizer, opt, order, metrics, log: StepLog::default(), steps })
+        let (first_step, tokens_before, skipped_nonfinite, nonfinite_in_a_row) =
+            resume.as_ref().map_or((1, 0, 0, 0), |(_, s)| (s.global_step + 1, s.num_tokens, s.skipped_nonfinite, s.nonfinite_in_a_row));
+        Ok(Self {
+            cfg,
+            train_set,
+            eval_set,
+            references,
+            policy,
+            vars,
+            tokenizer,
+            opt,
+            order,
+            metrics,
+            log: StepLog::default(),
+            steps,
+            resumed_from: resume.map(|(dir, _)| dir),
+            first_step,
+            tokens_before,
+            skipped_nonfinite,
+            nonfinite_in_a_row,
+            data_hash,
+            eval_data_hash,
+        })
     }
 
     /// Optimiser step `step` (1-based): the step's batches, forward and backward, clipping,
@@ -211,10 +268,20 @@ impl<'a> Run<'a> {
             recompute: cfg.setup.gradient_checkpointing,
         };
         let res = step_gradients(&self.policy, &examples, &refs, &cfg.task, &settings)?;
+        let m = cfg.task.metrics(&res.stats, self.policy.model.config.vocab_size);
         let t_opt = Instant::now();
         let grad_norm = global_grad_norm(&res.grads)?;
+        let loss = m.get("loss").and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
         let lr = cfg.learning_rate * lr_factor(cfg.lr_scheduler_type, step - 1, cfg.warmup_steps, self.steps);
-        self.opt.step(&self.vars, &res.grads, lr, clip_coefficient(grad_norm, cfg.max_grad_norm))?;
+        // A non-finite step is not applied (it would turn every weight into NaN).
+        let finite = loss.is_finite() && grad_norm.is_finite();
+        if finite {
+            self.opt.step(&self.vars, &res.grads, lr, clip_coefficient(grad_norm, cfg.max_grad_norm))?;
+            self.nonfinite_in_a_row = 0;
+        } else {
+            self.skipped_nonfinite += 1;
+            self.nonfinite_in_a_row += 1;
+        }
         drop(res.grads);
         let log = &mut self.log;
         log.optimizer.push(t_opt.elapsed().as_secs_f64());
@@ -226,12 +293,24 @@ impl<'a> Run<'a> {
         log.tokens.push(tokens);
         log.packed_tokens += examples.iter().map(|e| e.packed_tokens()).sum::<usize>();
 
-        let m = cfg.task.metrics(&res.stats, self.policy.model.config.vocab_size);
         let mut line = metrics::line(step, self.order.epoch(), &m);
         line.insert("grad_norm".into(), grad_norm.into());
         line.insert("learning_rate".into(), lr.into());
-        line.insert("num_tokens".into(), log.tokens_total().into());
+        line.insert("num_tokens".into(), (self.tokens_before + log.tokens_total()).into());
+        line.insert("skipped_nonfinite".into(), self.skipped_nonfinite.into());
         self.metrics.append(&line)?;
+        if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps.max(1) {
+            let records: Vec<usize> = examples.iter().map(|e| e.index).collect();
+            bail!(
+                "step {step}: loss {loss}, gradient norm {grad_norm}: {} steps in a row were not finite (--max-nonfinite-steps {}), none applied; this step's records of {}: {records:?}",
+                self.nonfinite_in_a_row,
+                cfg.max_nonfinite_steps,
+                cfg.data.display()
+            );
+        }
+        if !finite {
+            obs.message(&format!("step {step}: loss {loss}, gradient norm {grad_norm}: not finite, the update is skipped"));
+        }
         obs.advance(step, &format!("{} | {:.0} tok/s", metrics::brief(&m), tokens as f64 / secs));
         self.references.after_step(step, &self.policy.model, obs)?;
         Ok(line)
@@ -250,16 +329,43 @@ impl<'a> Run<'a> {
         Ok(Some(m))
     }
 
-    /// Writes the policy as `OUTPUT_DIR/name`: a Hugging Face model directory, or (LoRA) a PEFT
-    /// adapter directory.
-    fn save(&self, name: &str, obs: &mut dyn Observer) -> Result<()> {
-        let dir = self.cfg.output_dir.join(name);
-        match self.policy.adapter(&crate::fetch::base_model_name(&self.cfg.model)) {
-            Some(adapter) => adapter.save(&dir)?,
-            None => save_hf_dir(&self.policy.model.detached(), &self.tokenizer, &dir)?,
-        }
+    /// Writes the policy as `OUTPUT_DIR/name` (atomically): a Hugging Face model directory, or
+    /// (LoRA) a PEFT adapter directory; with `state` (a checkpoint) also what a resumed run needs
+    /// ([`checkpoint`]), and then the oldest checkpoints beyond `--save-total-limit` go.
+    fn save(&self, name: &str, state: Option<TrainerState>, obs: &mut dyn Observer) -> Result<()> {
+        let cfg = self.cfg;
+        let dir = cfg.output_dir.join(name);
+        write_dir_atomic(&dir, |tmp| {
+            match self.policy.adapter(&crate::fetch::base_model_name(&cfg.model)) {
+                Some(adapter) => adapter.write_files(tmp)?,
+                None => write_hf_files(&self.policy.model.detached(), &self.tokenizer, tmp, DType::F32)?,
+            }
+            match &state {
+                Some(state) => checkpoint::write_state(tmp, state, &self.policy, &self.opt, self.metrics.path()),
+                None => Ok(()),
+            }
+        })?;
         obs.message(&format!("saved {}", dir.display()));
+        if let (Some(limit), Some(_)) = (cfg.save_total_limit, state) {
+            checkpoint::prune(&cfg.output_dir, limit, self.resumed_from.as_deref())?;
+        }
         Ok(())
+    }
+
+    /// Where the run stands after `step` steps.
+    fn state(&self, step: usize) -> Result<TrainerState> {
+        Ok(TrainerState {
+            global_step: step,
+            optimizer_step: self.opt.step,
+            epoch: self.order.epoch(),
+            max_steps: self.steps,
+            num_tokens: self.tokens_before + self.log.tokens_total(),
+            skipped_nonfinite: self.skipped_nonfinite,
+            nonfinite_in_a_row: self.nonfinite_in_a_row,
+            data_hash: self.data_hash.clone(),
+            eval_data_hash: self.eval_data_hash.clone(),
+            training_args: serde_json::to_value(self.cfg)?,
+        })
     }
 
     /// The run's summary, written with the report.
@@ -298,18 +404,18 @@ pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> 
     let steps = run.steps;
     let (mut last_train, mut last_eval) = (Metrics::new(), None);
     obs.phase("training", steps, "steps");
-    for step in 1..=steps {
+    for step in run.first_step..=steps {
         last_train = run.step(step, obs)?;
         if cfg.eval_steps.is_some_and(|e| step % e == 0) && step < steps {
             last_eval = run.evaluate(step, obs)?;
         }
         if cfg.save_steps.is_some_and(|s| step % s == 0) && step < steps {
-            run.save(&format!("checkpoint-{step}"), obs)?;
+            run.save(&format!("checkpoint-{step}"), Some(run.state(step)?), obs)?;
         }
     }
     if run.eval_set.is_some() {
         last_eval = run.evaluate(steps, obs)?;
     }
-    run.save("final", obs)?;
+    run.save("final", None, obs)?;
     run.finish(started, last_train, last_eval, obs)
 }

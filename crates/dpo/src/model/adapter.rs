@@ -200,6 +200,11 @@ impl Adapter {
     /// Writes `dir` as a PEFT adapter directory (`adapter_config.json`, and
     /// `adapter_model.safetensors` in f32), filled under a temporary name and renamed.
     pub fn save(&self, dir: &Path) -> Result<()> {
+        write_dir_atomic(dir, |tmp| self.write_files(tmp))
+    }
+
+    /// Writes the files of [`Adapter::save`] into the existing directory `tmp`.
+    pub fn write_files(&self, tmp: &Path) -> Result<()> {
         let c = &self.config;
         let targets: Vec<&str> = c.targets()?.into_iter().map(Proj::name).collect();
         let config = json!({
@@ -227,10 +232,8 @@ impl Adapter {
             tensors.push((peft_name(m.layer, m.proj, 'A'), Weight::Tensor(m.a.clone())));
             tensors.push((peft_name(m.layer, m.proj, 'B'), Weight::Tensor(m.b.clone())));
         }
-        write_dir_atomic(dir, |tmp| {
-            std::fs::write(tmp.join("adapter_config.json"), serde_json::to_string_pretty(&config)?)?;
-            write_safetensors(&tmp.join("adapter_model.safetensors"), &tensors, ::safetensors::Dtype::F32)
-        })
+        std::fs::write(tmp.join("adapter_config.json"), serde_json::to_string_pretty(&config)?)?;
+        write_safetensors(&tmp.join("adapter_model.safetensors"), &tensors, ::safetensors::Dtype::F32)
     }
 
     /// Reads a PEFT LoRA adapter directory (ours or PEFT's) for a model with config `model`.

@@ -313,22 +313,27 @@ pub fn save_hf_dir(model: &Llama, tokenizer: &Tokenizer, dir: &Path) -> Result<(
 /// time as the file is written (a frozen compact matrix is dequantized then), so writing needs
 /// one tensor's memory beyond the model.
 pub fn save_hf_dir_as(model: &Llama, tokenizer: &Tokenizer, dir: &Path, dtype: DType) -> Result<()> {
+    write_dir_atomic(dir, |tmp| write_hf_files(model, tokenizer, tmp, dtype))
+}
+
+/// Writes the files of a Hugging Face model directory (`config.json`, `model.safetensors` in
+/// `dtype` = f32 or bf16, the tokenizer's files, `generation_config.json`) into the existing
+/// directory `tmp`; [`save_hf_dir_as`] makes that atomic.
+pub fn write_hf_files(model: &Llama, tokenizer: &Tokenizer, tmp: &Path, dtype: DType) -> Result<()> {
     let (st_dtype, torch) = match dtype {
         DType::F32 => (safetensors::Dtype::F32, "float32"),
         DType::BF16 => (safetensors::Dtype::BF16, "bfloat16"),
         d => bail!("saving a model in {d:?} is not supported (f32, bf16)"),
     };
-    write_dir_atomic(dir, |tmp| {
-        let mut config = model.config.to_hf_json();
-        config["torch_dtype"] = torch.into();
-        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-        write_safetensors(&tmp.join("model.safetensors"), &model.named_weights(), st_dtype)?;
-        tokenizer.save(tmp)?;
-        let mut gen = serde_json::json!({"eos_token_id": tokenizer.eos_id});
-        if let Some(b) = model.config.bos_token_id {
-            gen["bos_token_id"] = b.into();
-        }
-        std::fs::write(tmp.join("generation_config.json"), serde_json::to_string_pretty(&gen)?)?;
-        Ok(())
-    })
+    let mut config = model.config.to_hf_json();
+    config["torch_dtype"] = torch.into();
+    std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    write_safetensors(&tmp.join("model.safetensors"), &model.named_weights(), st_dtype)?;
+    tokenizer.save(tmp)?;
+    let mut gen = serde_json::json!({"eos_token_id": tokenizer.eos_id});
+    if let Some(b) = model.config.bos_token_id {
+        gen["bos_token_id"] = b.into();
+    }
+    std::fs::write(tmp.join("generation_config.json"), serde_json::to_string_pretty(&gen)?)?;
+    Ok(())
 }

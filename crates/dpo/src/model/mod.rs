@@ -1,6 +1,7 @@
 //! The policy/reference model: architecture, loading (GGUF, Hugging Face) and saving.
 
 pub mod adapter;
+pub use safetensors::{for_each_safetensor, write_safetensors};
 mod config;
 mod llama;
 mod load;
@@ -9,7 +10,7 @@ mod weight;
 
 pub use config::LlamaConfig;
 pub use llama::{tensor_names, tensor_specs, Block, KvCache, Linear, Llama, Proj, TensorRole, TensorSpec};
-pub use load::{load, load_tokenizer, load_with, save_hf_dir, save_hf_dir_as, LoadOptions, Loaded};
+pub use load::{load, load_tokenizer, load_with, save_hf_dir, save_hf_dir_as, write_hf_files, LoadOptions, Loaded};
 pub use weight::Weight;
 
 use anyhow::Result;

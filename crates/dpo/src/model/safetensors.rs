@@ -17,7 +17,7 @@ struct SafetensorsEntry {
 
 /// Reads the tensors of a safetensors file one at a time (as f32) and hands each to `f`. The
 /// header is checked against the file: offsets inside the data, sizes that match the shapes.
-pub(crate) fn for_each_safetensor(path: &Path, mut f: impl FnMut(String, Tensor) -> Result<()>) -> Result<()> {
+pub fn for_each_safetensor(path: &Path, mut f: impl FnMut(String, Tensor) -> Result<()>) -> Result<()> {
     let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let size = file.metadata()?.len();
     let mut n = [0u8; 8];
@@ -74,7 +74,7 @@ pub(crate) fn for_each_safetensor(path: &Path, mut f: impl FnMut(String, Tensor)
 /// Writes `weights` as a safetensors file (the format: an 8-byte little-endian header size, a
 /// JSON header of `{name: {dtype, shape, data_offsets}}` padded with spaces to a multiple of 8,
 /// then the data), each tensor converted to `dtype` (F32 or BF16) only when its turn comes.
-pub(crate) fn write_safetensors(path: &Path, weights: &[(String, Weight)], dtype: safetensors::Dtype) -> Result<()> {
+pub fn write_safetensors(path: &Path, weights: &[(String, Weight)], dtype: safetensors::Dtype) -> Result<()> {
     use std::io::Write;
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
