@@ -186,3 +186,43 @@ fn read_tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
     .unwrap();
     out
 }
+
+/// A full disk (here a file-size limit, `ulimit -f`, with SIGXFSZ ignored so that writes fail
+/// with EFBIG as on a full file system) while a checkpoint is written: the run fails naming the
+/// checkpoint, the previous checkpoint stays complete, and resuming from it later gives the
+/// uninterrupted run's result.
+#[test]
+fn a_full_disk_fails_clearly_and_keeps_the_last_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_model(d.path());
+    let whole = d.path().join("whole");
+    assert!(dpo(d.path(), &train_args(&model, &whole, &["--max-steps", "6"])).status.success());
+    let out = d.path().join("run");
+    // Steps 1-2 and checkpoint-2 with room enough, then stopped.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dpo")).env("DPO_HOME", d.path()).args(train_args(&model, &out, &["--max-steps", "6"]))
+        .stderr(std::process::Stdio::null()).spawn().unwrap();
+    while !out.join("checkpoint-2").exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before checkpoint-2");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let kept = std::fs::read(out.join("checkpoint-2/model.safetensors")).unwrap();
+    // Resumed with files limited to 1 MiB: the model file of checkpoint-4 (3 MB) does not fit.
+    let mut args = train_args(&model, &out, &["--max-steps", "6", "--resume-from-checkpoint", "latest"]);
+    let quoted: Vec<String> = args.drain(..).map(|a| format!("'{a}'")).collect();
+    let o = Command::new("bash")
+        .env("DPO_HOME", d.path())
+        .arg("-c")
+        .arg(format!("trap '' XFSZ; ulimit -f 1024; exec {} {}", env!("CARGO_BIN_EXE_dpo"), quoted.join(" ")))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("checkpoint-4") && err.contains("File too large"), "{err}");
+    eprintln!("{}", err.lines().last().unwrap_or(""));
+    assert!(!out.join("checkpoint-4").exists(), "a partial checkpoint-4 was left");
+    assert_eq!(std::fs::read(out.join("checkpoint-2/model.safetensors")).unwrap(), kept);
+    let o = dpo(d.path(), &train_args(&model, &out, &["--max-steps", "6", "--resume-from-checkpoint", "latest"]));
+    assert!(o.status.success());
+    assert!(outcome(&out, "model.safetensors") == outcome(&whole, "model.safetensors"));
+}
