@@ -66,13 +66,20 @@ fn strip_generation_tags(source: &str) -> String {
     out
 }
 
+/// Instructions one rendering of a chat template may run (minijinja's fuel): real templates
+/// take thousands for a long conversation; a hostile one that loops or renders megabytes stops
+/// with an error instead of running without bound.
+pub const CHAT_TEMPLATE_FUEL: u64 = 5_000_000;
+
 impl ChatTemplate {
-    /// Compiles `source` (a Hugging Face chat template). Fails on a syntax error.
+    /// Compiles `source` (a Hugging Face chat template). Fails on a syntax error. Each rendering
+    /// may run [`CHAT_TEMPLATE_FUEL`] instructions.
     pub fn new(source: &str, bos_token: Option<&str>, eos_token: Option<&str>, pad_token: Option<&str>) -> Result<Self> {
         let mut env = Environment::new();
         let syntax = SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).keep_trailing_newline(false).build();
         env.set_syntax(syntax.map_err(|e| anyhow!("chat template syntax: {e}"))?);
         env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_fuel(Some(CHAT_TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
@@ -282,6 +289,16 @@ pub(crate) mod tests {
 
     fn msgs(v: &[(&str, &str)]) -> Vec<Message> {
         v.iter().map(|(r, c)| Message::new(*r, *c)).collect()
+    }
+
+    /// A template that would loop 10^8 times stops on its fuel; a long real conversation does not.
+    #[test]
+    fn hostile_templates_run_out_of_fuel() {
+        let t = ChatTemplate::new("{% for i in range(10000) %}{% for j in range(10000) %}xxxxxxxxxx{% endfor %}{% endfor %}", None, None, None).unwrap();
+        let err = format!("{:#}", t.render(&msgs(&[("user", "Hi")]), false).unwrap_err());
+        assert!(err.contains("fuel"), "{err}");
+        let long: Vec<(&str, &str)> = (0..2000).map(|i| if i % 2 == 0 { ("user", "a question") } else { ("assistant", "an answer") }).collect();
+        assert!(smol().render(&msgs(&long), true).is_ok());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! metadata, and written back as a `config.json` that `transformers` loads.
 
 use crate::ops::Llama3Scaling;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
 /// Architecture of a Llama-family model (Llama 2/3, SmolLM, Mistral; Qwen2 with q/k/v bias).
@@ -76,14 +76,14 @@ impl LlamaConfig {
             },
             None => None,
         };
-        Ok(Self {
+        Self {
             vocab_size: get_usize(v, "vocab_size")?,
             hidden_size: hidden,
             intermediate_size: get_usize(v, "intermediate_size")?,
             num_hidden_layers: get_usize(v, "num_hidden_layers")?,
             num_attention_heads: heads,
             num_key_value_heads: get_usize(v, "num_key_value_heads").unwrap_or(heads),
-            head_dim: v.get("head_dim").and_then(Value::as_u64).map(|x| x as usize).unwrap_or(hidden / heads),
+            head_dim: v.get("head_dim").and_then(Value::as_u64).map(|x| x as usize).unwrap_or(hidden / heads.max(1)),
             rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
@@ -97,7 +97,33 @@ impl LlamaConfig {
             eos_token_id: get_token(v, "eos_token_id"),
             pad_token_id: get_token(v, "pad_token_id"),
             model_type,
-        })
+        }
+        .validated()
+    }
+
+    /// `self` if its sizes make a model: at least one layer, head, key-value head and
+    /// vocabulary entry, heads a multiple of key-value heads, an even head dimension (rope).
+    /// Errors name the field.
+    pub fn validated(self) -> Result<Self> {
+        for (field, n) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+        ] {
+            ensure!(n > 0, "`{field}` is 0: must be at least 1");
+        }
+        ensure!(
+            self.num_attention_heads % self.num_key_value_heads == 0,
+            "`num_attention_heads` {} is not a multiple of `num_key_value_heads` {}",
+            self.num_attention_heads,
+            self.num_key_value_heads
+        );
+        ensure!(self.head_dim % 2 == 0, "`head_dim` {} is odd: rotary embeddings need an even one", self.head_dim);
+        Ok(self)
     }
 
     /// The `config.json` of a Hugging Face model directory for this architecture (f32 weights).

@@ -142,6 +142,18 @@ pub struct TensorSpec {
     pub role: TensorRole,
 }
 
+/// Checks that `weights` hold every tensor a model of `config` reads ([`tensor_specs`]), each of
+/// its shape. Errors name the first missing or misshapen tensor.
+pub fn check_weights(config: &LlamaConfig, weights: &HashMap<String, Weight>) -> Result<()> {
+    for s in tensor_specs(config) {
+        let w = weights.get(&s.name).with_context(|| format!("missing tensor `{}`", s.name))?;
+        if w.dims() != s.shape {
+            bail!("tensor `{}` has shape {:?}, the config needs {:?}", s.name, w.dims(), s.shape);
+        }
+    }
+    Ok(())
+}
+
 /// The tensors of a model with this config, in checkpoint order: the one table that loading,
 /// saving, the policy's parameter list and random initialisation all read.
 pub fn tensor_specs(c: &LlamaConfig) -> Vec<TensorSpec> {
@@ -223,14 +235,11 @@ impl Llama {
     /// matrices may be frozen compact ones, norms and biases are tensors. Errors name a missing
     /// tensor or a tensor whose shape does not fit the config.
     pub fn from_weights(config: LlamaConfig, weights: &HashMap<String, Weight>) -> Result<Self> {
+        check_weights(&config, weights)?;
         let mut specs = tensor_specs(&config).into_iter();
         let mut next = || -> Result<Weight> {
             let s = specs.next().context("fewer tensors in the table than the model reads")?;
-            let w = weights.get(&s.name).with_context(|| format!("missing tensor `{}`", s.name))?;
-            if w.dims() != s.shape {
-                bail!("tensor `{}` has shape {:?}, the config needs {:?}", s.name, w.dims(), s.shape);
-            }
-            Ok(w.clone())
+            Ok(weights.get(&s.name).with_context(|| format!("missing tensor `{}`", s.name))?.clone())
         };
         // Norms and biases are always tensors.
         let tensor = |w: Weight| -> Result<Tensor> { Ok(w.tensor("a norm or bias")?.clone()) };

@@ -8,7 +8,7 @@
 
 use super::adapter::Adapter;
 use super::safetensors::{for_each_safetensor, write_safetensors};
-use super::{Llama, LlamaConfig, Proj, Weight};
+use super::{check_weights, Llama, LlamaConfig, Proj, Weight};
 use crate::io::write_dir_atomic;
 use crate::ops::qmatmul::{BaseDType, FrozenMatrix};
 use crate::tokenizer::Tokenizer;
@@ -179,6 +179,7 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
             Ok(())
         })?;
     }
+    check_weights(&config, &tensors).with_context(|| format!("{} (with {})", dir.display(), cfg_path.display()))?;
     let tokenizer = Tokenizer::from_hf_dir(dir)?;
     Ok(Loaded { config, tensors, tokenizer })
 }
@@ -226,7 +227,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         num_hidden_layers: md_u32(md, &k("block_count"))?,
         num_attention_heads: heads,
         num_key_value_heads: md_u32(md, &k("attention.head_count_kv")).unwrap_or(heads),
-        head_dim: md_u32(md, &k("rope.dimension_count")).unwrap_or(hidden / heads),
+        head_dim: md_u32(md, &k("rope.dimension_count")).unwrap_or(hidden / heads.max(1)),
         rms_norm_eps: md_f64(md, &k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
         rope_theta: md_f64(md, &k("rope.freq_base")).unwrap_or(10_000.0),
         rope_scaling: None,
@@ -236,7 +237,9 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         bos_token_id: md.get("tokenizer.ggml.bos_token_id").and_then(|v| v.to_u32().ok()),
         eos_token_id: Some(tokenizer.eos_id),
         pad_token_id: md.get("tokenizer.ggml.padding_token_id").and_then(|v| v.to_u32().ok()),
-    };
+    }
+    .validated()
+    .with_context(|| format!("{}: metadata", path.display()))?;
     let conv = Converter::new(&config, opts)?;
     let mut tensors = HashMap::new();
     let mut names: Vec<(&String, u64)> = content.tensor_infos.iter().map(|(n, i)| (n, i.offset)).collect();
@@ -272,6 +275,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         };
         tensors.insert(name, w);
     }
+    check_weights(&config, &tensors).with_context(|| format!("{}", path.display()))?;
     Ok(Loaded { config, tensors, tokenizer })
 }
 
