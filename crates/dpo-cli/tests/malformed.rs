@@ -94,6 +94,17 @@ fn every_reader_refuses_bad_input_by_name_without_panic_or_output() {
     };
     let f = file("truncated.jsonl.gz", &gz[..gz.len() / 2]);
     add("truncated gzip", train(&f, "5", &[]), format!("{f}:1: reading: incomplete deflate stream"));
+    let bomb = {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..80 {
+            e.write_all(&chunk).unwrap();
+        }
+        e.finish().unwrap()
+    };
+    let f = file("bomb.jsonl.gz", &bomb);
+    add("gzip bomb: an 80 MiB line", train(&f, "bomb", &[]), format!("{f}:1: reading: a line longer than 64 MiB"));
     let f = file("bad.parquet", b"PAR1garbage");
     add("not Parquet", train(&f, "6", &[]), format!("{f}: not a Parquet file"));
     let f = file("empty.jsonl", b"");

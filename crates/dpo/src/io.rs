@@ -15,6 +15,43 @@ pub fn open_text(path: &Path) -> Result<Box<dyn BufRead>> {
     })
 }
 
+/// The longest line of a text file read, bytes: a longer one (a corrupt file, a gzip bomb) is
+/// refused instead of being held in memory.
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+/// The largest whole JSON document read (a `.json` list of records), bytes.
+pub const MAX_JSON_BYTES: u64 = 2 << 30;
+
+/// The lines of `reader` without their line ends, as `BufRead::lines` gives them, but each at
+/// most [`MAX_LINE_BYTES`] long (else an `InvalidData` error naming the bound).
+pub fn bounded_lines(mut reader: impl BufRead) -> impl Iterator<Item = std::io::Result<String>> {
+    use std::io::{Error, ErrorKind, Read};
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let mut buf = Vec::new();
+        match reader.by_ref().take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut buf) {
+            Err(e) => {
+                done = true;
+                return Some(Err(e));
+            }
+            Ok(0) => return None,
+            Ok(_) => {}
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+        } else if buf.len() > MAX_LINE_BYTES {
+            done = true;
+            return Some(Err(Error::new(ErrorKind::InvalidData, format!("a line longer than {} MiB", MAX_LINE_BYTES >> 20))));
+        }
+        Some(String::from_utf8(buf).map_err(|_| Error::new(ErrorKind::InvalidData, "stream did not contain valid UTF-8")))
+    })
+}
+
 /// A sibling path of `path` for temporary content: `.NAME.tmp-PID-N`.
 fn sibling_tmp(path: &Path, what: &str) -> PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};

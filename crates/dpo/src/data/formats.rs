@@ -11,8 +11,8 @@
 
 use super::records::kind;
 use super::Origin;
-use crate::io::open_text;
-use anyhow::{bail, Context, Result};
+use crate::io::{bounded_lines, open_text, MAX_JSON_BYTES};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::{Map, Value};
 use std::io::{BufRead, Read};
 use std::path::Path;
@@ -62,7 +62,7 @@ fn object(v: Value, origin: &Origin) -> Result<Map<String, Value>> {
 
 fn json_lines(path: &Path, reader: impl BufRead) -> Result<Vec<RawRecord>> {
     let mut out = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
+    for (i, line) in bounded_lines(reader).enumerate() {
         let line = line.with_context(|| format!("{}:{}: reading", path.display(), i + 1))?;
         if line.trim().is_empty() {
             continue;
@@ -76,7 +76,8 @@ fn json_lines(path: &Path, reader: impl BufRead) -> Result<Vec<RawRecord>> {
 
 fn json_list(path: &Path) -> Result<Vec<RawRecord>> {
     let mut text = String::new();
-    open_text(path)?.read_to_string(&mut text).with_context(|| format!("{}: reading", path.display()))?;
+    open_text(path)?.take(MAX_JSON_BYTES + 1).read_to_string(&mut text).with_context(|| format!("{}: reading", path.display()))?;
+    ensure!(text.len() as u64 <= MAX_JSON_BYTES, "{}: a JSON document over {} GiB: write the records as JSON Lines (one per line)", path.display(), MAX_JSON_BYTES >> 30);
     match text.trim_start().chars().next() {
         Some('{') => {
             return json_lines(path, text.as_bytes()).map_err(|e| match serde_json::from_str::<Value>(&text) {

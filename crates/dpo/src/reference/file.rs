@@ -5,11 +5,10 @@
 //! and its mismatched completion), or `{"index": 5, "skipped": "why"}` for a record left out.
 
 use crate::data::{Tokenized, TokenizedSet};
-use crate::io::{open_text, write_jsonl_atomic};
+use crate::io::{bounded_lines, open_text, write_jsonl_atomic};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::path::Path;
 
 /// One record's log-probs and token counts, per completion.
@@ -42,7 +41,7 @@ pub fn line(ex: &Tokenized, logps: &[f64]) -> Value {
 /// Reads a `dpo logps` file into record index → entry. Errors name the file, line and field.
 pub fn read_file(path: &Path) -> Result<HashMap<usize, Entry>> {
     let mut out = HashMap::new();
-    for (i, line) in open_text(path)?.lines().enumerate() {
+    for (i, line) in bounded_lines(open_text(path)?).enumerate() {
         let line = line.with_context(|| format!("reading {}", path.display()))?;
         let at = format!("{}:{}", path.display(), i + 1);
         if let Some((index, entry)) = parse_line(&at, &line)? {
