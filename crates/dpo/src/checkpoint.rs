@@ -11,13 +11,13 @@
 
 use crate::config::TrainConfig;
 use crate::io::{is_leftover_tmp, remove_dir_atomic, write_atomic};
-use crate::model::{for_each_safetensor, write_safetensors, Weight};
+use crate::model::{read_safetensors, write_safetensors, Weight};
 use crate::optim::AdamW;
 use crate::policy::Policy;
+use crate::reference::DataHashes;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The file of a checkpoint that holds its [`TrainerState`].
@@ -102,7 +102,7 @@ pub fn read_state(dir: &Path) -> Result<TrainerState> {
 /// Refuses to resume `state` (read from `dir`) with settings `cfg` that would train something
 /// else: another data file (by content), model, loss, batch size, learning rate, ... The error
 /// names the first differing setting with both values.
-pub fn check(state: &TrainerState, dir: &Path, cfg: &TrainConfig, data_hash: &str, eval_data_hash: Option<&str>) -> Result<()> {
+pub fn check(state: &TrainerState, dir: &Path, cfg: &TrainConfig, data: &DataHashes) -> Result<()> {
     let at = dir.join(TRAINER_STATE);
     let now = serde_json::to_value(cfg)?;
     let (Value::Object(then), Value::Object(now)) = (&state.training_args, &now) else { bail!("{}: `training_args` is not an object", at.display()) };
@@ -115,8 +115,8 @@ pub fn check(state: &TrainerState, dir: &Path, cfg: &TrainConfig, data_hash: &st
             bail!("{}: the run was made with `{k}` = {a}, this command has {b}: resume with the run's settings", at.display());
         }
     }
-    ensure!(state.data_hash == data_hash, "{}: the training data {} changed since the checkpoint was written (its content hash differs)", at.display(), cfg.data.display());
-    ensure!(state.eval_data_hash.as_deref() == eval_data_hash, "{}: the evaluation data changed since the checkpoint was written (its content hash differs)", at.display());
+    ensure!(state.data_hash == data.train, "{}: the training data {} changed since the checkpoint was written (its content hash differs)", at.display(), cfg.data.display());
+    ensure!(state.eval_data_hash == data.eval, "{}: the evaluation data changed since the checkpoint was written (its content hash differs)", at.display());
     Ok(())
 }
 
@@ -142,16 +142,8 @@ pub fn write_state(tmp: &Path, state: &TrainerState, policy: &Policy, opt: &Adam
 /// from the checkpoint or of another shape.
 pub fn restore(dir: &Path, state: &TrainerState, policy: &Policy, opt: &mut AdamW, metrics: &Path) -> Result<()> {
     let weights_file = if policy.lora.is_some() { "adapter_model.safetensors" } else { "model.safetensors" };
-    let mut saved = HashMap::new();
-    for_each_safetensor(&dir.join(weights_file), |name, t| {
-        saved.insert(name, t);
-        Ok(())
-    })?;
-    let mut moments = HashMap::new();
-    for_each_safetensor(&dir.join(OPTIMIZER_STATE), |name, t| {
-        moments.insert(name, t);
-        Ok(())
-    })?;
+    let saved = read_safetensors(&dir.join(weights_file))?;
+    let moments = read_safetensors(&dir.join(OPTIMIZER_STATE))?;
     for (i, (name, var)) in policy.params.iter().enumerate() {
         let missing = |file: &str, what: &str| format!("{}: no tensor `{what}`", dir.join(file).display());
         let t = saved.get(name).with_context(|| missing(weights_file, name))?;

@@ -15,7 +15,7 @@ use crate::model::{self, write_hf_files};
 use crate::observer::Observer;
 use crate::optim::{clip_coefficient, global_grad_norm, lr_factor, AdamW};
 use crate::policy::Policy;
-use crate::reference::{file_hash, References};
+use crate::reference::{DataHashes, References};
 use crate::model::adapter::Adapter;
 use crate::ops::mix_seed;
 use crate::step::{step_gradients, StepSettings};
@@ -152,8 +152,7 @@ struct Run<'a> {
     /// Steps skipped for a non-finite loss or gradient norm: in all, and in a row.
     skipped_nonfinite: usize,
     nonfinite_in_a_row: usize,
-    data_hash: String,
-    eval_data_hash: Option<String>,
+    data_hashes: DataHashes,
 }
 
 impl<'a> Run<'a> {
@@ -164,14 +163,13 @@ impl<'a> Run<'a> {
     fn start(cfg: &'a TrainConfig, obs: &mut dyn Observer) -> Result<Self> {
         cfg.validate()?;
         let metrics_path = cfg.output_dir.join(checkpoint::METRICS);
-        let data_hash = file_hash(&cfg.data)?;
-        let eval_data_hash = cfg.eval_data.as_deref().map(file_hash).transpose()?;
+        let data_hashes = DataHashes::of(&cfg.data, cfg.eval_data.as_deref())?;
         let resume = match &cfg.resume_from_checkpoint {
             Some(spec) => {
                 ensure!(cfg.sync_ref.is_none(), "--resume-from-checkpoint: a TR-DPO run (--sync-ref-model) keeps its moving reference in memory only and cannot be resumed");
                 let dir = checkpoint::resolve(spec, &cfg.output_dir)?;
                 let state = checkpoint::read_state(&dir)?;
-                checkpoint::check(&state, &dir, cfg, &data_hash, eval_data_hash.as_deref())?;
+                checkpoint::check(&state, &dir, cfg, &data_hashes)?;
                 Some((dir, state))
             }
             None if metrics_path.exists() && !cfg.overwrite_output_dir => {
@@ -197,12 +195,12 @@ impl<'a> Run<'a> {
             let policy = Policy::lora(&base, &adapter)?;
             drop(base);
             let reference = policy.model.without_adapters();
-            let references = References::prepare(cfg, reference, &tokenizer, &train_set, eval_set.as_ref(), cfg.precompute_ref_log_probs, true, &visited, obs)?;
+            let references = References::prepare(cfg, reference, &tokenizer, &train_set, eval_set.as_ref(), &data_hashes, cfg.precompute_ref_log_probs, true, &visited, obs)?;
             obs.message(&format!("LoRA: {} trainable parameters (r {}, alpha {}), base {}", policy.num_parameters(), cfg.setup.lora.lora_r, cfg.setup.lora.lora_alpha, cfg.setup.load.base_dtype));
             (policy, references)
         } else {
             // Reference log-probs of every example the run uses first, then only the policy.
-            let references = References::prepare(cfg, base, &tokenizer, &train_set, eval_set.as_ref(), true, false, &visited, obs)?;
+            let references = References::prepare(cfg, base, &tokenizer, &train_set, eval_set.as_ref(), &data_hashes, true, false, &visited, obs)?;
             let policy = Policy::new(loaded.config.clone(), &loaded.tensors)?;
             drop(loaded);
             (policy, references)
@@ -244,8 +242,7 @@ impl<'a> Run<'a> {
             tokens_before,
             skipped_nonfinite,
             nonfinite_in_a_row,
-            data_hash,
-            eval_data_hash,
+            data_hashes,
         })
     }
 
@@ -362,8 +359,8 @@ impl<'a> Run<'a> {
             num_tokens: self.tokens_before + self.log.tokens_total(),
             skipped_nonfinite: self.skipped_nonfinite,
             nonfinite_in_a_row: self.nonfinite_in_a_row,
-            data_hash: self.data_hash.clone(),
-            eval_data_hash: self.eval_data_hash.clone(),
+            data_hash: self.data_hashes.train.clone(),
+            eval_data_hash: self.data_hashes.eval.clone(),
             training_args: serde_json::to_value(self.cfg)?,
         })
     }

@@ -1,7 +1,7 @@
 //! The policy/reference model: architecture, loading (GGUF, Hugging Face) and saving.
 
 pub mod adapter;
-pub use safetensors::{for_each_safetensor, write_safetensors};
+pub use safetensors::{for_each_safetensor, read_safetensors, write_safetensors};
 mod config;
 mod llama;
 mod load;

@@ -71,6 +71,16 @@ pub fn for_each_safetensor(path: &Path, mut f: impl FnMut(String, Tensor) -> Res
     Ok(())
 }
 
+/// Every tensor of a safetensors file by name, as f32 ([`for_each_safetensor`]).
+pub fn read_safetensors(path: &Path) -> Result<std::collections::HashMap<String, Tensor>> {
+    let mut out = std::collections::HashMap::new();
+    for_each_safetensor(path, |name, t| {
+        out.insert(name, t);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// Writes `weights` as a safetensors file (the format: an 8-byte little-endian header size, a
 /// JSON header of `{name: {dtype, shape, data_offsets}}` padded with spaces to a multiple of 8,
 /// then the data), each tensor converted to `dtype` (F32 or BF16) only when its turn comes.

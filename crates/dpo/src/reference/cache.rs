@@ -31,6 +31,21 @@ pub fn file_hash(path: &Path) -> Result<String> {
     Ok(h.finalize().to_hex().to_string())
 }
 
+/// Content hashes (blake3, hex) of a run's training and evaluation data files: part of the
+/// reference cache's key and of a checkpoint's state, computed once per run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataHashes {
+    pub train: String,
+    pub eval: Option<String>,
+}
+
+impl DataHashes {
+    /// Hashes `train` and `eval`. Errors: a file that cannot be read.
+    pub fn of(train: &Path, eval: Option<&Path>) -> Result<Self> {
+        Ok(Self { train: file_hash(train)?, eval: eval.map(file_hash).transpose()? })
+    }
+}
+
 /// Where the cache keeps the reference log-probs of this model, data file, view of the data (how
 /// its records were converted: pairs, unpaired, ...) and tokenization: `DPO_HOME/ref-logps/<hash>.jsonl`.
 pub fn cache_path(model_hash: &str, data_hash: &str, view: &str, settings: TokenizeSettings) -> PathBuf {
@@ -59,11 +74,15 @@ pub struct RefStore {
 }
 
 impl RefStore {
-    /// The store of `set` at the cache key of (`model_hash`, `data`, `view`, `settings`), with
-    /// the entries already in the cache file (an entry whose token counts do not match is
-    /// recomputed). Errors: `data` or the cache file cannot be read.
-    pub fn open(model_hash: &str, data: &Path, view: &str, set: &TokenizedSet, settings: TokenizeSettings) -> Result<Self> {
-        let path = cache_path(model_hash, &file_hash(data)?, view, settings);
+    /// The store of `set` at the cache key of (`model_hash`, `data_hash`, `view`, `settings`),
+    /// with the entries already in the cache file (an entry whose token counts do not match is
+    /// recomputed). Errors: the cache file cannot be read.
+    pub fn open(model_hash: &str, data_hash: &str, view: &str, set: &TokenizedSet, settings: TokenizeSettings) -> Result<Self> {
+        Self::at(cache_path(model_hash, data_hash, view, settings), set)
+    }
+
+    /// The store of `set` in the cache file `path`, with the entries already there.
+    fn at(path: PathBuf, set: &TokenizedSet) -> Result<Self> {
         let position = set.examples.iter().enumerate().map(|(i, ex)| (ex.index, (i, ex.scored_tokens()))).collect();
         let mut store = Self { path, known: vec![None; set.examples.len()], position, read_to: 0, cached: 0 };
         store.read_new()?;
@@ -160,10 +179,7 @@ mod tests {
     }
 
     fn store(path: &Path, set: &TokenizedSet) -> RefStore {
-        let position = set.examples.iter().enumerate().map(|(i, ex)| (ex.index, (i, ex.scored_tokens()))).collect();
-        let mut s = RefStore { path: path.to_path_buf(), known: vec![None; set.examples.len()], position, read_to: 0, cached: 0 };
-        s.read_new().unwrap();
-        s
+        RefStore::at(path.to_path_buf(), set).unwrap()
     }
 
     /// The cache is shared and append-only: a store sees what others appended after it opened,

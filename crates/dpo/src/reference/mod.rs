@@ -11,7 +11,7 @@
 pub mod cache;
 pub mod file;
 
-pub use cache::{cache_path, file_hash, model_hash, RefStore};
+pub use cache::{cache_path, file_hash, model_hash, DataHashes, RefStore};
 pub use file::{align, read_file, write_file, Entry};
 
 use crate::config::{SyncReference, TrainConfig};
@@ -47,7 +47,8 @@ impl References {
     /// (the initial policy; a LoRA run's base without its adapter). With `prefetch`, the
     /// log-probs of the training examples `visited` (all the run will use) and of the whole
     /// evaluation set are computed now (only those not cached); otherwise as batches reach them.
-    /// Without `keep_model` (only with `prefetch`), the model is then dropped.
+    /// Without `keep_model` (only with `prefetch`), the model is then dropped. `data_hashes`
+    /// are the contents' hashes of `cfg.data` and `cfg.eval_data` (the cache key's data part).
     #[allow(clippy::too_many_arguments)]
     pub fn prepare(
         cfg: &TrainConfig,
@@ -55,6 +56,7 @@ impl References {
         tokenizer: &Tokenizer,
         train: &TokenizedSet,
         eval: Option<&TokenizedSet>,
+        data_hashes: &DataHashes,
         prefetch: bool,
         keep_model: bool,
         visited: &[usize],
@@ -72,8 +74,8 @@ impl References {
         }
         let hash = model_hash(&reference, tokenizer)?;
         let view = data_view(&cfg.task, cfg.per_device_train_batch_size)?;
-        let open = |set: &TokenizedSet, data: &std::path::Path, obs: &mut dyn Observer| -> Result<RefStore> {
-            let store = RefStore::open(&hash, data, &view, set, cfg.tokenize)?;
+        let open = |set: &TokenizedSet, data: &std::path::Path, data_hash: &str, obs: &mut dyn Observer| -> Result<RefStore> {
+            let store = RefStore::open(&hash, data_hash, &view, set, cfg.tokenize)?;
             obs.message(&format!("reference log-probs of {}: {} of {} examples in the cache {}", data.display(), store.cached, set.examples.len(), store.path().display()));
             Ok(store)
         };
@@ -82,10 +84,10 @@ impl References {
                 obs.message(&format!("reference log-probs read from {}", g.display()));
                 TrainSource::Given(align(g, &read_file(g)?, train)?)
             }
-            None => TrainSource::Cached(open(train, &cfg.data, obs)?),
+            None => TrainSource::Cached(open(train, &cfg.data, &data_hashes.train, obs)?),
         };
-        let eval_store = match (eval, &cfg.eval_data) {
-            (Some(s), Some(p)) => Some(open(s, p, obs)?),
+        let eval_store = match (eval, &cfg.eval_data, &data_hashes.eval) {
+            (Some(s), Some(p), Some(h)) => Some(open(s, p, h, obs)?),
             _ => None,
         };
         let mut refs = Self::Fixed { model: Some(reference), train: train_source, eval: eval_store };
