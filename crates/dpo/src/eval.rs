@@ -84,7 +84,7 @@ pub fn sample_and_judge(
     progress: impl FnMut(usize, usize),
 ) -> Result<JudgedSamples> {
     let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p)).collect::<Result<_>>()?;
-    let sampled = sample_ids(model, &prompt_ids, tok.eos_id, cfg, progress)?;
+    let sampled = sample_ids(model, &prompt_ids, &tok.stop_ids, cfg, progress)?;
     let mut records = Vec::with_capacity(prompts.len());
     let mut rewards = Vec::with_capacity(prompts.len());
     let empty = Map::new();

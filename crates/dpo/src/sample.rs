@@ -149,12 +149,12 @@ fn choose(z: &[f32], cfg: &SampleConfig, rng: &mut ChaCha8Rng) -> (u32, f64) {
 }
 
 /// Samples `cfg.n` completions for every prompt (token ids, non-empty) from `model`, stopping at
-/// `eos` or `cfg.max_new_tokens`. `progress(prompts_done, tokens_generated)` after each batch.
+/// any of the `stop` ids (the tokenizer's [`Tokenizer::stop_ids`]) or `cfg.max_new_tokens`. `progress(prompts_done, tokens_generated)` after each batch.
 /// Returns `[prompt][sample]`.
 pub fn sample_ids(
     model: &Llama,
     prompts: &[Vec<u32>],
-    eos: u32,
+    stop: &[u32],
     cfg: &SampleConfig,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<Vec<Sampled>>> {
@@ -174,7 +174,7 @@ pub fn sample_ids(
                 let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
                 rng.set_stream(((b * per_batch + p) * cfg.n + j) as u64);
                 let (t, lp) = choose(&logits[p], cfg, &mut rng);
-                seqs.push((cache.clone(), Sampled { tokens: vec![t], logp: lp, ended: t == eos }, rng));
+                seqs.push((cache.clone(), Sampled { tokens: vec![t], logp: lp, ended: stop.contains(&t) }, rng));
             }
         }
         loop {
@@ -208,7 +208,7 @@ pub fn sample_ids(
                 let (t, lp) = choose(row, cfg, rng);
                 sampled.tokens.push(t);
                 sampled.logp += lp;
-                sampled.ended = t == eos;
+                sampled.ended = stop.contains(&t);
             });
         }
         generated += seqs.iter().map(|s| s.1.tokens.len()).sum::<usize>();
@@ -273,7 +273,7 @@ pub fn sample_texts(
     if let Some(i) = ids.iter().position(Vec::is_empty) {
         bail!("prompt {} is empty: there is nothing to continue", i + 1);
     }
-    let samples = sample_ids(model, &ids, tok.eos_id, cfg, progress)?;
+    let samples = sample_ids(model, &ids, &tok.stop_ids, cfg, progress)?;
     let mut tokens = 0;
     let mut out = Vec::with_capacity(prompts.len());
     for (p, s) in prompts.iter().zip(samples) {

@@ -1,6 +1,6 @@
 //! Text ↔ token ids: a Hugging Face `tokenizer.json`, or a byte-level BPE rebuilt from GGUF metadata.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use candle_core::quantized::gguf_file;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -16,6 +16,10 @@ pub struct Tokenizer {
     /// End-of-sequence text, appended to completions (TRL appends `eos_token` as text).
     pub eos_token: String,
     pub eos_id: u32,
+    /// The ids that end a generated completion: the EOS first, then `generation_config.json`'s
+    /// `eos_token_id`(s) (transformers' `generate` stops at any of them: Llama 3's `<|eot_id|>`
+    /// and `<|eom_id|>`, Qwen's `<|endoftext|>`), or a GGUF's end-of-turn tokens.
+    pub stop_ids: Vec<u32>,
     pub bos_token: Option<String>,
     pub pad_token: Option<String>,
     /// Jinja chat template, if the model ships one.
@@ -41,7 +45,18 @@ impl Tokenizer {
         let eos_id = inner
             .token_to_id(&eos_token)
             .with_context(|| format!("the EOS token `{eos_token}` is not in the vocabulary"))?;
-        Ok(Self { inner, eos_token, eos_id, bos_token, pad_token, chat_template })
+        Ok(Self { inner, eos_token, eos_id, stop_ids: vec![eos_id], bos_token, pad_token, chat_template })
+    }
+
+    /// Adds `ids` to [`Tokenizer::stop_ids`] (once each). Errors: an id outside the vocabulary.
+    fn add_stop_ids(&mut self, ids: impl IntoIterator<Item = u32>) -> Result<()> {
+        for id in ids {
+            ensure!(self.inner.id_to_token(id).is_some(), "end-of-sequence id {id} is not in the vocabulary");
+            if !self.stop_ids.contains(&id) {
+                self.stop_ids.push(id);
+            }
+        }
+        Ok(())
     }
 
     /// Loads `dir/tokenizer.json`, taking the special tokens and chat template from
@@ -75,7 +90,15 @@ impl Tokenizer {
             Some(t) => Some(t.to_string()),
             None => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
         };
-        Self::with_specials(inner, eos, bos, pad, template)
+        let mut tok = Self::with_specials(inner, eos, bos, pad, template)?;
+        let gen = read_json("generation_config.json")?;
+        let ids = match gen.get("eos_token_id") {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+            Some(v) => v.as_u64().map(|x| x as u32).into_iter().collect(),
+            None => vec![],
+        };
+        tok.add_stop_ids(ids).with_context(|| format!("{}: eos_token_id", dir.join("generation_config.json").display()))?;
+        Ok(tok)
     }
 
     /// Rebuilds the tokenizer of a GGUF file from its `tokenizer.ggml.*` metadata: a byte-level
@@ -143,7 +166,11 @@ impl Tokenizer {
         }
         let eos = tok(id("tokenizer.ggml.eos_token_id")).context("GGUF metadata has no usable eos_token_id")?;
         let template = md.get("tokenizer.chat_template").map(|v| v.to_string().cloned()).transpose()?;
-        Self::with_specials(inner, eos, bos, tok(id("tokenizer.ggml.padding_token_id")), template)
+        let mut out = Self::with_specials(inner, eos, bos, tok(id("tokenizer.ggml.padding_token_id")), template)?;
+        // llama.cpp's end-of-generation tokens
+        out.add_stop_ids(["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"].into_iter().filter_map(id))
+            .context("GGUF metadata: end-of-turn token id")?;
+        Ok(out)
     }
 
     /// Token ids of `text`, with the special tokens the tokenizer's post-processor adds (a BOS for

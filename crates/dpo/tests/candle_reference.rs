@@ -20,7 +20,7 @@ fn logits_equal_candle_transformers_llama() {
         num_key_value_heads: c.num_key_value_heads,
         use_flash_attn: false,
         rms_norm_eps: c.rms_norm_eps,
-        rope_theta: c.rope_theta as f32,
+        rope_theta: c.rope.theta as f32,
         bos_token_id: None,
         eos_token_id: None,
         rope_scaling: None,

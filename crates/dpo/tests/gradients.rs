@@ -6,7 +6,8 @@ use dpo::batch::pack;
 use dpo::data::Tokenized;
 use dpo::logps::completion_logps;
 use dpo::loss::{Loss, LossBatch};
-use dpo::model::{random_tensors, Llama, LlamaConfig};
+use dpo::model::{random_tensors, Family, Features, LayerAttention, Llama, LlamaConfig};
+use dpo::ops::{Activation, RopeParams, RopeScaling};
 use dpo::policy::Policy;
 use dpo::step::loss_and_gradients;
 use std::collections::HashMap;
@@ -26,8 +27,12 @@ fn mean_loss(config: &LlamaConfig, tensors: &HashMap<String, Tensor>) -> f64 {
     LOSS.per_example(&b).unwrap().mean_all().unwrap().to_scalar::<f64>().unwrap()
 }
 
-fn check(tied: bool, bias: bool) {
-    let cfg = config(tied, bias);
+/// The kind of a parameter tensor (`q_proj`, `q_proj.bias`, `input_layernorm`, ...).
+fn kind(name: &str) -> String {
+    name.split('.').rev().nth(1).unwrap().to_string() + if name.ends_with("bias") { ".bias" } else { "" }
+}
+
+fn check(cfg: LlamaConfig) {
     let tensors = random_tensors(&cfg, 7, 20.0, DType::F64).unwrap();
     let policy = Policy::new(cfg.clone(), &tensors).unwrap();
     let ex = examples();
@@ -65,19 +70,61 @@ fn check(tied: bool, bias: bool) {
         let rel = (num / den).sqrt();
         assert!(rel < 1e-5, "{name}: relative error {rel:.2e} against finite differences");
         worst = worst.max(rel);
-        kinds.insert(name.split('.').rev().nth(1).unwrap().to_string() + if name.ends_with("bias") { ".bias" } else { "" });
+        kinds.insert(kind(name));
     }
-    let want = 11 + 3 * usize::from(bias) + usize::from(!tied);
-    assert_eq!(kinds.len(), want, "parameter kinds checked: {kinds:?}");
+    let want: std::collections::BTreeSet<String> = dpo::model::tensor_names(&cfg).iter().map(|n| kind(n)).collect();
+    assert_eq!(kinds, want, "parameter kinds checked");
     println!("{} parameter tensors of {} kinds: worst relative error {worst:.2e}", res.grads.len(), kinds.len());
 }
 
 #[test]
 fn dpo_gradient_matches_finite_differences_tied_embeddings() {
-    check(true, false);
+    check(config(true, false));
 }
 
 #[test]
 fn dpo_gradient_matches_finite_differences_untied_with_qkv_bias() {
-    check(false, true);
+    check(config(false, true));
+}
+
+/// Gemma 2: GeGLU, `(1 + w)` norms, scaled embeddings, sandwich norms, attention and final
+/// soft-capping, query pre-attention scaling, a sliding window of 2 on layer 0; with o/MLP biases.
+#[test]
+fn dpo_gradient_matches_finite_differences_gemma2_features() {
+    let mut c = config(true, false);
+    c.family = Family::Gemma2;
+    c.features = Features {
+        hidden_act: Activation::GeluTanh,
+        qkv_bias: true,
+        o_bias: true,
+        mlp_bias: true,
+        norm_plus_one: true,
+        scale_embeddings: true,
+        sandwich_norms: true,
+        attn_logit_softcapping: Some(0.5),
+        final_logit_softcapping: Some(2.0),
+        query_pre_attn_scalar: Some(3.0),
+        sliding_window: Some(2),
+        layer_types: vec![LayerAttention::Sliding, LayerAttention::Full],
+        ..Features::default()
+    };
+    check(c);
+}
+
+/// Qwen3 / Gemma 3: per-head q/k norms, sliding layers with their own rotary base, YaRN on the
+/// full layers.
+#[test]
+fn dpo_gradient_matches_finite_differences_qk_norm_and_local_rope() {
+    let mut c = config(false, false);
+    c.family = Family::Gemma3;
+    c.rope = RopeParams { theta: 1e4, scaling: RopeScaling::Yarn { factor: 4.0, original_max_position_embeddings: 4.0, beta_fast: 32.0, beta_slow: 1.0, attention_factor: 1.1, truncate: true } };
+    c.features = Features {
+        qk_norm: true,
+        norm_plus_one: true,
+        sliding_window: Some(3),
+        layer_types: vec![LayerAttention::Full, LayerAttention::Sliding],
+        rope_local: Some(RopeParams { theta: 100.0, scaling: RopeScaling::Default }),
+        ..Features::default()
+    };
+    check(c);
 }

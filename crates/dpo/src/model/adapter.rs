@@ -165,6 +165,20 @@ pub fn peft_name(layer: usize, proj: Proj, which: char) -> String {
     format!("base_model.model.model.layers.{layer}.{}.lora_{which}.weight", proj.path())
 }
 
+/// Phi-3 fuses q/k/v into `qkv_proj` and gate/up into `gate_up_proj`: PEFT's adapters of those
+/// are one `A` for all parts, which our per-projection adapters are not; refused by name.
+fn check_family(model: &LlamaConfig, targets: &[Proj]) -> Result<()> {
+    if model.family == crate::model::Family::Phi3 {
+        if let Some(p) = targets.iter().find(|p| !matches!(p, Proj::O | Proj::Down)) {
+            bail!(
+                "LoRA on Phi-3's {} is not supported: Phi-3 fuses it into qkv_proj / gate_up_proj, whose PEFT adapters we do not write yet (target o_proj, down_proj)",
+                p.name()
+            );
+        }
+    }
+    Ok(())
+}
+
 impl Adapter {
     /// A fresh adapter for `model` with PEFT's initialisation (`A` Kaiming-uniform, `B` zero)
     /// from a seeded generator; f32, or f64 for tests.
@@ -173,6 +187,7 @@ impl Adapter {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(seed, 0x10_4A));
         let r = config.lora_r;
         let targets = config.targets()?;
+        check_family(model, &targets)?;
         let mut modules = Vec::new();
         for layer in 0..model.num_hidden_layers {
             for &proj in &targets {
@@ -285,7 +300,7 @@ impl Adapter {
             lora_target_modules: targets,
             use_rslora: field("use_rslora").and_then(Value::as_bool).unwrap_or(false),
         };
-        config.targets().with_context(|| at("target_modules"))?;
+        check_family(model, &config.targets().with_context(|| at("target_modules"))?).with_context(|| at("target_modules"))?;
         let st_path = dir.join("adapter_model.safetensors");
         let tensors = candle_core::safetensors::load(&st_path, &Device::Cpu).with_context(|| format!("reading {}", st_path.display()))?;
         let mut modules = Vec::new();

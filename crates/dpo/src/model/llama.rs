@@ -2,7 +2,8 @@
 
 use super::adapter::Lora;
 use super::{LlamaConfig, Weight};
-use crate::ops::{attention, decode_attention, logp_head, logp_head_frozen, lora_linear, rms_norm, AttentionLayout, Group, LogpHeadStats, Rope, RopeTable, SwiGlu};
+use super::config::LayerAttention;
+use crate::ops::{attention, decode_attention, logp_head, logp_head_frozen, lora_linear, rms_norm, AttentionLayout, AttentionParams, Glu, Group, LogpHeadStats, Rope, RopeTable};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -96,32 +97,71 @@ impl Proj {
         }
     }
 
-    /// Whether the config gives this projection a bias (Qwen2's q/k/v).
+    /// Whether the config gives this projection a bias (Qwen2's q/k/v; `attention_bias`, `mlp_bias`).
     pub fn has_bias(self, c: &LlamaConfig) -> bool {
-        c.attention_bias && matches!(self, Proj::Q | Proj::K | Proj::V)
+        let f = &c.features;
+        match self {
+            Proj::Q | Proj::K | Proj::V => f.qkv_bias,
+            Proj::O => f.o_bias,
+            Proj::Gate | Proj::Up | Proj::Down => f.mlp_bias,
+        }
+    }
+}
+
+/// A norm of a decoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Norm {
+    /// `input_layernorm`: before attention.
+    Input,
+    /// `post_attention_layernorm`: before the MLP (Llama), or on the attention output (Gemma 2/3).
+    PostAttention,
+    /// `self_attn.q_norm` / `k_norm` `[head_dim]`: each query / key head (Qwen3, Gemma 3).
+    Query,
+    Key,
+    /// `pre_feedforward_layernorm`, `post_feedforward_layernorm` (Gemma 2/3).
+    PreFeedForward,
+    PostFeedForward,
+}
+
+impl Norm {
+    fn path(self) -> &'static str {
+        match self {
+            Norm::Input => "input_layernorm",
+            Norm::PostAttention => "post_attention_layernorm",
+            Norm::Query => "self_attn.q_norm",
+            Norm::Key => "self_attn.k_norm",
+            Norm::PreFeedForward => "pre_feedforward_layernorm",
+            Norm::PostFeedForward => "post_feedforward_layernorm",
+        }
     }
 }
 
 /// A tensor of a decoder layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LayerPart {
-    InputNorm,
-    PostNorm,
+    Norm(Norm),
     Proj(Proj),
 }
 
-/// The tensors of a decoder layer in checkpoint order (a projection's bias follows its weight).
-const LAYER_ORDER: [LayerPart; 9] = [
-    LayerPart::InputNorm,
-    LayerPart::Proj(Proj::Q),
-    LayerPart::Proj(Proj::K),
-    LayerPart::Proj(Proj::V),
-    LayerPart::Proj(Proj::O),
-    LayerPart::PostNorm,
-    LayerPart::Proj(Proj::Gate),
-    LayerPart::Proj(Proj::Up),
-    LayerPart::Proj(Proj::Down),
-];
+/// The tensors of a decoder layer of this config in checkpoint order (a projection's bias
+/// follows its weight).
+fn layer_parts(c: &LlamaConfig) -> Vec<LayerPart> {
+    use LayerPart::{Norm as N, Proj as P};
+    let f = &c.features;
+    let mut out = vec![N(Norm::Input), P(Proj::Q), P(Proj::K), P(Proj::V)];
+    if f.qk_norm {
+        out.extend([N(Norm::Query), N(Norm::Key)]);
+    }
+    out.extend([P(Proj::O), N(Norm::PostAttention)]);
+    if f.sandwich_norms {
+        out.push(N(Norm::PreFeedForward));
+    }
+    out.extend([P(Proj::Gate), P(Proj::Up), P(Proj::Down)]);
+    if f.sandwich_norms {
+        out.push(N(Norm::PostFeedForward));
+    }
+    out
+}
 
 /// What a tensor of the model is (decides its random initialisation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,12 +200,15 @@ pub fn tensor_specs(c: &LlamaConfig) -> Vec<TensorSpec> {
     let spec = |name: String, shape: Vec<usize>, role| TensorSpec { name, shape, role };
     let h = c.hidden_size;
     let mut out = vec![spec("model.embed_tokens.weight".into(), vec![c.vocab_size, h], TensorRole::Embedding)];
+    let parts = layer_parts(c);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
-        for part in LAYER_ORDER {
+        for &part in &parts {
             match part {
-                LayerPart::InputNorm => out.push(spec(format!("{p}.input_layernorm.weight"), vec![h], TensorRole::Norm)),
-                LayerPart::PostNorm => out.push(spec(format!("{p}.post_attention_layernorm.weight"), vec![h], TensorRole::Norm)),
+                LayerPart::Norm(n) => {
+                    let width = if matches!(n, Norm::Query | Norm::Key) { c.head_dim } else { h };
+                    out.push(spec(format!("{p}.{}.weight", n.path()), vec![width], TensorRole::Norm))
+                }
                 LayerPart::Proj(proj) => {
                     let [o, n] = proj.shape(c);
                     out.push(spec(format!("{p}.{}.weight", proj.path()), vec![o, n], TensorRole::Matrix));
@@ -183,24 +226,98 @@ pub fn tensor_specs(c: &LlamaConfig) -> Vec<TensorSpec> {
     out
 }
 
+/// Phi-3's fused projections: (fused module, the projections it holds in row order).
+const FUSED: [(&str, &[Proj]); 2] = [("self_attn.qkv_proj", &[Proj::Q, Proj::K, Proj::V]), ("mlp.gate_up_proj", &[Proj::Gate, Proj::Up])];
+
+/// A checkpoint tensor as the model keeps it: Phi-3's fused `qkv_proj` (rows: q, then k, then
+/// v) and `gate_up_proj` (rows: gate, then up) split into their projections; any other tensor as
+/// is. Errors: a fused tensor whose rows do not add up to its projections'.
+pub fn unfuse(c: &LlamaConfig, name: String, t: Tensor) -> Result<Vec<(String, Tensor)>> {
+    for (fused, projs) in FUSED {
+        let Some(prefix) = name.strip_suffix(&format!("{fused}.weight")) else { continue };
+        let rows: Vec<usize> = projs.iter().map(|p| p.shape(c)[0]).collect();
+        if t.dim(0)? != rows.iter().sum::<usize>() {
+            bail!("tensor `{name}` has {} rows, its projections {:?} need {}", t.dim(0)?, rows, rows.iter().sum::<usize>());
+        }
+        let mut out = Vec::with_capacity(projs.len());
+        let mut at = 0;
+        for (p, n) in projs.iter().zip(rows) {
+            let mlp_or_attn = if matches!(p, Proj::Gate | Proj::Up) { "mlp" } else { "self_attn" };
+            debug_assert!(prefix.is_empty() || prefix.ends_with('.'));
+            out.push((format!("{prefix}{mlp_or_attn}.{}.weight", p.name()), t.narrow(0, at, n)?.contiguous()?));
+            at += n;
+        }
+        return Ok(out);
+    }
+    Ok(vec![(name, t)])
+}
+
+/// The tensors of a checkpoint of the model's family from its weights ([`Llama::named_weights`]):
+/// Phi-3's projections fused back into `qkv_proj` and `gate_up_proj` (as f32 tensors); other
+/// families as they are.
+pub fn checkpoint_weights(c: &LlamaConfig, named: Vec<(String, Weight)>) -> Result<Vec<(String, Weight)>> {
+    if c.family != super::Family::Phi3 {
+        return Ok(named);
+    }
+    let map: HashMap<String, Weight> = named.iter().cloned().collect();
+    let mut out = Vec::with_capacity(named.len());
+    for (name, w) in named {
+        let fused = FUSED.iter().find_map(|(fused, projs)| {
+            let first = format!("{}.weight", projs[0].path());
+            name.strip_suffix(&first).map(|prefix| (prefix.to_string(), *fused, *projs))
+        });
+        let part_of_fused = FUSED.iter().any(|(_, projs)| projs[1..].iter().any(|p| name.ends_with(&format!("{}.weight", p.path()))));
+        match fused {
+            Some((prefix, fused, projs)) => {
+                let parts = projs
+                    .iter()
+                    .map(|p| map.get(&format!("{prefix}{}.weight", p.path())).context("a fused projection's part is missing")?.to_tensor())
+                    .collect::<Result<Vec<_>>>()?;
+                out.push((format!("{prefix}{fused}.weight"), Weight::Tensor(Tensor::cat(&parts, 0)?)));
+            }
+            None if part_of_fused => {}
+            None => out.push((name, w)),
+        }
+    }
+    Ok(out)
+}
+
 /// The Hugging Face names of a model's tensors, in checkpoint order ([`tensor_specs`]).
 pub fn tensor_names(c: &LlamaConfig) -> Vec<String> {
     tensor_specs(c).into_iter().map(|s| s.name).collect()
 }
 
-/// One decoder layer: pre-norm attention and pre-norm SwiGLU MLP, each with a residual.
+/// One decoder layer: pre-norm attention and pre-norm gated MLP, each with a residual (and,
+/// for Gemma 2/3, a norm on each branch's output).
 #[derive(Clone)]
 pub struct Block {
-    pub input_norm: Tensor,
     /// The projections, indexed by [`Proj`] (see [`Block::proj`]).
     pub projs: Vec<Linear>,
-    pub post_norm: Tensor,
+    /// The norm weights, indexed by [`Norm`] (`None`: the family has no such norm).
+    norms: [Option<Tensor>; 6],
 }
 
 impl Block {
     pub fn proj(&self, p: Proj) -> &Linear {
         &self.projs[p as usize]
     }
+
+    fn norm(&self, n: Norm) -> Option<&Tensor> {
+        self.norms[n as usize].as_ref()
+    }
+
+    /// Every norm weight of the layer, mutably (for [`Llama::detached`]).
+    fn norms_mut(&mut self) -> impl Iterator<Item = &mut Tensor> {
+        self.norms.iter_mut().flatten()
+    }
+}
+
+/// The rotary tables of one forward pass: the full layers', and the sliding layers' where they
+/// have their own parameters (Gemma 3).
+#[derive(Clone)]
+pub struct RopeTables {
+    full: Arc<RopeTable>,
+    local: Option<Arc<RopeTable>>,
 }
 
 /// A Llama-family causal language model (Touvron et al. 2023), f32 or f64.
@@ -244,13 +361,13 @@ impl Llama {
         // Norms and biases are always tensors.
         let tensor = |w: Weight| -> Result<Tensor> { Ok(w.tensor("a norm or bias")?.clone()) };
         let embed = next()?;
+        let parts = layer_parts(&config);
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for _ in 0..config.num_hidden_layers {
-            let (mut input_norm, mut post_norm, mut projs) = (None, None, Vec::with_capacity(Proj::ALL.len()));
-            for part in LAYER_ORDER {
+            let (mut norms, mut projs) = (<[Option<Tensor>; 6]>::default(), Vec::with_capacity(Proj::ALL.len()));
+            for &part in &parts {
                 match part {
-                    LayerPart::InputNorm => input_norm = Some(tensor(next()?)?),
-                    LayerPart::PostNorm => post_norm = Some(tensor(next()?)?),
+                    LayerPart::Norm(n) => norms[n as usize] = Some(tensor(next()?)?),
                     LayerPart::Proj(p) => {
                         let w = next()?;
                         let b = if p.has_bias(&config) { Some(tensor(next()?)?) } else { None };
@@ -258,8 +375,7 @@ impl Llama {
                     }
                 }
             }
-            let (Some(input_norm), Some(post_norm)) = (input_norm, post_norm) else { bail!("a layer without its norms") };
-            layers.push(Block { input_norm, projs, post_norm });
+            layers.push(Block { projs, norms });
         }
         let norm = tensor(next()?)?;
         let lm_head = if config.tie_word_embeddings { None } else { Some(next()?) };
@@ -270,11 +386,11 @@ impl Llama {
     /// not included).
     pub fn named_weights(&self) -> Vec<(String, Weight)> {
         let mut out = vec![self.embed.clone()];
+        let parts = layer_parts(&self.config);
         for l in &self.layers {
-            for part in LAYER_ORDER {
+            for &part in &parts {
                 match part {
-                    LayerPart::InputNorm => out.push(l.input_norm.clone().into()),
-                    LayerPart::PostNorm => out.push(l.post_norm.clone().into()),
+                    LayerPart::Norm(n) => out.extend(l.norm(n).cloned().map(Weight::from)),
                     LayerPart::Proj(p) => {
                         out.push(l.proj(p).w.clone());
                         out.extend(l.proj(p).b.clone().map(Weight::from));
@@ -300,8 +416,9 @@ impl Llama {
         m.lm_head = m.lm_head.map(|w| w.detach());
         m.norm = m.norm.detach();
         for l in &mut m.layers {
-            l.input_norm = l.input_norm.detach();
-            l.post_norm = l.post_norm.detach();
+            for n in l.norms_mut() {
+                *n = n.detach();
+            }
             for p in &mut l.projs {
                 p.w = p.w.detach();
                 p.b = p.b.as_ref().map(Tensor::detach);
@@ -337,14 +454,35 @@ impl Llama {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
-    /// Rotary angles for the given positions, in the model's dtype.
-    pub fn rope_table(&self, positions: &[u32]) -> Result<Arc<RopeTable>> {
+    /// Rotary angles for the given positions, in the model's dtype: the full layers' table, and
+    /// the sliding layers' where their parameters differ (Gemma 3).
+    pub fn rope_table(&self, positions: &[u32]) -> Result<RopeTables> {
         let c = &self.config;
-        Ok(Arc::new(match self.dtype() {
-            DType::F32 => RopeTable::new::<f32>(c.head_dim, c.rope_theta, c.rope_scaling, positions),
-            DType::F64 => RopeTable::new::<f64>(c.head_dim, c.rope_theta, c.rope_scaling, positions),
-            d => bail!("model dtype {d:?} is not supported (f32, f64)"),
-        }))
+        let table = |r| -> Result<Arc<RopeTable>> {
+            Ok(Arc::new(match self.dtype() {
+                DType::F32 => RopeTable::new::<f32>(c.head_dim, r, positions)?,
+                DType::F64 => RopeTable::new::<f64>(c.head_dim, r, positions)?,
+                d => bail!("model dtype {d:?} is not supported (f32, f64)"),
+            }))
+        };
+        let local = match &c.features.rope_local {
+            Some(r) if c.features.sliding_window.is_some() => Some(table(r)?),
+            _ => None,
+        };
+        Ok(RopeTables { full: table(&c.rope)?, local })
+    }
+
+    /// The attention scale, soft-capping and window of layer `i`.
+    pub fn attention_params(&self, i: usize) -> AttentionParams {
+        let (c, f) = (&self.config, &self.config.features);
+        AttentionParams {
+            scale: 1.0 / f.query_pre_attn_scalar.unwrap_or(c.head_dim as f64).sqrt(),
+            softcap: f.attn_logit_softcapping,
+            window: match c.layer_attention(i) {
+                LayerAttention::Sliding => f.sliding_window,
+                LayerAttention::Full => None,
+            },
+        }
     }
 
     /// Hidden states after the last layer (before the final norm), `[rows, hidden]`, for the token
@@ -354,8 +492,8 @@ impl Llama {
             bail!("{} token ids for a layout of {} rows", ids.len(), layout.rows);
         }
         let c = &self.config;
-        self.forward_rows(ids, &layout.positions(), &mut |_, q, k, v| {
-            Ok(attention(q, k, v, layout, c.num_attention_heads, c.num_key_value_heads)?)
+        self.forward_rows(ids, &layout.positions(), &mut |i, q, k, v| {
+            Ok(attention(q, k, v, layout, c.num_attention_heads, c.num_key_value_heads, self.attention_params(i))?)
         })
     }
 
@@ -380,7 +518,7 @@ impl Llama {
                 cache.k[layer] = k32[g.prompt.clone()].concat();
                 cache.v[layer] = v32[g.prompt.clone()].concat();
             }
-            Ok(attention(q, k, v, &layout, c.num_attention_heads, c.num_key_value_heads)?)
+            Ok(attention(q, k, v, &layout, c.num_attention_heads, c.num_key_value_heads, self.attention_params(layer))?)
         })?;
         for (cache, p) in caches.iter_mut().zip(prompts) {
             cache.len = p.len();
@@ -403,7 +541,7 @@ impl Llama {
             let q32 = q.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
             let ks: Vec<&[f32]> = caches.iter().map(|k| k.k[layer].as_slice()).collect();
             let vs: Vec<&[f32]> = caches.iter().map(|k| k.v[layer].as_slice()).collect();
-            let out = decode_attention(&q32, &ks, &vs, c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+            let out = decode_attention(&q32, &ks, &vs, c.num_attention_heads, c.num_key_value_heads, c.head_dim, self.attention_params(layer));
             Ok(Tensor::from_vec(out, q.shape(), &Device::Cpu)?.to_dtype(q.dtype())?)
         })?;
         for k in caches.iter_mut() {
@@ -428,36 +566,69 @@ impl Llama {
         Ok(x)
     }
 
-    /// The token embeddings of `ids`, `[ids, hidden]`. Errors: an id outside the vocabulary.
+    /// The input of the first layer for `ids`, `[ids, hidden]`: the token embeddings (Gemma:
+    /// times `sqrt(hidden)` rounded to the model's dtype, as transformers' `normalizer`).
+    /// Errors: an id outside the vocabulary.
     pub fn embed_rows(&self, ids: &[u32]) -> Result<Tensor> {
         if let Some(&t) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
             bail!("token id {t} is outside the vocabulary of {}", self.config.vocab_size);
         }
-        self.embed.rows(ids)
+        let x = self.embed.rows(ids)?;
+        if !self.config.features.scale_embeddings {
+            return Ok(x);
+        }
+        let s = (self.config.hidden_size as f64).sqrt();
+        let s = if x.dtype() == DType::F32 { s as f32 as f64 } else { s };
+        Ok(x.affine(s, 0.0)?)
+    }
+
+    /// RMSNorm of the rows of `x` with weight `w` (Gemma: `1 + w`).
+    fn rms(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let eps = self.config.rms_norm_eps;
+        Ok(if self.config.features.norm_plus_one { rms_norm(x, &w.affine(1.0, 1.0)?, eps)? } else { rms_norm(x, w, eps)? })
+    }
+
+    /// RMSNorm of every head of `x` `[rows, heads*head_dim]` with weight `w` `[head_dim]`.
+    fn rms_heads(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let (rows, width) = x.dims2()?;
+        let d = self.config.head_dim;
+        self.rms(&x.reshape((rows * width / d, d))?, w)?.reshape((rows, width)).map_err(Into::into)
     }
 
     /// Decoder layer `i` over rows `x` `[rows, hidden]` at the rotary positions of `rope`;
     /// `attend(i, q, k, v)` computes the attention output (rotary already applied to q and k).
-    pub fn layer(&self, i: usize, x: &Tensor, rope: &Arc<RopeTable>, attend: &mut dyn FnMut(usize, &Tensor, &Tensor, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    pub fn layer(&self, i: usize, x: &Tensor, rope: &RopeTables, attend: &mut dyn FnMut(usize, &Tensor, &Tensor, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
         let c = &self.config;
         let b = &self.layers[i];
-        let rot = || Rope { table: rope.clone(), head_dim: c.head_dim };
+        let table = match (c.layer_attention(i), &rope.local) {
+            (LayerAttention::Sliding, Some(t)) => t,
+            _ => &rope.full,
+        };
+        let rot = || Rope { table: table.clone(), head_dim: c.head_dim };
         let lin = |p: Proj, x: &Tensor| b.proj(p).forward(x, self.mask_seed(i, p));
-        let h = rms_norm(x, &b.input_norm, c.rms_norm_eps)?;
-        let q = lin(Proj::Q, &h)?.apply_op1(rot())?;
-        let k = lin(Proj::K, &h)?.apply_op1(rot())?;
+        let norm = |n: Norm| b.norm(n).with_context(|| format!("layer {i} has no {}", n.path()));
+        let h = self.rms(x, norm(Norm::Input)?)?;
+        let (mut q, mut k) = (lin(Proj::Q, &h)?, lin(Proj::K, &h)?);
+        if c.features.qk_norm {
+            q = self.rms_heads(&q, norm(Norm::Query)?)?;
+            k = self.rms_heads(&k, norm(Norm::Key)?)?;
+        }
+        let (q, k) = (q.apply_op1(rot())?, k.apply_op1(rot())?);
         let v = lin(Proj::V, &h)?;
-        let a = attend(i, &q, &k, &v)?;
-        let x = (x + lin(Proj::O, &a)?)?;
-        let h = rms_norm(&x, &b.post_norm, c.rms_norm_eps)?;
-        let m = lin(Proj::Gate, &h)?.apply_op2(&lin(Proj::Up, &h)?, SwiGlu)?;
-        Ok((x + lin(Proj::Down, &m)?)?)
+        let a = lin(Proj::O, &attend(i, &q, &k, &v)?)?;
+        let sandwich = c.features.sandwich_norms;
+        let x = if sandwich { (x + self.rms(&a, norm(Norm::PostAttention)?)?)? } else { (x + a)? };
+        let h = self.rms(&x, norm(if sandwich { Norm::PreFeedForward } else { Norm::PostAttention })?)?;
+        let m = lin(Proj::Gate, &h)?.apply_op2(&lin(Proj::Up, &h)?, Glu(c.features.hidden_act))?;
+        let m = lin(Proj::Down, &m)?;
+        Ok(if sandwich { (x + self.rms(&m, norm(Norm::PostFeedForward)?)?)? } else { (x + m)? })
     }
 
     /// [`Llama::layer`] with the attention of a packed batch's `layout` (training and scoring).
-    pub fn packed_layer(&self, i: usize, x: &Tensor, rope: &Arc<RopeTable>, layout: &Arc<AttentionLayout>) -> Result<Tensor> {
+    pub fn packed_layer(&self, i: usize, x: &Tensor, rope: &RopeTables, layout: &Arc<AttentionLayout>) -> Result<Tensor> {
         let c = &self.config;
-        self.layer(i, x, rope, &mut |_, q, k, v| Ok(attention(q, k, v, layout, c.num_attention_heads, c.num_key_value_heads)?))
+        let params = self.attention_params(i);
+        self.layer(i, x, rope, &mut |_, q, k, v| Ok(attention(q, k, v, layout, c.num_attention_heads, c.num_key_value_heads, params)?))
     }
 
     /// The seed of the dropout mask of projection `p` of layer `i` in this forward pass (`None`
@@ -468,20 +639,26 @@ impl Llama {
 
     /// `log pi(target_i | prefix)` in nats, `[n]`, for the hidden rows `pred_rows[i]` of
     /// [`Llama::hidden_states`] (the row before each target token): final norm, then the chunked
-    /// output projection + log-softmax of [`crate::ops::LogpHead`]. Also returns the per-row
-    /// log-sum-exp and logit sums of that forward.
+    /// output projection (soft-capped for Gemma 2/3) + log-softmax of [`crate::ops::LogpHead`].
+    /// Also returns the per-row log-sum-exp and logit sums of that forward.
     pub fn token_logps(&self, hidden: &Tensor, pred_rows: &[u32], targets: Arc<Vec<u32>>) -> Result<(Tensor, Arc<Mutex<LogpHeadStats>>)> {
         let h = hidden.index_select(&Tensor::new(pred_rows, &Device::Cpu)?, 0)?;
-        let h = rms_norm(&h, &self.norm, self.config.rms_norm_eps)?;
+        let h = self.rms(&h, &self.norm)?;
+        let cap = self.config.features.final_logit_softcapping;
         Ok(match self.output_weight() {
-            Weight::Tensor(w) => logp_head(&h, w, targets)?,
-            Weight::Frozen(w) => logp_head_frozen(&h, w, targets)?,
+            Weight::Tensor(w) => logp_head(&h, w, targets, cap)?,
+            Weight::Frozen(w) => logp_head_frozen(&h, w, targets, cap)?,
         })
     }
 
-    /// Full-vocabulary logits `[rows, vocab]` of the given hidden rows (inference and tests only).
+    /// Full-vocabulary logits `[rows, vocab]` of the given hidden rows, soft-capped where the
+    /// family caps them (inference and tests only).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let h = rms_norm(hidden, &self.norm, self.config.rms_norm_eps)?;
-        self.output_weight().matmul_t(&h)
+        let h = self.rms(hidden, &self.norm)?;
+        let z = self.output_weight().matmul_t(&h)?;
+        Ok(match self.config.features.final_logit_softcapping {
+            Some(cap) => ((z / cap)?.tanh()? * cap)?,
+            None => z,
+        })
     }
 }

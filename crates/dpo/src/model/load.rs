@@ -8,7 +8,10 @@
 
 use super::adapter::Adapter;
 use super::safetensors::{for_each_safetensor, write_safetensors};
-use super::{check_weights, Llama, LlamaConfig, Proj, Weight};
+use super::llama::{checkpoint_weights, unfuse};
+use super::{check_weights, Family, Features, Llama, LlamaConfig, Proj, Weight};
+use super::LayerAttention;
+use crate::ops::{Activation, Llama3Scaling, RopeParams, RopeScaling, RopeTable};
 use crate::io::write_dir_atomic;
 use crate::ops::qmatmul::{BaseDType, FrozenMatrix};
 use crate::tokenizer::Tokenizer;
@@ -174,8 +177,10 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let mut tensors = HashMap::new();
     for f in files {
         for_each_safetensor(&f, |name, t| {
-            let w = conv.finish(&name, t, None)?;
-            tensors.insert(name, w);
+            for (name, t) in unfuse(&config, name, t)? {
+                let w = conv.finish(&name, t, None)?;
+                tensors.insert(name, w);
+            }
             Ok(())
         })?;
     }
@@ -188,8 +193,22 @@ fn md_u32(md: &HashMap<String, gguf_file::Value>, key: &str) -> Result<usize> {
     Ok(md.get(key).with_context(|| format!("GGUF metadata has no `{key}`"))?.to_u32()? as usize)
 }
 
+/// A numeric metadata value of any GGUF number type.
 fn md_f64(md: &HashMap<String, gguf_file::Value>, key: &str) -> Option<f64> {
-    md.get(key).and_then(|v| v.to_f32().ok()).map(f64::from)
+    use gguf_file::Value as V;
+    Some(match md.get(key)? {
+        V::F32(x) => *x as f64,
+        V::F64(x) => *x,
+        V::U8(x) => *x as f64,
+        V::I8(x) => *x as f64,
+        V::U16(x) => *x as f64,
+        V::I16(x) => *x as f64,
+        V::U32(x) => *x as f64,
+        V::I32(x) => *x as f64,
+        V::U64(x) => *x as f64,
+        V::I64(x) => *x as f64,
+        _ => return None,
+    })
 }
 
 /// GGUF stores the q and k rows of each head interleaved for llama.cpp's rope (`permute` in
@@ -206,81 +225,207 @@ fn unpermuted_rows(rows: usize, heads: usize) -> Vec<usize> {
         .collect()
 }
 
-fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
-    let mut f = std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?);
-    let content = gguf_file::Content::read(&mut f).with_context(|| format!("{}: not a GGUF file", path.display()))?;
-    let md = &content.metadata;
-    let arch = md.get("general.architecture").context("GGUF metadata has no general.architecture")?.to_string()?.clone();
-    if arch != "llama" && arch != "qwen2" {
-        bail!("{}: GGUF architecture `{arch}` is not supported (llama, qwen2)", path.display());
+/// The family of a GGUF `general.architecture`.
+fn gguf_family(arch: &str) -> Option<Family> {
+    Some(match arch {
+        "llama" => Family::Llama,
+        "qwen2" => Family::Qwen2,
+        "qwen3" => Family::Qwen3,
+        "gemma" => Family::Gemma,
+        "gemma2" => Family::Gemma2,
+        "gemma3" => Family::Gemma3,
+        "phi3" => Family::Phi3,
+        _ => return None,
+    })
+}
+
+/// f32 values of a small GGUF tensor (rope factor tables).
+fn gguf_vector(content: &gguf_file::Content, f: &mut std::io::BufReader<std::fs::File>, name: &str) -> Result<Option<Vec<f64>>> {
+    if !content.tensor_infos.contains_key(name) {
+        return Ok(None);
     }
+    let t = content.tensor(f, name, &Device::Cpu)?.dequantize(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?;
+    Ok(Some(t.to_vec1::<f64>()?))
+}
+
+/// The rotary embedding a GGUF file describes (llama.cpp's keys and factor tensors). Llama 3.1/3.2's
+/// scaling is stored only as `rope_freqs` (per-frequency divisors): it is matched against the
+/// published llama3 parameters, and refused when none gives those divisors.
+fn gguf_rope(
+    content: &gguf_file::Content,
+    f: &mut std::io::BufReader<std::fs::File>,
+    k: &dyn Fn(&str) -> String,
+    head_dim: usize,
+    theta: f64,
+) -> Result<RopeParams> {
+    let md = &content.metadata;
+    let kind = md.get(&k("rope.scaling.type")).and_then(|v| v.to_string().ok()).cloned();
+    let factor = md_f64(md, &k("rope.scaling.factor"));
+    let original = md_f64(md, &k("rope.scaling.original_context_length"));
+    let attn_factor = md_f64(md, &k("rope.scaling.attn_factor"));
+    let scaling = if let Some(divisors) = gguf_vector(content, f, "rope_freqs.weight")? {
+        let default = RopeParams { theta, scaling: RopeScaling::Default };
+        let inv = |r: &RopeParams| -> Result<Vec<f64>> { Ok(RopeTable::new::<f64>(head_dim, r, &[1])?.angles()) };
+        let base = inv(&default)?;
+        let mut found = None;
+        let candidates = [8192.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 16384.0, 32768.0]
+            .into_iter()
+            .flat_map(|original| [8.0, 16.0, 32.0, 4.0].map(|factor| (factor, original)));
+        for (factor, original) in candidates {
+            let s = Llama3Scaling { factor, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: original };
+            let scaled = inv(&RopeParams { theta, scaling: RopeScaling::Llama3(s) })?;
+            if base.iter().zip(&scaled).zip(&divisors).all(|((b, s), d)| (b / s - d).abs() <= 1e-4 * d) {
+                found = Some(RopeScaling::Llama3(s));
+                break;
+            }
+        }
+        found.context("GGUF tensor `rope_freqs.weight`: rotary divisors that no llama3 scaling (factor 4-32, low 1, high 4, original 2^4-2^15) gives are not supported")?
+    } else if let (Some(short), Some(long)) = (gguf_vector(content, f, "rope_factors_short.weight")?, gguf_vector(content, f, "rope_factors_long.weight")?) {
+        RopeScaling::LongRope {
+            short_factor: short,
+            long_factor: long,
+            original_max_position_embeddings: original.context("GGUF: LongRoPE factors without rope.scaling.original_context_length")?,
+            attention_factor: attn_factor.unwrap_or(1.0),
+        }
+    } else {
+        match kind.as_deref() {
+            None | Some("none") => RopeScaling::Default,
+            Some("linear") => RopeScaling::Linear { factor: factor.context("GGUF: linear rope scaling without rope.scaling.factor")? },
+            Some("yarn") => {
+                let factor = factor.context("GGUF: yarn without rope.scaling.factor")?;
+                RopeScaling::Yarn {
+                    factor,
+                    original_max_position_embeddings: original.context("GGUF: yarn without rope.scaling.original_context_length")?,
+                    beta_fast: md_f64(md, &k("rope.scaling.yarn_beta_fast")).unwrap_or(32.0),
+                    beta_slow: md_f64(md, &k("rope.scaling.yarn_beta_slow")).unwrap_or(1.0),
+                    attention_factor: attn_factor.unwrap_or(if factor <= 1.0 { 1.0 } else { 0.1 * factor.ln() + 1.0 }),
+                    truncate: true,
+                }
+            }
+            Some(t) => bail!("GGUF rope.scaling.type `{t}` is not supported (none, linear, yarn, llama3 via rope_freqs, longrope via rope_factors)"),
+        }
+    };
+    Ok(RopeParams { theta, scaling })
+}
+
+/// The architecture a GGUF file's metadata describes, with the features of its family (as
+/// llama.cpp reads them: Gemma 2 slides every other layer, Gemma 3 five of six; the attention
+/// scale is `head_dim^-0.5`, or `(hidden / heads)^-0.5` for Gemma 2 27B, as llama.cpp sets it).
+fn gguf_config(content: &gguf_file::Content, f: &mut std::io::BufReader<std::fs::File>, family: Family, arch: &str, tokenizer: &Tokenizer) -> Result<LlamaConfig> {
+    let md = &content.metadata;
     let k = |s: &str| format!("{arch}.{s}");
-    let tokenizer = Tokenizer::from_gguf(&content)?;
     let heads = md_u32(md, &k("attention.head_count"))?;
     let hidden = md_u32(md, &k("embedding_length"))?;
-    let tied = !content.tensor_infos.contains_key("output.weight");
-    let config = LlamaConfig {
-        model_type: if arch == "qwen2" { "qwen2".into() } else { "llama".into() },
+    let layers = md_u32(md, &k("block_count"))?;
+    let head_dim = md_u32(md, &k("attention.key_length")).or_else(|_| md_u32(md, &k("rope.dimension_count"))).unwrap_or(hidden / heads.max(1));
+    let theta = md_f64(md, &k("rope.freq_base")).unwrap_or(if family == Family::Gemma3 { 1_000_000.0 } else { 10_000.0 });
+    let rope = gguf_rope(content, f, &k, head_dim, theta)?;
+    let has = |t: &str| content.tensor_infos.contains_key(t);
+    let window = md_u32(md, &k("attention.sliding_window")).ok().filter(|&w| w > 0);
+    let gemma = family.is_gemma();
+    let cap = |key: &str| md_f64(md, &k(key)).filter(|&c| c > 0.0);
+    let features = Features {
+        hidden_act: if gemma { Activation::GeluTanh } else { Activation::Silu },
+        qkv_bias: has("blk.0.attn_q.bias"),
+        o_bias: has("blk.0.attn_output.bias"),
+        mlp_bias: has("blk.0.ffn_up.bias"),
+        qk_norm: has("blk.0.attn_q_norm.weight"),
+        norm_plus_one: gemma,
+        scale_embeddings: gemma,
+        sandwich_norms: has("blk.0.post_ffw_norm.weight"),
+        attn_logit_softcapping: if family == Family::Gemma2 { cap("attn_logit_softcapping") } else { None },
+        final_logit_softcapping: cap("final_logit_softcapping"),
+        query_pre_attn_scalar: match family {
+            Family::Gemma2 if layers == 46 => Some((hidden / heads) as f64),
+            Family::Gemma2 | Family::Gemma3 => Some(head_dim as f64),
+            _ => None,
+        },
+        sliding_window: window,
+        layer_types: match (family, window) {
+            (_, None) => Vec::new(),
+            (Family::Gemma2, _) => (0..layers).map(|i| if i % 2 == 0 { LayerAttention::Sliding } else { LayerAttention::Full }).collect(),
+            (Family::Gemma3, _) => (0..layers).map(|i| if (i + 1) % 6 != 0 { LayerAttention::Sliding } else { LayerAttention::Full }).collect(),
+            _ => vec![LayerAttention::Sliding; layers],
+        },
+        rope_local: (family == Family::Gemma3)
+            .then(|| RopeParams { theta: md_f64(md, &k("rope.freq_base_swa")).unwrap_or(10_000.0), scaling: RopeScaling::Default }),
+    };
+    LlamaConfig {
+        family,
         vocab_size: md_u32(md, &k("vocab_size")).unwrap_or(tokenizer.vocab_size()),
         hidden_size: hidden,
         intermediate_size: md_u32(md, &k("feed_forward_length"))?,
-        num_hidden_layers: md_u32(md, &k("block_count"))?,
+        num_hidden_layers: layers,
         num_attention_heads: heads,
         num_key_value_heads: md_u32(md, &k("attention.head_count_kv")).unwrap_or(heads),
-        head_dim: md_u32(md, &k("rope.dimension_count")).unwrap_or(hidden / heads.max(1)),
+        head_dim,
         rms_norm_eps: md_f64(md, &k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
-        rope_theta: md_f64(md, &k("rope.freq_base")).unwrap_or(10_000.0),
-        rope_scaling: None,
+        rope,
         max_position_embeddings: md_u32(md, &k("context_length")).unwrap_or(4096),
-        tie_word_embeddings: tied,
-        attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+        tie_word_embeddings: !has("output.weight"),
+        features,
         bos_token_id: md.get("tokenizer.ggml.bos_token_id").and_then(|v| v.to_u32().ok()),
         eos_token_id: Some(tokenizer.eos_id),
         pad_token_id: md.get("tokenizer.ggml.padding_token_id").and_then(|v| v.to_u32().ok()),
     }
     .validated()
-    .with_context(|| format!("{}: metadata", path.display()))?;
+}
+
+fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
+    let mut f = std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?);
+    let content = gguf_file::Content::read(&mut f).with_context(|| format!("{}: not a GGUF file", path.display()))?;
+    let md = &content.metadata;
+    let arch = md.get("general.architecture").context("GGUF metadata has no general.architecture")?.to_string()?.clone();
+    let family = gguf_family(&arch)
+        .with_context(|| format!("{}: GGUF architecture `{arch}` is not supported (llama, qwen2, qwen3, gemma, gemma2, gemma3, phi3)", path.display()))?;
+    let tokenizer = Tokenizer::from_gguf(&content)?;
+    let config = gguf_config(&content, &mut f, family, &arch, &tokenizer).with_context(|| format!("{}: metadata", path.display()))?;
     let conv = Converter::new(&config, opts)?;
     let mut tensors = HashMap::new();
     let mut names: Vec<(&String, u64)> = content.tensor_infos.iter().map(|(n, i)| (n, i.offset)).collect();
     names.sort_by_key(|(_, o)| *o);
     for (gname, _) in names {
-        let Some(name) = hf_name(gname) else { continue }; // e.g. rope frequency tables
+        let Some(name) = hf_name(gname, family) else { continue }; // e.g. rope frequency tables
         let q = content.tensor(&mut f, gname, &Device::Cpu).with_context(|| format!("{}: tensor `{gname}`", path.display()))?;
+        // llama.cpp's q/k row permutation: the llama architecture only, weights and biases.
         let heads = match (arch.as_str(), name.rsplit('.').nth(1)) {
-            ("llama", Some("q_proj")) if name.ends_with("weight") => Some(config.num_attention_heads),
-            ("llama", Some("k_proj")) if name.ends_with("weight") => Some(config.num_key_value_heads),
+            ("llama", Some("q_proj")) => Some(config.num_attention_heads),
+            ("llama", Some("k_proj")) => Some(config.num_key_value_heads),
             _ => None,
         };
-        let keep = (opts.base_dtype == BaseDType::Gguf && q.rank() == 2 && q.dtype() != GgmlDType::F32).then(|| q.dtype());
-        let w = match (keep, conv.delta(&name)?) {
-            (Some(_), None) => {
-                // The file's own blocks, rows reordered for q and k (a row is whole blocks).
-                let m = FrozenMatrix::from_qtensor(&q).with_context(|| format!("tensor `{name}`"))?;
-                let m = match heads {
-                    Some(h) => m.gather_rows(&unpermuted_rows(m.rows(), h))?,
-                    None => m,
-                };
-                Weight::Frozen(Arc::new(m))
-            }
-            _ => {
-                let t = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
-                drop(q);
-                let t = match heads {
-                    Some(h) => t.index_select(&Tensor::new(unpermuted_rows(t.dim(0)?, h).iter().map(|&r| r as u32).collect::<Vec<_>>(), &Device::Cpu)?, 0)?,
-                    None => t,
-                };
-                conv.finish(&name, t, keep)?
-            }
+        let fused = name.ends_with("qkv_proj.weight") || name.ends_with("gate_up_proj.weight");
+        let keep = (opts.base_dtype == BaseDType::Gguf && q.rank() == 2 && q.dtype() != GgmlDType::F32 && !fused).then(|| q.dtype());
+        if let (Some(_), None) = (keep, conv.delta(&name)?) {
+            // The file's own blocks, rows reordered for q and k (a row is whole blocks).
+            let m = FrozenMatrix::from_qtensor(&q).with_context(|| format!("tensor `{name}`"))?;
+            let m = match heads {
+                Some(h) => m.gather_rows(&unpermuted_rows(m.rows(), h))?,
+                None => m,
+            };
+            tensors.insert(name, Weight::Frozen(Arc::new(m)));
+            continue;
+        }
+        let t = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
+        drop(q);
+        let t = match heads {
+            Some(h) => t.index_select(&Tensor::new(unpermuted_rows(t.dim(0)?, h).iter().map(|&r| r as u32).collect::<Vec<_>>(), &Device::Cpu)?, 0)?,
+            None => t,
         };
-        tensors.insert(name, w);
+        // llama.cpp stores Gemma's norm weights as 1 + w.
+        let t = if family.is_gemma() && name.ends_with("norm.weight") { t.affine(1.0, -1.0)? } else { t };
+        for (name, t) in unfuse(&config, name, t)? {
+            let w = conv.finish(&name, t, keep)?;
+            tensors.insert(name, w);
+        }
     }
     check_weights(&config, &tensors).with_context(|| format!("{}", path.display()))?;
     Ok(Loaded { config, tensors, tokenizer })
 }
 
-/// The Hugging Face name of a GGUF tensor.
-fn hf_name(g: &str) -> Option<String> {
+/// The Hugging Face name of a GGUF tensor of a model of `family` (llama.cpp's names; Gemma 2/3's
+/// `ffn_norm` is the pre-feed-forward norm, Phi-3's `attn_qkv` and `ffn_up` are fused).
+fn hf_name(g: &str, family: Family) -> Option<String> {
+    let sandwich = matches!(family, Family::Gemma2 | Family::Gemma3);
     Some(match g {
         "token_embd.weight" => "model.embed_tokens.weight".into(),
         "output_norm.weight" => "model.norm.weight".into(),
@@ -294,9 +439,16 @@ fn hf_name(g: &str) -> Option<String> {
                 "attn_q" => "self_attn.q_proj",
                 "attn_k" => "self_attn.k_proj",
                 "attn_v" => "self_attn.v_proj",
+                "attn_qkv" => "self_attn.qkv_proj",
+                "attn_q_norm" => "self_attn.q_norm",
+                "attn_k_norm" => "self_attn.k_norm",
                 "attn_output" => "self_attn.o_proj",
+                "post_attention_norm" if sandwich => "post_attention_layernorm",
+                "ffn_norm" if sandwich => "pre_feedforward_layernorm",
                 "ffn_norm" => "post_attention_layernorm",
+                "post_ffw_norm" if sandwich => "post_feedforward_layernorm",
                 "ffn_gate" => "mlp.gate_proj",
+                "ffn_up" if family == Family::Phi3 => "mlp.gate_up_proj",
                 "ffn_up" => "mlp.up_proj",
                 "ffn_down" => "mlp.down_proj",
                 _ => return None,
@@ -332,9 +484,13 @@ pub fn write_hf_files(model: &Llama, tokenizer: &Tokenizer, tmp: &Path, dtype: D
     let mut config = model.config.to_hf_json();
     config["torch_dtype"] = torch.into();
     std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-    write_safetensors(&tmp.join("model.safetensors"), &model.named_weights(), st_dtype)?;
+    write_safetensors(&tmp.join("model.safetensors"), &checkpoint_weights(&model.config, model.named_weights())?, st_dtype)?;
     tokenizer.save(tmp)?;
-    let mut gen = serde_json::json!({"eos_token_id": tokenizer.eos_id});
+    let eos = match tokenizer.stop_ids.as_slice() {
+        [one] => serde_json::json!(one),
+        many => serde_json::json!(many),
+    };
+    let mut gen = serde_json::json!({"eos_token_id": eos});
     if let Some(b) = model.config.bos_token_id {
         gen["bos_token_id"] = b.into();
     }

@@ -65,37 +65,63 @@ impl AttentionLayout {
 }
 
 /// A run of key rows seen by a block of queries; `causal`: query `i` sees keys `0..=i` of the run.
+/// `pos0`: the sequence position of the run's first key.
 #[derive(Clone, Copy)]
 struct KeySpan {
     start: usize,
     len: usize,
     causal: bool,
+    pos0: usize,
 }
 
-/// Query rows `q0..q0+nq` and the key runs they attend to.
+/// Query rows `q0..q0+nq` (sequence positions from `pos0`) and the key runs they attend to.
 struct QueryBlock {
     q0: usize,
     nq: usize,
+    pos0: usize,
     spans: Vec<KeySpan>,
 }
 
 fn blocks(g: &Group) -> Vec<QueryBlock> {
-    let p = KeySpan { start: g.prompt.start, len: g.prompt.len(), causal: false };
+    let p = KeySpan { start: g.prompt.start, len: g.prompt.len(), causal: false, pos0: 0 };
     let mut out = Vec::with_capacity(1 + g.branches.len());
     if !g.prompt.is_empty() {
-        out.push(QueryBlock { q0: p.start, nq: p.len, spans: vec![KeySpan { causal: true, ..p }] });
+        out.push(QueryBlock { q0: p.start, nq: p.len, pos0: 0, spans: vec![KeySpan { causal: true, ..p }] });
     }
     for b in g.branches.iter().filter(|b| !b.is_empty()) {
-        let own = KeySpan { start: b.start, len: b.len(), causal: true };
+        let own = KeySpan { start: b.start, len: b.len(), causal: true, pos0: p.len };
         let spans = if p.len > 0 { vec![p, own] } else { vec![own] };
-        out.push(QueryBlock { q0: b.start, nq: b.len(), spans });
+        out.push(QueryBlock { q0: b.start, nq: b.len(), pos0: p.len, spans });
     }
     out
 }
 
+/// What a family changes in a layer's attention scores.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionParams {
+    /// Scores are `scale * q.k`: `head_dim^-0.5` (Vaswani et al. 2017), or Gemma 2/3's
+    /// `query_pre_attn_scalar^-0.5`.
+    pub scale: f64,
+    /// Scores become `cap * tanh(scores / cap)` before the mask (Gemma 2's attention soft-capping).
+    pub softcap: Option<f64>,
+    /// Sliding-window attention (Mistral, Gemma 2/3; Beltagy et al. 2020): the query at position
+    /// `i` sees the key at position `j` when `0 <= i - j < window` (transformers'
+    /// `sliding_window_overlay`: `kv_idx > q_idx - sliding_window`).
+    pub window: Option<usize>,
+}
+
+impl AttentionParams {
+    /// Plain causal attention scaled by `head_dim^-0.5`.
+    pub fn plain(head_dim: usize) -> Self {
+        Self { scale: 1.0 / (head_dim as f64).sqrt(), softcap: None, window: None }
+    }
+}
+
 /// Scaled dot-product attention `softmax(Q K^T / sqrt(d) + mask) V` (Vaswani et al. 2017, eq. 1)
 /// with grouped-query heads (Ainslie et al. 2023: query head `h` reads key/value head
-/// `h / (n_heads / n_kv_heads)`) and the mask of an [`AttentionLayout`].
+/// `h / (n_heads / n_kv_heads)`) and the mask of an [`AttentionLayout`]; the scale, soft-capping
+/// and sliding window of [`AttentionParams`]. With soft-capping the backward pass multiplies the
+/// score gradient by `1 - tanh^2`.
 ///
 /// Inputs: `q` `[rows, n_heads*head_dim]`, `k`, `v` `[rows, n_kv_heads*head_dim]` (rotary already
 /// applied). Output `[rows, n_heads*head_dim]`. The forward pass keeps only the log-sum-exp of each
@@ -106,18 +132,22 @@ pub struct Attention {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    pub params: AttentionParams,
     lse: Mutex<Vec<f64>>,
 }
 
 const OP: &str = "attention";
 
 impl Attention {
-    pub fn new(layout: Arc<AttentionLayout>, n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Result<Self> {
+    pub fn new(layout: Arc<AttentionLayout>, n_heads: usize, n_kv_heads: usize, head_dim: usize, params: AttentionParams) -> Result<Self> {
         layout.validate()?;
         if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             candle_core::bail!("{OP}: {n_heads} heads are not a multiple of {n_kv_heads} key/value heads");
         }
-        Ok(Self { layout, n_heads, n_kv_heads, head_dim, lse: Mutex::new(Vec::new()) })
+        if params.window == Some(0) {
+            candle_core::bail!("{OP}: a sliding window of 0 keys");
+        }
+        Ok(Self { layout, n_heads, n_kv_heads, head_dim, params, lse: Mutex::new(Vec::new()) })
     }
 
     fn check(&self, lq: &Layout, lk: &Layout, lv: &Layout) -> Result<()> {
@@ -158,8 +188,9 @@ impl Attention {
         out
     }
 
-    /// Scores of one block into `s` `[nq, nk]`, masked and turned into attention weights in place;
-    /// returns `nk`. Writes the log-sum-exp of each row to `lse[q0 + i]` when `lse` is given.
+    /// Scores of one block into `s` `[nq, nk]`, soft-capped, masked and turned into attention
+    /// weights in place; returns `nk`. Writes the log-sum-exp of each row to `lse[q0 + i]` when
+    /// `lse` is given, and the soft-capping's derivative `1 - tanh^2` to `dcap` when given.
     #[allow(clippy::too_many_arguments)]
     unsafe fn weights<T: Real>(
         &self,
@@ -171,10 +202,11 @@ impl Attention {
         s: &mut Vec<T>,
         lse_out: Option<*mut f64>,
         lse_in: Option<&[f64]>,
+        dcap: Option<&mut Vec<T>>,
     ) -> usize {
         let d = self.head_dim;
         let (q_rs, kv_rs) = (self.n_heads * d, self.n_kv_heads * d);
-        let scale = T::from(1.0 / (d as f64).sqrt()).unwrap();
+        let scale = T::from(self.params.scale).unwrap();
         let nk: usize = b.spans.iter().map(|s| s.len).sum();
         s.clear();
         s.resize(b.nq * nk, T::zero());
@@ -199,12 +231,35 @@ impl Attention {
             );
             c += sp.len;
         }
+        if let Some(cap) = self.params.softcap {
+            let cap = T::from(cap).unwrap();
+            let mut dcap = dcap;
+            if let Some(dc) = dcap.as_deref_mut() {
+                dc.clear();
+                dc.resize(s.len(), T::zero());
+            }
+            for (j, x) in s.iter_mut().enumerate() {
+                let t = (*x / cap).tanh();
+                *x = cap * t;
+                if let Some(dc) = dcap.as_deref_mut() {
+                    dc[j] = T::one() - t * t;
+                }
+            }
+        }
         for i in 0..b.nq {
             let row = &mut s[i * nk..(i + 1) * nk];
+            let qpos = b.pos0 + i;
             let mut c = 0;
             for sp in &b.spans {
                 if sp.causal {
                     for x in &mut row[c + i + 1..c + sp.len] {
+                        *x = T::neg_infinity();
+                    }
+                }
+                // Keys at positions <= qpos - window are out of the window.
+                if let Some(w) = self.params.window {
+                    let end = (qpos + 1).saturating_sub(w).saturating_sub(sp.pos0).min(sp.len);
+                    for x in &mut row[c..c + end] {
                         *x = T::neg_infinity();
                     }
                 }
@@ -244,7 +299,7 @@ impl Attention {
     ) {
         let d = self.head_dim;
         let (q_rs, kv_rs) = (self.n_heads * d, self.n_kv_heads * d);
-        let nk = self.weights(q, k, h, kvh, b, s, Some(lse), None);
+        let nk = self.weights(q, k, h, kvh, b, s, Some(lse), None, None);
         let mut c = 0;
         for (si, sp) in b.spans.iter().enumerate() {
             gemm(
@@ -274,7 +329,7 @@ impl Attention {
         let (q_rs, kv_rs) = (nh * d, nkv * d);
         let rows = self.layout.rows;
         let rep = nh / nkv;
-        let scale = T::from(1.0 / (d as f64).sqrt()).unwrap();
+        let scale = T::from(self.params.scale).unwrap();
         let lse = self.lse.lock().unwrap();
         assert_eq!(lse.len(), nh * rows, "{OP}: backward before forward");
         let mut dq = vec![T::zero(); q.len()];
@@ -285,14 +340,14 @@ impl Attention {
             (0..self.layout.groups.len()).flat_map(|g| (0..nkv).map(move |h| (g, h))).collect();
         tasks.into_par_iter().for_each(|(gi, kvh)| {
             let (pq, pk, pv) = (pq, pk, pv);
-            let (mut a, mut ds) = (Vec::new(), Vec::new());
+            let (mut a, mut ds, mut dcap) = (Vec::new(), Vec::new(), Vec::new());
             for h in kvh * rep..(kvh + 1) * rep {
                 let lse_h = &lse[h * rows..(h + 1) * rows];
                 for b in blocks(&self.layout.groups[gi]) {
                     // SAFETY: task (group, kv head) writes only rows of its group, in the columns
                     // of its kv head (dk, dv) and of the query heads that read it (dq).
                     unsafe {
-                        let nk = self.weights(q, k, h, kvh, &b, &mut a, None, Some(lse_h));
+                        let nk = self.weights(q, k, h, kvh, &b, &mut a, None, Some(lse_h), Some(&mut dcap));
                         let qo = b.q0 * q_rs + h * d;
                         ds.clear();
                         ds.resize(b.nq * nk, T::zero());
@@ -303,13 +358,17 @@ impl Attention {
                                 v.as_ptr().add(sp.start * kv_rs + kvh * d), 1, kv_rs, T::one(), 1);
                             c += sp.len;
                         }
-                        // dS = A * (dA - rowsum(dO * O))
+                        // dS = A * (dA - rowsum(dO * O)), times tanh' under soft-capping
+                        let capped = self.params.softcap.is_some();
                         for i in 0..b.nq {
                             let r = qo + i * q_rs;
                             let di: T = (0..d).map(|j| g[r + j] * o[r + j]).sum();
                             for j in 0..nk {
                                 let x = &mut ds[i * nk + j];
                                 *x = a[i * nk + j] * (*x - di);
+                                if capped {
+                                    *x = *x * dcap[i * nk + j];
+                                }
                             }
                         }
                         let mut c = 0;
@@ -379,11 +438,12 @@ fn bwd_t<T: Real>(op: &Attention, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor
 }
 
 /// Attention of one new query row per sequence over that sequence's cached keys and values
-/// (generation; no backward). `q` `[sequences, n_heads*head_dim]`; `ks[b]`, `vs[b]`
-/// `[len_b, n_kv_heads*head_dim]` include the new token. Returns `[sequences, n_heads*head_dim]`.
-pub fn decode_attention(q: &[f32], ks: &[&[f32]], vs: &[&[f32]], n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Vec<f32> {
+/// (generation; no backward), with the scale, soft-capping and window of `params`. `q`
+/// `[sequences, n_heads*head_dim]`; `ks[b]`, `vs[b]` `[len_b, n_kv_heads*head_dim]` include the
+/// new token. Returns `[sequences, n_heads*head_dim]`.
+pub fn decode_attention(q: &[f32], ks: &[&[f32]], vs: &[&[f32]], n_heads: usize, n_kv_heads: usize, head_dim: usize, params: AttentionParams) -> Vec<f32> {
     let (qw, kw, rep) = (n_heads * head_dim, n_kv_heads * head_dim, n_heads / n_kv_heads);
-    let scale = 1.0 / (head_dim as f32).sqrt();
+    let scale = params.scale as f32;
     let mut out = vec![0f32; q.len()];
     out.par_chunks_mut(qw).enumerate().for_each(|(b, o)| {
         let (k, v) = (ks[b], vs[b]);
@@ -394,6 +454,13 @@ pub fn decode_attention(q: &[f32], ks: &[&[f32]], vs: &[&[f32]], n_heads: usize,
             for (t, st) in s.iter_mut().enumerate() {
                 let kt = &k[t * kw + kvh * head_dim..t * kw + (kvh + 1) * head_dim];
                 *st = qh.iter().zip(kt).map(|(a, b)| a * b).sum::<f32>() * scale;
+                if let Some(cap) = params.softcap {
+                    *st = cap as f32 * (*st / cap as f32).tanh();
+                }
+                // the new token is at position len - 1
+                if params.window.is_some_and(|w| t + w < len) {
+                    *st = f32::NEG_INFINITY;
+                }
             }
             let m = s.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
             let sum: f64 = s.iter().map(|&x| ((x - m).exp()) as f64).sum();
@@ -412,9 +479,9 @@ pub fn decode_attention(q: &[f32], ks: &[&[f32]], vs: &[&[f32]], n_heads: usize,
 }
 
 /// Attention of `q`, `k`, `v` under `layout` as a differentiable op (see [`Attention`]).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, layout: &Arc<AttentionLayout>, n_heads: usize, n_kv_heads: usize) -> Result<Tensor> {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, layout: &Arc<AttentionLayout>, n_heads: usize, n_kv_heads: usize, params: AttentionParams) -> Result<Tensor> {
     let head_dim = q.dim(1)? / n_heads;
-    let op = Attention::new(layout.clone(), n_heads, n_kv_heads, head_dim)?;
+    let op = Attention::new(layout.clone(), n_heads, n_kv_heads, head_dim, params)?;
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }
 
@@ -426,6 +493,12 @@ mod tests {
 
     /// Reference: dense attention over one explicit sequence with candle ops.
     fn dense(q: &Tensor, k: &Tensor, v: &Tensor, nh: usize, nkv: usize, visible: &dyn Fn(usize, usize) -> bool) -> Tensor {
+        let d = q.dim(1).unwrap() / nh;
+        dense_with(q, k, v, nh, nkv, visible, AttentionParams::plain(d))
+    }
+
+    /// [`dense`] with a scale and soft-capping.
+    fn dense_with(q: &Tensor, k: &Tensor, v: &Tensor, nh: usize, nkv: usize, visible: &dyn Fn(usize, usize) -> bool, p: AttentionParams) -> Tensor {
         let (rows, w) = q.dims2().unwrap();
         let d = w / nh;
         let mut heads = vec![];
@@ -434,7 +507,11 @@ mod tests {
             let qh = q.narrow(1, h * d, d).unwrap();
             let kh = k.narrow(1, kvh * d, d).unwrap();
             let vh = v.narrow(1, kvh * d, d).unwrap();
-            let s = (qh.matmul(&kh.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
+            let s = (qh.matmul(&kh.t().unwrap()).unwrap() * p.scale).unwrap();
+            let s = match p.softcap {
+                Some(c) => ((s / c).unwrap().tanh().unwrap() * c).unwrap(),
+                None => s,
+            };
             let mask: Vec<f64> = (0..rows * rows)
                 .map(|x| if visible(x / rows, x % rows) { 0.0 } else { f64::NEG_INFINITY })
                 .collect();
@@ -463,7 +540,7 @@ mod tests {
         let q = rand_t(&[11, nh * d], 11);
         let k = rand_t(&[11, nkv * d], 12);
         let v = rand_t(&[11, nkv * d], 13);
-        let out = attention(&q, &k, &v, &l, nh, nkv).unwrap();
+        let out = attention(&q, &k, &v, &l, nh, nkv, AttentionParams::plain(d)).unwrap();
         // Each prompt+branch as its own causal sequence.
         for g in &l.groups {
             for b in &g.branches {
@@ -485,12 +562,60 @@ mod tests {
         let (nh, nkv, d) = (4, 2, 3);
         let l = layout();
         let inputs = [rand_t(&[11, nh * d], 14), rand_t(&[11, nkv * d], 15), rand_t(&[11, nkv * d], 16)];
-        check_grad(&inputs, &|t| attention(&t[0], &t[1], &t[2], &l, nh, nkv), 1e-6);
+        check_grad(&inputs, &|t| attention(&t[0], &t[1], &t[2], &l, nh, nkv, AttentionParams::plain(d)), 1e-6);
+    }
+
+    /// Gemma 2's attention: scale, soft-capping and a sliding window of 2 keys.
+    const GEMMA2: AttentionParams = AttentionParams { scale: 0.7, softcap: Some(1.5), window: Some(2) };
+
+    #[test]
+    fn windowed_soft_capped_branches_equal_separate_sequences() {
+        let (nh, nkv, d) = (4, 2, 3);
+        let l = layout();
+        let q = (rand_t(&[11, nh * d], 31) * 3.0).unwrap();
+        let k = (rand_t(&[11, nkv * d], 32) * 3.0).unwrap();
+        let v = rand_t(&[11, nkv * d], 33);
+        let out = attention(&q, &k, &v, &l, nh, nkv, GEMMA2).unwrap();
+        let plain = attention(&q, &k, &v, &l, nh, nkv, AttentionParams::plain(d)).unwrap();
+        let mut changed = 0f64;
+        for g in &l.groups {
+            for b in &g.branches {
+                let idx: Vec<u32> = g.prompt.clone().chain(b.clone()).map(|r| r as u32).collect();
+                let ix = Tensor::new(idx.as_slice(), &Device::Cpu).unwrap();
+                let want = dense_with(&q.index_select(&ix, 0).unwrap(), &k.index_select(&ix, 0).unwrap(),
+                    &v.index_select(&ix, 0).unwrap(), nh, nkv, &|i, j| j <= i && i - j < 2, GEMMA2);
+                let got = out.index_select(&ix, 0).unwrap();
+                let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+                assert!(diff < 1e-12, "{diff}");
+                let p = plain.index_select(&ix, 0).unwrap();
+                changed = changed.max((p - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap());
+            }
+        }
+        assert!(changed > 1e-2, "the window and cap change nothing: {changed}");
+        // generation: the last row of a sequence from its cache equals the packed row
+        let g = &l.groups[0];
+        let rows: Vec<usize> = g.prompt.clone().chain(g.branches[1].clone()).collect();
+        let row = |t: &Tensor, r: usize| t.get(r).unwrap().to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+        let ks: Vec<f32> = rows.iter().flat_map(|&r| row(&k, r)).collect();
+        let vs: Vec<f32> = rows.iter().flat_map(|&r| row(&v, r)).collect();
+        let last = *rows.last().unwrap();
+        let dec = decode_attention(&row(&q, last), &[&ks], &[&vs], nh, nkv, d, GEMMA2);
+        for (a, b) in dec.iter().zip(row(&out, last)) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn windowed_soft_capped_gradient_matches_finite_differences() {
+        let (nh, nkv, d) = (4, 2, 3);
+        let l = layout();
+        let inputs = [rand_t(&[11, nh * d], 34), rand_t(&[11, nkv * d], 35), rand_t(&[11, nkv * d], 36)];
+        check_grad(&inputs, &|t| attention(&t[0], &t[1], &t[2], &l, nh, nkv, GEMMA2), 1e-6);
     }
 
     #[test]
     fn rejects_overlapping_rows() {
         let bad = AttentionLayout { groups: vec![Group { prompt: 0..2, branches: vec![1..3] }], rows: 3 };
-        assert!(Attention::new(Arc::new(bad), 2, 1, 4).is_err());
+        assert!(Attention::new(Arc::new(bad), 2, 1, 4, AttentionParams::plain(4)).is_err());
     }
 }

@@ -20,9 +20,25 @@ const CHUNK: usize = 128;
 /// time and keeps only each row's log-sum-exp; the backward pass recomputes them and forms
 /// `dlogits = g * (onehot(target) - softmax)` chunk by chunk (the "fused linear cross-entropy" of
 /// Liger-Kernel / Wijmans et al. 2024), giving `dh = dlogits W` and `dW = dlogits^T h`.
+///
+/// With `softcap` (Gemma 2/3's `final_logit_softcapping`) the logits are `cap * tanh(z / cap)` of
+/// the projection `z`, and `dz = dlogits * (1 - tanh^2)`.
 pub struct LogpHead {
     pub targets: Arc<Vec<u32>>,
+    pub softcap: Option<f64>,
     stats: Arc<Mutex<LogpHeadStats>>,
+}
+
+/// `cap * tanh(z / cap)` over `buf` in place (parallel over rows of `vocab`).
+fn soft_cap<T: Real>(buf: &mut [T], vocab: usize, cap: Option<f64>) {
+    if let Some(cap) = cap {
+        let cap = T::from(cap).unwrap();
+        buf.par_chunks_mut(vocab).for_each(|z| {
+            for x in z {
+                *x = cap * (*x / cap).tanh();
+            }
+        });
+    }
 }
 
 /// By-products of the forward pass, per row.
@@ -39,8 +55,8 @@ pub struct LogpHeadStats {
 const OP: &str = "logp-head";
 
 impl LogpHead {
-    pub fn new(targets: Arc<Vec<u32>>) -> Self {
-        Self { targets, stats: Arc::new(Mutex::new(LogpHeadStats::default())) }
+    pub fn new(targets: Arc<Vec<u32>>, softcap: Option<f64>) -> Self {
+        Self { targets, softcap, stats: Arc::new(Mutex::new(LogpHeadStats::default())) }
     }
 
     fn forward<T: Real>(&self, h: &[T], w: &dyn HeadWeight<T>, hidden: usize) -> Result<Vec<T>> {
@@ -52,6 +68,7 @@ impl LogpHead {
         for r0 in (0..rows).step_by(CHUNK) {
             let c = CHUNK.min(rows - r0);
             w.logits(&h[r0 * hidden..(r0 + c) * hidden], c, &mut buf)?;
+            soft_cap(&mut buf, vocab, self.softcap);
             let res: Vec<(T, f64, f64, bool)> = buf
                 .par_chunks(vocab)
                 .enumerate()
@@ -93,12 +110,19 @@ impl LogpHead {
             let c = CHUNK.min(rows - r0);
             let hc = &h[r0 * hidden..(r0 + c) * hidden];
             w.logits(hc, c, &mut buf)?;
+            soft_cap(&mut buf, vocab, self.softcap);
+            let cap = self.softcap.map(|c| T::from(c).unwrap());
             buf.par_chunks_mut(vocab).enumerate().for_each(|(i, z)| {
                 let (gi, l) = (g[r0 + i], T::from(lse[r0 + i]).unwrap());
-                for x in z.iter_mut() {
-                    *x = -gi * (*x - l).exp();
+                let t = self.targets[r0 + i] as usize;
+                for (j, x) in z.iter_mut().enumerate() {
+                    let d = -gi * (*x - l).exp() + if j == t { gi } else { T::zero() };
+                    // through the cap: d tanh-capped / dz = 1 - (capped / cap)^2
+                    *x = match cap {
+                        Some(cap) => d * (T::one() - (*x / cap) * (*x / cap)),
+                        None => d,
+                    };
                 }
-                z[self.targets[r0 + i] as usize] += gi;
             });
             w.input_grad(&buf, c, &mut dh[r0 * hidden..(r0 + c) * hidden])?;
             if let Some(dw) = &mut dw {
@@ -208,8 +232,8 @@ fn bwd_t<T: Real>(op: &LogpHead, h: &Tensor, w: &Tensor, g: &Tensor) -> Result<(
 }
 
 /// Per-row target log-probs `[rows]` and a handle on the forward statistics (see [`LogpHead`]).
-pub fn logp_head(h: &Tensor, w: &Tensor, targets: Arc<Vec<u32>>) -> Result<(Tensor, Arc<Mutex<LogpHeadStats>>)> {
-    let op = LogpHead::new(targets);
+pub fn logp_head(h: &Tensor, w: &Tensor, targets: Arc<Vec<u32>>, softcap: Option<f64>) -> Result<(Tensor, Arc<Mutex<LogpHeadStats>>)> {
+    let op = LogpHead::new(targets, softcap);
     let stats = op.stats.clone();
     Ok((h.contiguous()?.apply_op2(&w.contiguous()?, op)?, stats))
 }
@@ -253,8 +277,8 @@ fn frozen_bwd_t<T: Real>(op: &FrozenLogpHead, h: &Tensor, g: &Tensor) -> Result<
 }
 
 /// [`logp_head`] with a frozen output projection `w` `[vocab, hidden]`.
-pub fn logp_head_frozen(h: &Tensor, w: &Arc<FrozenMatrix>, targets: Arc<Vec<u32>>) -> Result<(Tensor, Arc<Mutex<LogpHeadStats>>)> {
-    let head = LogpHead::new(targets);
+pub fn logp_head_frozen(h: &Tensor, w: &Arc<FrozenMatrix>, targets: Arc<Vec<u32>>, softcap: Option<f64>) -> Result<(Tensor, Arc<Mutex<LogpHeadStats>>)> {
+    let head = LogpHead::new(targets, softcap);
     let stats = head.stats.clone();
     Ok((h.contiguous()?.apply_op1(FrozenLogpHead { head, w: w.clone() })?, stats))
 }
@@ -269,7 +293,7 @@ mod tests {
         let h = rand_t(&[300, 5], 21); // more rows than one chunk
         let w = rand_t(&[11, 5], 22);
         let targets: Vec<u32> = (0..300).map(|i| (i * 7 % 11) as u32).collect();
-        let (lp, stats) = logp_head(&h, &w, Arc::new(targets.clone())).unwrap();
+        let (lp, stats) = logp_head(&h, &w, Arc::new(targets.clone()), None).unwrap();
         let logits = h.matmul(&w.t().unwrap()).unwrap();
         let ls = candle_nn::ops::log_softmax(&logits, 1).unwrap().to_vec2::<f64>().unwrap();
         let lp = lp.to_vec1::<f64>().unwrap();
@@ -287,8 +311,8 @@ mod tests {
         let (h, w) = (rand_t(&[140, 4], 23), rand_t(&[9, 4], 24));
         let frozen = Arc::new(FrozenMatrix::from_f64(w.flatten_all().unwrap().to_vec1::<f64>().unwrap(), 9, 4).unwrap());
         let hv = candle_core::Var::from_tensor(&h).unwrap();
-        let (a, _) = logp_head(hv.as_tensor(), &w, targets.clone()).unwrap();
-        let (b, _) = logp_head_frozen(hv.as_tensor(), &frozen, targets.clone()).unwrap();
+        let (a, _) = logp_head(hv.as_tensor(), &w, targets.clone(), None).unwrap();
+        let (b, _) = logp_head_frozen(hv.as_tensor(), &frozen, targets.clone(), None).unwrap();
         assert_eq!(a.to_vec1::<f64>().unwrap(), b.to_vec1::<f64>().unwrap());
         let probe = rand_t(&[140], 5);
         let ga = (a * &probe).unwrap().sum_all().unwrap().backward().unwrap();
@@ -297,12 +321,28 @@ mod tests {
         for (x, y) in ga.iter().zip(&gb) {
             assert!((x - y).abs() < 1e-12, "{x} vs {y}");
         }
-        check_grad(&[h], &|t| Ok(logp_head_frozen(&t[0], &frozen, targets.clone())?.0), 1e-6);
+        check_grad(&[h.clone()], &|t| Ok(logp_head_frozen(&t[0], &frozen, targets.clone(), None)?.0), 1e-6);
+        check_grad(&[h], &|t| Ok(logp_head_frozen(&t[0], &frozen, targets.clone(), Some(0.8))?.0), 1e-6);
     }
 
     #[test]
     fn gradient_matches_finite_differences() {
         let targets = Arc::new((0..140).map(|i| (i * 5 % 9) as u32).collect::<Vec<_>>());
-        check_grad(&[rand_t(&[140, 4], 23), rand_t(&[9, 4], 24)], &|t| Ok(logp_head(&t[0], &t[1], targets.clone())?.0), 1e-6);
+        check_grad(&[rand_t(&[140, 4], 23), rand_t(&[9, 4], 24)], &|t| Ok(logp_head(&t[0], &t[1], targets.clone(), None)?.0), 1e-6);
+    }
+
+    #[test]
+    fn soft_capped_head_equals_capped_log_softmax_and_has_its_gradient() {
+        let targets: Vec<u32> = (0..140).map(|i| (i * 5 % 9) as u32).collect();
+        let (h, w) = ((rand_t(&[140, 4], 25) * 3.0).unwrap(), rand_t(&[9, 4], 26));
+        let (lp, _) = logp_head(&h, &w, Arc::new(targets.clone()), Some(0.8)).unwrap();
+        let logits = h.matmul(&w.t().unwrap()).unwrap();
+        let capped = ((logits / 0.8).unwrap().tanh().unwrap() * 0.8).unwrap();
+        let ls = candle_nn::ops::log_softmax(&capped, 1).unwrap().to_vec2::<f64>().unwrap();
+        for (i, lp) in lp.to_vec1::<f64>().unwrap().iter().enumerate() {
+            assert!((lp - ls[i][targets[i] as usize]).abs() < 1e-12);
+        }
+        let t = Arc::new(targets);
+        check_grad(&[h, w], &|x| Ok(logp_head(&x[0], &x[1], t.clone(), Some(0.8))?.0), 1e-5);
     }
 }

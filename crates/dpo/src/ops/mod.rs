@@ -8,22 +8,22 @@
 //! Every op works on `f32` (training) and `f64` (finite-difference tests) contiguous CPU tensors.
 
 mod attention;
+mod glu;
 mod log_sigmoid;
 mod logp_head;
 mod lora;
 pub mod qmatmul;
 mod rmsnorm;
 mod rope;
-mod swiglu;
 
-pub use attention::{attention, decode_attention, Attention, AttentionLayout, Group};
+pub use attention::{attention, decode_attention, Attention, AttentionLayout, AttentionParams, Group};
 pub use log_sigmoid::{log1mexp, log1mexp_f64, log_sigmoid, log_sigmoid_f64, sigmoid, Elementwise};
 pub use logp_head::{logp_head, logp_head_frozen, LogpHead, LogpHeadStats};
 pub use lora::{apply_dropout, lora_linear, LoraLinear};
 pub use qmatmul::{frozen_linear, BaseDType, FrozenDType, FrozenLinear, FrozenMatrix, Kernel};
 pub use rmsnorm::{rms_norm, RmsNorm};
-pub use rope::{Llama3Scaling, Rope, RopeTable};
-pub use swiglu::SwiGlu;
+pub use rope::{Llama3Scaling, Rope, RopeParams, RopeScaling, RopeTable};
+pub use glu::{Activation, Glu};
 
 use candle_core::{bail, CpuStorage, Device, Layout, Result, Shape, Tensor, WithDType};
 

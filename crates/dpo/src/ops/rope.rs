@@ -8,9 +8,10 @@ use std::sync::Arc;
 /// The rotation angles of each row of a packed batch: `cos`, `sin` `[rows, head_dim/2]`.
 ///
 /// `theta_i = base^(-2i/head_dim)` (Su et al. 2021, RoFormer eq. 15), angle = position * theta_i,
-/// computed in the model's dtype exactly as Hugging Face `LlamaRotaryEmbedding` does (for f32:
-/// f32 `pow`, product and `cos`), so positions far into a sequence round the same way. Llama 3.1's
-/// frequency scaling (`rope_scaling.rope_type = "llama3"`) is applied to `theta` when configured.
+/// computed in the model's dtype exactly as Hugging Face's rotary embeddings do (for f32: f32
+/// `pow`, product and `cos`), so positions far into a sequence round the same way. The frequency
+/// scalings of [`RopeScaling`] change `theta_i` and may scale `cos` and `sin` (transformers'
+/// `modeling_rope_utils.py`).
 pub struct RopeTable {
     half: usize,
     cos: Vec<f64>,
@@ -26,30 +27,99 @@ pub struct Llama3Scaling {
     pub original_max_position_embeddings: f64,
 }
 
+/// How the rotary frequencies are scaled for contexts longer than pre-training's.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// `theta_i` as is.
+    Default,
+    /// Position interpolation (Chen et al. 2023): `theta_i / factor` (Gemma 3's global layers).
+    Linear { factor: f64 },
+    /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a smooth ramp between.
+    Llama3(Llama3Scaling),
+    /// YaRN (Peng et al. 2023, eq. 18-20): per frequency a ramp between interpolation
+    /// (`theta_i / factor`) and extrapolation over the correction range of `beta_fast`..`beta_slow`
+    /// rotations; `cos`, `sin` scaled by `attention_factor` (`0.1 ln(factor) + 1` by default).
+    Yarn { factor: f64, original_max_position_embeddings: f64, beta_fast: f64, beta_slow: f64, attention_factor: f64, truncate: bool },
+    /// LongRoPE (Ding et al. 2024; Phi-3): `theta_i / short_factor[i]` while a sequence fits in
+    /// `original_max_position_embeddings` (longer ones use `long_factor`, which we refuse rather
+    /// than mix in a packed batch); `cos`, `sin` scaled by `attention_factor`.
+    LongRope { short_factor: Vec<f64>, long_factor: Vec<f64>, original_max_position_embeddings: f64, attention_factor: f64 },
+}
+
+/// The rotary embedding of a layer: base frequency `theta` and its scaling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeParams {
+    pub theta: f64,
+    pub scaling: RopeScaling,
+}
+
 impl RopeTable {
-    /// Angles for `positions` with `head_dim` and `base`, computed in `T`.
-    pub fn new<T: Real>(head_dim: usize, base: f64, scaling: Option<Llama3Scaling>, positions: &[u32]) -> Self {
+    /// Angles for `positions` with `head_dim` and `rope`, computed in `T`.
+    ///
+    /// Errors: LongRoPE with a position at or past `original_max_position_embeddings` (the long
+    /// factors, which transformers picks per forward by its longest sequence).
+    pub fn new<T: Real>(head_dim: usize, rope: &RopeParams, positions: &[u32]) -> Result<Self> {
         let half = head_dim / 2;
-        let dim = T::from(head_dim).unwrap();
-        let inv_freq: Vec<T> = (0..half)
-            .map(|i| {
-                let f = T::one() / T::from(base).unwrap().powf(T::from(2 * i).unwrap() / dim);
-                match scaling {
-                    None => f,
-                    Some(s) => llama3_scale(f, s),
+        let c = |v: f64| T::from(v).unwrap();
+        let dim = c(head_dim as f64);
+        let base = c(rope.theta);
+        // base^(2i/d), as transformers computes it (`base ** (arange(0, d, 2) / d)`).
+        let pos_freq = |i: usize| base.powf(c((2 * i) as f64) / dim);
+        let mut scale = T::one();
+        let inv_freq: Vec<T> = match &rope.scaling {
+            RopeScaling::Default => (0..half).map(|i| T::one() / pos_freq(i)).collect(),
+            RopeScaling::Linear { factor } => (0..half).map(|i| T::one() / pos_freq(i) / c(*factor)).collect(),
+            RopeScaling::Llama3(s) => (0..half).map(|i| llama3_scale(T::one() / pos_freq(i), *s)).collect(),
+            RopeScaling::Yarn { factor, original_max_position_embeddings, beta_fast, beta_slow, attention_factor, truncate } => {
+                // transformers `_compute_yarn_parameters`: the correction range in f64, the ramp in f32.
+                let correction_dim = |rot: f64| {
+                    (head_dim as f64 * (original_max_position_embeddings / (rot * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * rope.theta.ln())
+                };
+                let (mut low, mut high) = (correction_dim(*beta_fast), correction_dim(*beta_slow));
+                if *truncate {
+                    (low, high) = (low.floor(), high.ceil());
                 }
-            })
-            .collect();
+                let (low, mut high) = (low.max(0.0), high.min(head_dim as f64 - 1.0));
+                if low == high {
+                    high += 0.001;
+                }
+                scale = c(*attention_factor);
+                (0..half)
+                    .map(|i| {
+                        let ramp = num_traits::Float::min(num_traits::Float::max((c(i as f64) - c(low)) / (c(high) - c(low)), T::zero()), T::one());
+                        let extrapolation = T::one() - ramp;
+                        let p = pos_freq(i);
+                        let (extra, inter) = (T::one() / p, T::one() / (c(*factor) * p));
+                        inter * (T::one() - extrapolation) + extra * extrapolation
+                    })
+                    .collect()
+            }
+            RopeScaling::LongRope { short_factor, original_max_position_embeddings, attention_factor, .. } => {
+                if let Some(&p) = positions.iter().find(|&&p| p as f64 >= *original_max_position_embeddings) {
+                    candle_core::bail!(
+                        "LongRoPE: position {p} is past original_max_position_embeddings {original_max_position_embeddings}: the long factors are not supported"
+                    );
+                }
+                scale = c(*attention_factor);
+                (0..half).map(|i| T::one() / (c(short_factor[i]) * pos_freq(i))).collect()
+            }
+        };
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);
         for &p in positions {
             for &f in &inv_freq {
                 let a = T::from(p).unwrap() * f;
-                cos.push(a.cos().as_f64());
-                sin.push(a.sin().as_f64());
+                cos.push((a.cos() * scale).as_f64());
+                sin.push((a.sin() * scale).as_f64());
             }
         }
-        Self { half, cos, sin }
+        Ok(Self { half, cos, sin })
+    }
+
+    /// The rotation angles of the table's rows, `[rows * head_dim/2]` (at position 1: the
+    /// inverse frequencies), from `atan2(sin, cos)` (in `(-pi, pi]`).
+    pub fn angles(&self) -> Vec<f64> {
+        self.cos.iter().zip(&self.sin).map(|(c, s)| s.atan2(*c)).collect()
     }
 
     /// Number of rows the table covers.
@@ -138,10 +208,12 @@ mod tests {
     use super::*;
     use crate::ops::testutil::{check_grad, rand_t};
 
+    const DEFAULT: RopeParams = RopeParams { theta: 10000.0, scaling: RopeScaling::Default };
+
     #[test]
     fn rotation_preserves_norm_and_matches_rotate_half() {
         let x = rand_t(&[3, 8], 5);
-        let table = Arc::new(RopeTable::new::<f64>(4, 10000.0, None, &[0, 1, 7]));
+        let table = Arc::new(RopeTable::new::<f64>(4, &DEFAULT, &[0, 1, 7]).unwrap());
         let y = x.apply_op1(Rope { table: table.clone(), head_dim: 4 }).unwrap();
         let xs = x.to_vec2::<f64>().unwrap();
         let ys = y.to_vec2::<f64>().unwrap();
@@ -155,7 +227,7 @@ mod tests {
 
     #[test]
     fn gradient_matches_finite_differences() {
-        let table = Arc::new(RopeTable::new::<f64>(4, 10000.0, None, &[0, 3, 9, 2, 5]));
+        let table = Arc::new(RopeTable::new::<f64>(4, &DEFAULT, &[0, 3, 9, 2, 5]).unwrap());
         check_grad(&[rand_t(&[5, 8], 6)], &|t| t[0].apply_op1(Rope { table: table.clone(), head_dim: 4 }), 1e-6);
     }
 }

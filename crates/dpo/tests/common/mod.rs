@@ -2,12 +2,12 @@
 #![allow(dead_code)]
 
 use dpo::data::{ExampleKind, Tokenized};
-use dpo::model::LlamaConfig;
+use dpo::model::{Family, Features, LlamaConfig};
 
 /// A tiny Llama: vocabulary 23, hidden 8, 2 layers of 4 heads over 2 key/value heads.
 pub fn config(tied: bool, bias: bool) -> LlamaConfig {
     LlamaConfig {
-        model_type: if bias { "qwen2".into() } else { "llama".into() },
+        family: if bias { Family::Qwen2 } else { Family::Llama },
         vocab_size: 23,
         hidden_size: 8,
         intermediate_size: 12,
@@ -16,14 +16,13 @@ pub fn config(tied: bool, bias: bool) -> LlamaConfig {
         num_key_value_heads: 2,
         head_dim: 4,
         rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
         max_position_embeddings: 64,
         tie_word_embeddings: tied,
-        attention_bias: bias,
+        features: Features { qkv_bias: bias, ..Features::default() },
         bos_token_id: None,
         eos_token_id: Some(1),
         pad_token_id: None,
+        ..LlamaConfig::default()
     }
 }
 

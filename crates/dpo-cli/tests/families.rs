@@ -1,0 +1,229 @@
+//! Model families against transformers 5.23: for each fixture of `tests/fixtures/families/`
+//! (made by `scripts/oracle/family_goldens.py`: a tiny random model built by transformers from
+//! `AutoConfig.for_model(model_type, ...)`, its weights filled by a hash we reproduce here bit
+//! for bit), `dpo logps` gives transformers' log-probs within 1e-4 nats per sequence on the
+//! golden pairs, the DPO loss gradient's norm per tensor is within 1e-3 relative, and a
+//! checkpoint written by dpo-rs has transformers' tensor names and loads back to the same model.
+
+use dpo::candle_core::{DType, Device, Tensor};
+use dpo::data::{tokenize_all, TokenizeSettings, Tokenized};
+use dpo::model::Weight;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+mod common;
+use common::{dpo, lines, pairs8, s};
+
+fn fixtures() -> Vec<(String, Value)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families");
+    let mut out: Vec<(String, Value)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), serde_json::from_str::<Value>(&std::fs::read_to_string(&p).unwrap()).unwrap()))
+        .filter(|(_, v)| v.get("tensors").is_some()) // chat_templates.json is the other test's
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(out.len(), 10, "model fixtures in {}", dir.display());
+    out
+}
+
+const M64: u64 = u64::MAX;
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) & M64
+}
+
+fn fnv1a64(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// The fixture's weights: `center + scale * u(name, i)` in f64, rounded to f32, with
+/// `u = (splitmix64(fnv1a64(name) ^ i) >> 11) * 2^-53 * 2 - 1` (see the script).
+fn weights(fx: &Value) -> Vec<(String, Weight)> {
+    fx["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let name = t["name"].as_str().unwrap().to_string();
+            let shape: Vec<usize> = t["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+            let (center, scale) = (t["center"].as_f64().unwrap(), t["scale"].as_f64().unwrap());
+            let h = fnv1a64(&name);
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n as u64)
+                .map(|i| {
+                    let u = (splitmix64(h ^ i) >> 11) as f64 * 2f64.powi(-53) * 2.0 - 1.0;
+                    (center + scale * u) as f32
+                })
+                .collect();
+            for (k, want) in t["first"].as_array().unwrap().iter().enumerate() {
+                assert_eq!(v[k] as f64, want.as_f64().unwrap(), "{name}[{k}]: the fill differs from the script's");
+            }
+            (name, Weight::Tensor(Tensor::from_vec(v, shape, &Device::Cpu).unwrap()))
+        })
+        .collect()
+}
+
+/// A Hugging Face directory as transformers saved the fixture's model, with SmolLM2's tokenizer.
+fn model_dir(fx: &Value, tokenizer: &dpo::tokenizer::Tokenizer, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&fx["config"]).unwrap()).unwrap();
+    if !fx["generation_config"].is_null() {
+        std::fs::write(dir.join("generation_config.json"), fx["generation_config"].to_string()).unwrap();
+    }
+    dpo::model::write_safetensors(&dir.join("model.safetensors"), &weights(fx), ::safetensors::Dtype::F32).unwrap();
+    tokenizer.save(dir).unwrap();
+    dir.to_path_buf()
+}
+
+/// `d_c`, `d_r`: the reference offsets of record position `i` (golden.py's formula).
+fn offsets(i: usize) -> (f64, f64) {
+    (0.5 * (((i * 7) % 9) as f64 - 4.0), 0.75 * (((i * 5) % 11) as f64 - 5.0))
+}
+
+#[test]
+fn every_family_matches_transformers() {
+    let smol = dpo::model::load_tokenizer(&dpo::fetch::ensure_default_model().unwrap()).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut summary = vec![];
+    for (case, fx) in fixtures() {
+        let dir = model_dir(&fx, &smol, &home.path().join(&case));
+        let records = fx["records"].as_array().unwrap();
+
+        // 1. log-probs through `dpo logps`
+        let out = home.path().join(format!("{case}.logps.jsonl"));
+        let o = dpo(home.path(), &["logps", "--model", s(&dir), "--data", s(&pairs8()), "--out", s(&out)]);
+        assert!(o.status.success(), "{case}: dpo logps failed");
+        let got = lines(&out);
+        assert_eq!(got.len(), records.len(), "{case}");
+        let mut worst_logp = 0f64;
+        for (l, r) in got.iter().zip(records) {
+            assert_eq!(l["index"], r["index"]);
+            assert_eq!(l["chosen_tokens"], r["n_chosen_tokens"], "{case}");
+            assert_eq!(l["rejected_tokens"], r["n_rejected_tokens"], "{case}");
+            for (a, b) in [("chosen_logps", "chosen_logp"), ("rejected_logps", "rejected_logp")] {
+                let d = (l[a].as_f64().unwrap() - r[b].as_f64().unwrap()).abs();
+                assert!(d < 1e-4, "{case} record {}: {a} {} vs transformers {} ({d:.2e} nats)", r["index"], l[a], r[b]);
+                worst_logp = worst_logp.max(d);
+            }
+        }
+
+        // 2. gradient norms of the DPO loss per tensor
+        let loaded = dpo::model::load(&dir).unwrap();
+        let policy = dpo::policy::Policy::new(loaded.config.clone(), &loaded.tensors).unwrap();
+        let (recs, _) = dpo::data::read(&pairs8()).unwrap();
+        let set = tokenize_all(&loaded.tokenizer, &recs, TokenizeSettings::default()).unwrap();
+        for (ex, r) in set.examples.iter().zip(records) {
+            let ids = |k: &str| -> Vec<u32> { r[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+            assert_eq!((&ex.prompt, &ex.completions[0], &ex.completions[1]), (&ids("prompt_ids"), &ids("chosen_ids"), &ids("rejected_ids")), "{case}");
+        }
+        let refs: Vec<Vec<f64>> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let (dc, dr) = offsets(i);
+                vec![r["chosen_logp"].as_f64().unwrap() + dc, r["rejected_logp"].as_f64().unwrap() + dr]
+            })
+            .collect();
+        let refs: Vec<&[f64]> = refs.iter().map(Vec::as_slice).collect();
+        let examples: Vec<&Tokenized> = set.examples.iter().collect();
+        let loss = dpo::loss::Loss::Sigmoid { beta: fx["beta"].as_f64().unwrap(), label_smoothing: 0.0 };
+        let task = dpo::task::Task::Preference(dpo::loss::Objective::single(loss));
+        let res = dpo::step::loss_and_gradients(&policy, &examples, &refs, &task, 1024, 64).unwrap();
+        let mean_loss = res.stats.iter().map(|s| s.loss).sum::<f64>() / res.stats.len() as f64;
+        assert!((mean_loss - fx["loss"].as_f64().unwrap()).abs() < 1e-6, "{case}: loss {mean_loss} vs {}", fx["loss"]);
+        let mut sq: HashMap<String, f64> = HashMap::new();
+        for ((name, _), g) in policy.params.iter().zip(&res.grads) {
+            let n2 = dpo::optim::tensor_sq_norm(g).unwrap();
+            assert!(n2 > 0.0, "{case}: {name} has no gradient");
+            // Phi-3's fused tensors: the norm over their parts
+            let hf = name.replace("self_attn.q_proj", "self_attn.qkv_proj").replace("self_attn.k_proj", "self_attn.qkv_proj").replace("self_attn.v_proj", "self_attn.qkv_proj").replace("mlp.gate_proj", "mlp.gate_up_proj").replace("mlp.up_proj", "mlp.gate_up_proj");
+            let key = if fx["grad_norms"].get(name).is_some() { name.clone() } else { hf };
+            *sq.entry(key).or_default() += n2;
+        }
+        let want = fx["grad_norms"].as_object().unwrap();
+        assert_eq!(sq.len(), want.len(), "{case}: tensors {:?} vs transformers' {:?}", sq.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+        let mut worst_grad = (0f64, String::new());
+        for (name, n2) in &sq {
+            let w = want.get(name).unwrap_or_else(|| panic!("{case}: transformers has no parameter `{name}`")).as_f64().unwrap();
+            let rel = (n2.sqrt() - w).abs() / w;
+            assert!(rel < 1e-3, "{case}: `{name}` gradient norm {} vs transformers {w} ({rel:.2e} relative)", n2.sqrt());
+            if rel > worst_grad.0 {
+                worst_grad = (rel, name.clone());
+            }
+        }
+
+        // 3. a checkpoint written by dpo-rs: transformers' tensor names and config, the same model back
+        let ckpt = home.path().join(format!("{case}-ckpt"));
+        dpo::model::save_hf_dir(&loaded.model().unwrap(), &loaded.tokenizer, &ckpt).unwrap();
+        let mut names: Vec<String> = dpo::model::read_safetensors(&ckpt.join("model.safetensors")).unwrap().into_keys().collect();
+        let mut want_names: Vec<String> = fx["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect();
+        names.sort();
+        want_names.sort();
+        assert_eq!(names, want_names, "{case}: checkpoint tensor names");
+        let back = dpo::model::load(&ckpt).unwrap();
+        assert_eq!(back.config, loaded.config, "{case}: config.json round trip");
+        for (name, w) in &loaded.tensors {
+            let a = w.to_tensor().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = back.tensors[name].to_tensor().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(a == b, "{case}: {name} changed through a checkpoint");
+        }
+        summary.push(format!("{case}: logps within {worst_logp:.1e} nats, gradient norms within {:.1e} ({})", worst_grad.0, worst_grad.1));
+    }
+    println!("{}", summary.join("\n"));
+    let _ = DType::F32;
+}
+
+/// Each family's real chat template (as TRL 1.16 ships them: Llama 3.1/3.2, Qwen2.5, Qwen3, Gemma,
+/// Gemma 3, Phi-3/3.5) renders exactly as transformers' `apply_chat_template(tokenize=False)` on
+/// conversations of one to four turns, with and without the generation prompt; a template's own
+/// error (Gemma refuses a system turn) is an error here too
+/// (`scripts/oracle/chat_template_goldens.py`).
+#[test]
+fn every_family_chat_template_renders_like_transformers() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families/chat_templates.json");
+    let fx: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut n = 0;
+    for case in fx["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let tok = |k: &str| case[k].as_str();
+        let t = dpo::data::ChatTemplate::new(case["template"].as_str().unwrap(), tok("bos_token"), tok("eos_token"), tok("pad_token")).unwrap();
+        // Templates that print today's date (`strftime_now`): the fixture was rendered on a fixed one.
+        let today = case["strftime_format"].as_str().map(|f| {
+            let out = std::process::Command::new("date").arg(format!("+{f}")).output().unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        });
+        for r in case["renders"].as_array().unwrap() {
+            let messages: Vec<dpo::data::Message> = r["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| dpo::data::Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+                .collect();
+            let gen = r["add_generation_prompt"].as_bool().unwrap();
+            let got = t.render(&messages, gen);
+            match (r["text"].as_str(), r["error"].as_str()) {
+                (Some(want), _) => {
+                    let want = match (&today, case["date"].as_str()) {
+                        (Some(today), Some(fixed)) => want.replace(fixed, today),
+                        _ => want.to_string(),
+                    };
+                    assert_eq!(got.unwrap(), want, "{name}: {} (generation prompt {gen})", r["conversation"]);
+                }
+                (None, Some(err)) => {
+                    let e = got.unwrap_err().to_string();
+                    assert!(e.contains(err), "{name}: {} should fail with `{err}`, got `{e}`", r["conversation"]);
+                }
+                _ => panic!("{name}: a render with neither text nor error"),
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 60, "{n} renders");
+    println!("{n} renders of {} templates equal transformers'", fx["cases"].as_array().unwrap().len());
+}
