@@ -227,3 +227,42 @@ fn every_family_chat_template_renders_like_transformers() {
     assert!(n >= 60, "{n} renders");
     println!("{n} renders of {} templates equal transformers'", fx["cases"].as_array().unwrap().len());
 }
+
+/// GGUF files of each family written by llama.cpp's `convert_hf_to_gguf.py` from tiny models
+/// built by transformers (`scripts/oracle/gguf_family_fixtures.py`; a 352-token byte-level BPE):
+/// the tokenizer rebuilt from the metadata gives TRL's token ids, and `dpo logps` gives
+/// transformers' log-probs of the original model within 1e-4 nats (llama.cpp's q/k permutation,
+/// Gemma's `1 + w` norms, Phi-3's fused tensors and LongRoPE factors, Llama 3's `rope_freqs`,
+/// YaRN keys, soft-capping and sliding-window keys all read back).
+#[test]
+fn every_family_gguf_matches_transformers() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families/gguf");
+    let fx: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("goldens.json")).unwrap()).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let (recs, _) = dpo::data::read(&pairs8()).unwrap();
+    let cases = fx["cases"].as_object().unwrap();
+    assert_eq!(cases.len(), 8);
+    for (case, c) in cases {
+        let gguf = dir.join(c["gguf"].as_str().unwrap());
+        let records = c["records"].as_array().unwrap();
+        let tok = dpo::model::load_tokenizer(&gguf).unwrap();
+        let set = tokenize_all(&tok, &recs, TokenizeSettings::default()).unwrap();
+        assert_eq!(set.examples.len(), records.len(), "{case}");
+        for (ex, r) in set.examples.iter().zip(records) {
+            let ids = |k: &str| -> Vec<u32> { r[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+            assert_eq!((&ex.prompt, &ex.completions[0], &ex.completions[1]), (&ids("prompt_ids"), &ids("chosen_ids"), &ids("rejected_ids")), "{case}: token ids");
+        }
+        let out = home.path().join(format!("{case}.jsonl"));
+        let o = dpo(home.path(), &["logps", "--model", s(&gguf), "--data", s(&pairs8()), "--out", s(&out)]);
+        assert!(o.status.success(), "{case}: dpo logps on the GGUF failed");
+        let mut worst = 0f64;
+        for (l, r) in lines(&out).iter().zip(records) {
+            for (a, b) in [("chosen_logps", "chosen_logp"), ("rejected_logps", "rejected_logp")] {
+                let d = (l[a].as_f64().unwrap() - r[b].as_f64().unwrap()).abs();
+                assert!(d < 1e-4, "{case} record {}: {a} {} vs transformers {} ({d:.2e} nats)", r["index"], l[a], r[b]);
+                worst = worst.max(d);
+            }
+        }
+        println!("{case}.gguf: token ids equal, logps within {worst:.1e} nats");
+    }
+}

@@ -6,6 +6,9 @@ use serde_json::{json, Value};
 use std::path::Path;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::AddedToken;
 
@@ -30,6 +33,18 @@ fn token_field(v: &Value, key: &str) -> Option<String> {
     match v.get(key)? {
         Value::String(s) => Some(s.clone()),
         Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+/// The split regex of a GGUF `tokenizer.ggml.pre` (transformers' `GGUF_PRE_TOKENIZER_SPLITS`,
+/// llama.cpp's `llama-vocab.cpp`): Llama 3's (numbers in runs of up to 3 digits) or Qwen2's (one digit each).
+fn gguf_split_regex(pre: &str) -> Option<&'static str> {
+    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "dbrx" | "smaug-bpe" => Some(LLAMA3),
+        "qwen2" | "deepseek-r1-qwen" => Some(QWEN2),
         _ => None,
     }
 }
@@ -131,16 +146,24 @@ impl Tokenizer {
         let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| anyhow!("GGUF BPE: {e}"))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
         let pre = md.get("tokenizer.ggml.pre").map(|v| v.to_string().cloned()).transpose()?.unwrap_or_default();
-        let byte_level = ByteLevel::new(false, true, true);
-        match pre.as_str() {
+        match gguf_split_regex(&pre) {
             // transformers' GGUF loader (the oracle's tokenizer, hence TRL's ids on this file)
             // builds plain GPT-2 byte-level pre-tokenization for `smollm`; SmolLM2's original
             // tokenizer.json splits digits first, which differs on whitespace before a digit
             // ("\n\n1"). We follow the reference: ids then equal TRL's for the same GGUF.
-            "smollm" | "" | "default" | "gpt2" => {
-                inner.with_pre_tokenizer(Some(byte_level));
+            None if matches!(pre.as_str(), "smollm" | "" | "default" | "gpt2" | "gpt-2") => {
+                inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
             }
-            p => bail!("GGUF pre-tokenizer `{p}` is not supported (smollm, gpt2); use a Hugging Face directory with tokenizer.json"),
+            // Llama 3's and Qwen2's split, then byte-level without its own regex (transformers'
+            // `set_split_regex` for GGUF files).
+            Some(re) => {
+                let split = Split::new(SplitPattern::Regex(re.into()), SplitDelimiterBehavior::Isolated, false)
+                    .map_err(|e| anyhow!("GGUF pre-tokenizer `{pre}`: {e}"))?;
+                inner.with_pre_tokenizer(Some(Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()])));
+            }
+            None => bail!(
+                "GGUF pre-tokenizer `{pre}` is not supported (smollm, gpt-2, llama-bpe / llama3, qwen2); use a Hugging Face directory with tokenizer.json"
+            ),
         }
         inner.with_decoder(Some(ByteLevel::default()));
         let special: Vec<AddedToken> = tokens
@@ -150,6 +173,14 @@ impl Tokenizer {
             .map(|(s, _)| AddedToken::from(s.clone(), true))
             .collect();
         inner.add_special_tokens(special).map_err(|e| anyhow!("GGUF special tokens: {e}"))?;
+        // USER_DEFINED tokens (`<think>`, `<tool_call>`): matched whole in the text, not special.
+        let user: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &t)| t == 4)
+            .map(|(s, _)| AddedToken::from(s.clone(), false).normalized(false))
+            .collect();
+        inner.add_tokens(user);
         let id = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
         let tok = |i: Option<u32>| i.and_then(|i| tokens.get(i as usize).cloned());
         let bos = tok(id("tokenizer.ggml.bos_token_id"));

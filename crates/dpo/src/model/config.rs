@@ -85,9 +85,10 @@ pub struct Features {
     pub o_bias: bool,
     /// gate, up and down projections carry a bias (Llama's `mlp_bias`).
     pub mlp_bias: bool,
-    /// RMSNorm of each query and key head before rotary (Qwen3, Gemma 3: `q_norm`, `k_norm`).
+    /// RMSNorm of each query and key head before rotary (Qwen3, Gemma 3: `q_norm`, `k_norm`;
+    /// "QK-norm", Dehghani et al. 2023).
     pub qk_norm: bool,
-    /// RMSNorm multiplies by `1 + weight` (Gemma).
+    /// RMSNorm multiplies by `1 + weight` (Gemma; Gemma Team 2024, transformers' `GemmaRMSNorm`).
     pub norm_plus_one: bool,
     /// Embeddings are multiplied by `sqrt(hidden_size)`, rounded to the model's dtype (Gemma).
     pub scale_embeddings: bool,
@@ -95,7 +96,7 @@ pub struct Features {
     /// normalises the attention output, `pre_feedforward_layernorm` the MLP input and
     /// `post_feedforward_layernorm` its output.
     pub sandwich_norms: bool,
-    /// `cap * tanh(scores / cap)` on the attention scores (Gemma 2).
+    /// `cap * tanh(scores / cap)` on the attention scores (Gemma 2; Gemma Team 2024b, sec. 2).
     pub attn_logit_softcapping: Option<f64>,
     /// `cap * tanh(logits / cap)` on the output logits (Gemma 2/3).
     pub final_logit_softcapping: Option<f64>,

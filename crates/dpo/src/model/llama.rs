@@ -242,9 +242,7 @@ pub fn unfuse(c: &LlamaConfig, name: String, t: Tensor) -> Result<Vec<(String, T
         let mut out = Vec::with_capacity(projs.len());
         let mut at = 0;
         for (p, n) in projs.iter().zip(rows) {
-            let mlp_or_attn = if matches!(p, Proj::Gate | Proj::Up) { "mlp" } else { "self_attn" };
-            debug_assert!(prefix.is_empty() || prefix.ends_with('.'));
-            out.push((format!("{prefix}{mlp_or_attn}.{}.weight", p.name()), t.narrow(0, at, n)?.contiguous()?));
+            out.push((format!("{prefix}{}.weight", p.path()), t.narrow(0, at, n)?.contiguous()?));
             at += n;
         }
         return Ok(out);

@@ -19,17 +19,19 @@ use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 
 /// Random weights for `config` from a seeded generator (candle's CPU RNG cannot be seeded):
-/// matrices uniform in `[-s, s]` with `s = sqrt(3) * 0.02 * scale`, norm weights `1 +- 0.1`,
-/// biases small. For tests and toy models; `dtype` f32 or f64.
+/// matrices uniform in `[-s, s]` with `s = sqrt(3) * 0.02 * scale`, norm weights `1 +- 0.1`
+/// (`0 +- 0.1` where the family's norms multiply by `1 + w`: Gemma), biases small. For tests and
+/// toy models; `dtype` f32 or f64.
 pub fn random_tensors(config: &LlamaConfig, seed: u64, scale: f64, dtype: DType) -> Result<HashMap<String, Tensor>> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let s = 3f64.sqrt() * 0.02 * scale;
+    let center = if config.features.norm_plus_one { 0.0 } else { 1.0 };
     let mut out = HashMap::new();
     for spec in tensor_specs(config) {
         let n: usize = spec.shape.iter().product();
         let norm = spec.role == TensorRole::Norm;
         let v: Vec<f64> = (0..n)
-            .map(|_| if norm { 1.0 + rng.random_range(-0.1..0.1) } else { rng.random_range(-s..s) })
+            .map(|_| if norm { center + rng.random_range(-0.1..0.1) } else { rng.random_range(-s..s) })
             .collect();
         out.insert(spec.name, Tensor::from_vec(v, spec.shape, &Device::Cpu)?.to_dtype(dtype)?);
     }

@@ -115,13 +115,20 @@ impl LogpHead {
             buf.par_chunks_mut(vocab).enumerate().for_each(|(i, z)| {
                 let (gi, l) = (g[r0 + i], T::from(lse[r0 + i]).unwrap());
                 let t = self.targets[r0 + i] as usize;
-                for (j, x) in z.iter_mut().enumerate() {
-                    let d = -gi * (*x - l).exp() + if j == t { gi } else { T::zero() };
-                    // through the cap: d tanh-capped / dz = 1 - (capped / cap)^2
-                    *x = match cap {
-                        Some(cap) => d * (T::one() - (*x / cap) * (*x / cap)),
-                        None => d,
-                    };
+                match cap {
+                    None => {
+                        for x in z.iter_mut() {
+                            *x = -gi * (*x - l).exp();
+                        }
+                        z[t] += gi;
+                    }
+                    // through the cap: d capped / dz = 1 - (capped / cap)^2
+                    Some(cap) => {
+                        for (j, x) in z.iter_mut().enumerate() {
+                            let d = -gi * (*x - l).exp() + if j == t { gi } else { T::zero() };
+                            *x = d * (T::one() - (*x / cap) * (*x / cap));
+                        }
+                    }
                 }
             });
             w.input_grad(&buf, c, &mut dh[r0 * hidden..(r0 + c) * hidden])?;
