@@ -6,8 +6,8 @@
 #   full fine-tuning: `dpo train` 2 steps (batch 4, lr 1e-3) on pairs8, `dpo logps` of OUT/final, and
 #     family_goldens.py --check-checkpoint: transformers loads dpo-rs's config.json + model.safetensors
 #     and gives the same log-probs of the 8 golden records within 1e-4;
-#   LoRA: `dpo train --use-peft` (r 4, alpha 8, dropout 0; Phi-3: o_proj,down_proj only, dpo refuses
-#     its fused qkv_proj/gate_up_proj), `dpo logps --adapter`, and peft_family_check.py: PEFT loads the
+#   LoRA: `dpo train --use-peft` (r 4, alpha 8, dropout 0, all-linear: Phi-3's fused qkv_proj and
+#     gate_up_proj included; LORA_TARGETS overrides), `dpo logps --adapter`, and peft_family_check.py: PEFT loads the
 #     adapter on the transformers base with no missing/unexpected key and no warning, same log-probs
 #     within 1e-4 (it also strict-loads the full fine-tuning checkpoint: no missing/unexpected keys).
 # Prints one line per case: the worst |delta logp| of each check and how far training moved the
@@ -84,7 +84,7 @@ for case in "${CASES[@]}"; do
         [ -e "$TOKENIZER_DIR/$f" ] && cp "$TOKENIZER_DIR/$f" "$D/model/"
     done
     lora_targets=()
-    [ "$case" = phi3 ] && lora_targets=(--lora-target-modules o_proj,down_proj)
+    [ -n "${LORA_TARGETS:-}" ] && lora_targets=(--lora-target-modules "$LORA_TARGETS")
     ft="FAIL" lora="FAIL" ft_eff="-" lora_eff="-" ok=1
 
     step "dpo logps (base)" "$D/base_logps.log" \

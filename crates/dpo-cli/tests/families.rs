@@ -266,3 +266,59 @@ fn every_family_gguf_matches_transformers() {
         println!("{case}.gguf: token ids equal, logps within {worst:.1e} nats");
     }
 }
+
+/// LoRA on Phi-3 targets its fused modules as PEFT does: one `A` and one `B` for `qkv_proj`
+/// (B's rows: q, k, v) and for `gate_up_proj`; the adapter written by `dpo train --use-peft`
+/// has PEFT's names and shapes, reads back to the same tensors, and merged by `dpo logps
+/// --adapter` gives the trained log-probs, which differ from the base's. (PEFT itself loads it
+/// with the same log-probs: scripts/oracle/families_checkpoints.sh.)
+#[test]
+fn phi3_lora_adapts_the_fused_modules() {
+    let smol = dpo::model::load_tokenizer(&dpo::fetch::ensure_default_model().unwrap()).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let fx = fixtures().into_iter().find(|(c, _)| c == "phi3").unwrap().1;
+    let model = model_dir(&fx, &smol, &home.path().join("phi3"));
+    let out = home.path().join("run");
+    let o = dpo(home.path(), &["train", "--model", s(&model), "--data", s(&pairs8()), "--output-dir", s(&out), "--use-peft", "--lora-r", "4",
+        "--lora-dropout", "0.1", "--max-steps", "3", "--per-device-train-batch-size", "4", "--learning-rate", "1e-2"]);
+    assert!(o.status.success());
+    let adapter = out.join("final");
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["target_modules"], serde_json::json!(["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]));
+    let tensors = dpo::model::read_safetensors(&adapter.join("adapter_model.safetensors")).unwrap();
+    let c = dpo::model::load(&model).unwrap().config;
+    let (q, kv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+    let p = "base_model.model.model.layers.1";
+    for (name, shape) in [
+        (format!("{p}.self_attn.qkv_proj.lora_A.weight"), vec![4, c.hidden_size]),
+        (format!("{p}.self_attn.qkv_proj.lora_B.weight"), vec![q + 2 * kv, 4]),
+        (format!("{p}.mlp.gate_up_proj.lora_B.weight"), vec![2 * c.intermediate_size, 4]),
+        (format!("{p}.mlp.down_proj.lora_A.weight"), vec![4, c.intermediate_size]),
+    ] {
+        assert_eq!(tensors.get(&name).unwrap_or_else(|| panic!("no {name}")).dims(), shape.as_slice(), "{name}");
+    }
+    assert_eq!(tensors.len(), 4 * 2 * c.num_hidden_layers, "one A and one B per module and layer");
+    // read back and written again: the same tensors
+    let read = dpo::model::adapter::Adapter::load(&adapter, &c).unwrap();
+    let again = home.path().join("again");
+    read.save(&again).unwrap();
+    let back = dpo::model::read_safetensors(&again.join("adapter_model.safetensors")).unwrap();
+    for (k, t) in &tensors {
+        let (a, b) = (t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), back[k].flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert!(a == b, "{k} changed through a read and write");
+    }
+    // merged: the trained log-probs, not the base's
+    let (base_out, tuned_out) = (home.path().join("base.jsonl"), home.path().join("tuned.jsonl"));
+    assert!(dpo(home.path(), &["logps", "--model", s(&model), "--data", s(&pairs8()), "--out", s(&base_out)]).status.success());
+    assert!(dpo(home.path(), &["logps", "--model", s(&model), "--adapter", s(&adapter), "--data", s(&pairs8()), "--out", s(&tuned_out)]).status.success());
+    let moved = lines(&base_out)
+        .iter()
+        .zip(lines(&tuned_out))
+        .map(|(a, b)| (a["chosen_logps"].as_f64().unwrap() - b["chosen_logps"].as_f64().unwrap()).abs())
+        .fold(0f64, f64::max);
+    assert!(moved > 1e-2, "the adapter changes nothing: {moved}");
+    // a split projection is not a module of Phi-3
+    let o = dpo(home.path(), &["train", "--model", s(&model), "--data", s(&pairs8()), "--output-dir", s(&home.path().join("bad")), "--use-peft",
+        "--lora-target-modules", "q_proj,v_proj", "--max-steps", "1"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("`q_proj` is not a module of Phi-3"));
+}

@@ -1,7 +1,8 @@
 //! The trainable policy: every weight of a [`Llama`] (full fine-tuning), or LoRA adapters on its
 //! frozen base ([`Policy::lora`]). Trainable tensors are candle `Var`s.
 
-use crate::model::adapter::{Adapter, AdapterModule, Lora, LoraConfig};
+use crate::model::adapter::{peft_name, Adapter, AdapterModule, Lora, LoraConfig};
+use crate::model::hf_module;
 use crate::model::{tensor_names, Llama, LlamaConfig, Weight};
 use crate::ops::qmatmul::FrozenMatrix;
 use anyhow::{Context, Result};
@@ -60,12 +61,27 @@ impl Policy {
         let mut model = freeze(base)?;
         let scale = adapter.config.scale();
         let mut params = Vec::with_capacity(2 * adapter.modules.len());
+        let family = base.config.family;
         for m in &adapter.modules {
-            let (a, b) = (Var::from_tensor(&m.a.contiguous()?)?, Var::from_tensor(&m.b.contiguous()?)?);
-            let lin = &mut model.layers[m.layer].projs[m.proj as usize];
-            lin.lora = Some(Lora { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale, dropout: adapter.config.lora_dropout });
-            params.push((crate::model::adapter::peft_name(m.layer, m.proj, 'A'), a));
-            params.push((crate::model::adapter::peft_name(m.layer, m.proj, 'B'), b));
+            // One A and one B per PEFT module: the parts of a fused one (Phi-3's qkv_proj) share
+            // its A and read their rows of its B.
+            let parts = hf_module(family, m.proj).1;
+            if parts[0] != m.proj {
+                continue;
+            }
+            let members: Vec<&AdapterModule> = parts.iter().filter_map(|&p| adapter.module(m.layer, p)).collect();
+            let bs: Vec<Tensor> = members.iter().map(|x| x.b.clone()).collect();
+            let (a, b) = (Var::from_tensor(&m.a.contiguous()?)?, Var::from_tensor(&Tensor::cat(&bs, 0)?.contiguous()?)?);
+            let mut row = 0;
+            for x in members {
+                let rows = x.b.dim(0)?;
+                let lin = &mut model.layers[x.layer].projs[x.proj as usize];
+                let part = if parts.len() == 1 { b.as_tensor().clone() } else { b.as_tensor().narrow(0, row, rows)? };
+                lin.lora = Some(Lora { a: a.as_tensor().clone(), b: part, scale, dropout: adapter.config.lora_dropout });
+                row += rows;
+            }
+            params.push((peft_name(family, m.layer, m.proj, 'A'), a));
+            params.push((peft_name(family, m.layer, m.proj, 'B'), b));
         }
         Ok(Self { model, params, lora: Some(adapter.config.clone()) })
     }
@@ -94,7 +110,7 @@ impl Policy {
                 })
             })
             .collect();
-        Some(Adapter { config, base_model: base_model.to_string(), modules })
+        Some(Adapter { config, family: self.model.config.family, base_model: base_model.to_string(), modules })
     }
 }
 

@@ -180,7 +180,7 @@ impl Tokenizer {
             .filter(|(_, &t)| t == 4)
             .map(|(s, _)| AddedToken::from(s.clone(), false).normalized(false))
             .collect();
-        inner.add_tokens(user);
+        inner.add_tokens(user).map_err(|e| anyhow!("GGUF user-defined tokens: {e}"))?;
         let id = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
         let tok = |i: Option<u32>| i.and_then(|i| tokens.get(i as usize).cloned());
         let bos = tok(id("tokenizer.ggml.bos_token_id"));

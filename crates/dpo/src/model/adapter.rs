@@ -10,7 +10,7 @@
 //! `peft.PeftModel.from_pretrained` loads.
 
 use super::safetensors::write_safetensors;
-use super::{LlamaConfig, Proj, Weight};
+use super::{hf_module, Family, LlamaConfig, Proj, Weight};
 use crate::io::write_dir_atomic;
 use crate::ops::{apply_dropout, mix_seed};
 use anyhow::{bail, ensure, Context, Result};
@@ -75,18 +75,22 @@ impl LoraConfig {
         }
     }
 
-    /// The adapted projections. Errors: an unknown module name (listing the valid ones).
+    /// The adapted projections (Phi-3's fused `qkv_proj` and `gate_up_proj` name their parts).
+    /// Errors: an unknown module name (listing the valid ones).
     pub fn targets(&self) -> Result<Vec<Proj>> {
         let mut out = Vec::new();
         for name in &self.lora_target_modules {
             let name = name.trim();
-            if name == "all-linear" {
-                out.extend(Proj::ALL);
-            } else {
-                let p = Proj::ALL.into_iter().find(|p| p.name() == name).with_context(|| {
-                    format!("--lora-target-modules: `{name}` is not a module of the model (all-linear, {})", Proj::ALL.map(Proj::name).join(", "))
-                })?;
-                out.push(p);
+            match name {
+                "all-linear" => out.extend(Proj::ALL),
+                "qkv_proj" => out.extend([Proj::Q, Proj::K, Proj::V]),
+                "gate_up_proj" => out.extend([Proj::Gate, Proj::Up]),
+                _ => out.push(Proj::ALL.into_iter().find(|p| p.name() == name).with_context(|| {
+                    format!(
+                        "--lora-target-modules: `{name}` is not a module of the model (all-linear, {}; Phi-3: qkv_proj, gate_up_proj)",
+                        Proj::ALL.map(Proj::name).join(", ")
+                    )
+                })?),
             }
         }
         out.sort();
@@ -154,27 +158,30 @@ pub struct AdapterModule {
 #[derive(Clone)]
 pub struct Adapter {
     pub config: LoraConfig,
+    /// The family of the model it adapts (decides the PEFT module names: Phi-3's fused ones).
+    pub family: Family,
     /// `base_model_name_or_path` of `adapter_config.json`.
     pub base_model: String,
     /// Layer by layer, projections in [`Proj`] order.
     pub modules: Vec<AdapterModule>,
 }
 
-/// PEFT's name of a LoRA tensor: `base_model.model.model.layers.{layer}.{self_attn|mlp}.{proj}.lora_{A|B}.weight`.
-pub fn peft_name(layer: usize, proj: Proj, which: char) -> String {
-    format!("base_model.model.model.layers.{layer}.{}.lora_{which}.weight", proj.path())
+/// PEFT's name of the LoRA tensor of the module holding `proj` in a model of `family`:
+/// `base_model.model.model.layers.{layer}.{self_attn|mlp}.{module}.lora_{A|B}.weight`
+/// ([`hf_module`]: Phi-3's `qkv_proj`, `gate_up_proj`).
+pub fn peft_name(family: Family, layer: usize, proj: Proj, which: char) -> String {
+    format!("base_model.model.model.layers.{layer}.{}.lora_{which}.weight", hf_module(family, proj).0)
 }
 
-/// Phi-3 fuses q/k/v into `qkv_proj` and gate/up into `gate_up_proj`: PEFT's adapters of those
-/// are one `A` for all parts, which our per-projection adapters are not; refused by name.
-fn check_family(model: &LlamaConfig, targets: &[Proj]) -> Result<()> {
-    if model.family == crate::model::Family::Phi3 {
-        if let Some(p) = targets.iter().find(|p| !matches!(p, Proj::O | Proj::Down)) {
-            bail!(
-                "LoRA on Phi-3's {} is not supported: Phi-3 fuses it into qkv_proj / gate_up_proj, whose PEFT adapters we do not write yet (target o_proj, down_proj)",
-                p.name()
-            );
-        }
+/// The names of `config`'s target modules exist in `model`: Phi-3 has `qkv_proj` and
+/// `gate_up_proj` instead of their parts, other families the parts only.
+fn check_family(config: &LoraConfig, model: &LlamaConfig) -> Result<()> {
+    let fused = ["qkv_proj", "gate_up_proj"];
+    let phi3 = model.family == Family::Phi3;
+    for name in config.lora_target_modules.iter().map(|n| n.trim()) {
+        let part = Proj::ALL.into_iter().find(|p| p.name() == name).is_some_and(|p| hf_module(Family::Phi3, p).1.len() > 1);
+        ensure!(!(phi3 && part), "`{name}` is not a module of Phi-3 (it fuses q/k/v into qkv_proj and gate/up into gate_up_proj)");
+        ensure!(phi3 || !fused.contains(&name), "`{name}` is not a module of {} (only Phi-3 fuses its projections)", model.family.model_type());
     }
     Ok(())
 }
@@ -187,19 +194,26 @@ impl Adapter {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(seed, 0x10_4A));
         let r = config.lora_r;
         let targets = config.targets()?;
-        check_family(model, &targets)?;
-        let mut modules = Vec::new();
+        check_family(config, model)?;
+        let mut modules: Vec<AdapterModule> = Vec::new();
         for layer in 0..model.num_hidden_layers {
             for &proj in &targets {
                 let [out, inp] = proj.shape(model);
-                let bound = 1.0 / (inp as f64).sqrt();
-                let a: Vec<f64> = (0..r * inp).map(|_| rng.random_range(-bound..bound)).collect();
-                let a = Tensor::from_vec(a, (r, inp), &Device::Cpu)?.to_dtype(dtype)?;
+                // the parts of a fused module share its A (drawn for the first part)
+                let leader = hf_module(model.family, proj).1[0];
+                let a = match modules.iter().find(|m| m.layer == layer && m.proj == leader && leader != proj) {
+                    Some(m) => m.a.clone(),
+                    None => {
+                        let bound = 1.0 / (inp as f64).sqrt();
+                        let a: Vec<f64> = (0..r * inp).map(|_| rng.random_range(-bound..bound)).collect();
+                        Tensor::from_vec(a, (r, inp), &Device::Cpu)?.to_dtype(dtype)?
+                    }
+                };
                 let b = Tensor::zeros((out, r), dtype, &Device::Cpu)?;
                 modules.push(AdapterModule { layer, proj, a, b });
             }
         }
-        Ok(Self { config: config.clone(), base_model: base_model.to_string(), modules })
+        Ok(Self { config: config.clone(), family: model.family, base_model: base_model.to_string(), modules })
     }
 
     /// The module's weight change `s * B A` `[out, in]` (what merging adds to `W`).
@@ -221,7 +235,8 @@ impl Adapter {
     /// Writes the files of [`Adapter::save`] into the existing directory `tmp`.
     pub fn write_files(&self, tmp: &Path) -> Result<()> {
         let c = &self.config;
-        let targets: Vec<&str> = c.targets()?.into_iter().map(Proj::name).collect();
+        let mut targets: Vec<String> = c.targets()?.into_iter().map(|p| hf_module(self.family, p).0.rsplit('.').next().unwrap_or("").to_string()).collect();
+        targets.dedup();
         let config = json!({
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
@@ -244,8 +259,17 @@ impl Adapter {
         });
         let mut tensors = Vec::with_capacity(2 * self.modules.len());
         for m in &self.modules {
-            tensors.push((peft_name(m.layer, m.proj, 'A'), Weight::Tensor(m.a.clone())));
-            tensors.push((peft_name(m.layer, m.proj, 'B'), Weight::Tensor(m.b.clone())));
+            // a fused module (Phi-3): written once, at its first part, B the parts' rows in order
+            let parts = hf_module(self.family, m.proj).1;
+            if parts[0] != m.proj {
+                continue;
+            }
+            let bs = parts
+                .iter()
+                .map(|&p| self.module(m.layer, p).map(|x| x.b.clone()).with_context(|| format!("layer {}: LoRA on {} without {}", m.layer, m.proj.name(), p.name())))
+                .collect::<Result<Vec<_>>>()?;
+            tensors.push((peft_name(self.family, m.layer, m.proj, 'A'), Weight::Tensor(m.a.clone())));
+            tensors.push((peft_name(self.family, m.layer, m.proj, 'B'), Weight::Tensor(Tensor::cat(&bs, 0)?)));
         }
         std::fs::write(tmp.join("adapter_config.json"), serde_json::to_string_pretty(&config)?)?;
         write_safetensors(&tmp.join("adapter_model.safetensors"), &tensors, ::safetensors::Dtype::F32)
@@ -300,30 +324,36 @@ impl Adapter {
             lora_target_modules: targets,
             use_rslora: field("use_rslora").and_then(Value::as_bool).unwrap_or(false),
         };
-        check_family(model, &config.targets().with_context(|| at("target_modules"))?).with_context(|| at("target_modules"))?;
+        config.targets().with_context(|| at("target_modules"))?;
+        check_family(&config, model).with_context(|| at("target_modules"))?;
         let st_path = dir.join("adapter_model.safetensors");
         let tensors = candle_core::safetensors::load(&st_path, &Device::Cpu).with_context(|| format!("reading {}", st_path.display()))?;
         let mut modules = Vec::new();
         let mut used = std::collections::HashSet::new();
         for layer in 0..model.num_hidden_layers {
             for proj in config.targets()? {
-                used.insert(peft_name(layer, proj, 'A'));
-                used.insert(peft_name(layer, proj, 'B'));
+                used.insert(peft_name(model.family, layer, proj, 'A'));
+                used.insert(peft_name(model.family, layer, proj, 'B'));
+                // a fused module's B holds its parts' rows in order
+                let parts = hf_module(model.family, proj).1;
+                let offset: usize = parts.iter().take_while(|&&p| p != proj).map(|p| p.shape(model)[0]).sum();
+                let fused_out: usize = parts.iter().map(|p| p.shape(model)[0]).sum();
                 let [out, inp] = proj.shape(model);
                 let get = |which: char, shape: [usize; 2]| -> Result<Tensor> {
-                    let name = peft_name(layer, proj, which);
+                    let name = peft_name(model.family, layer, proj, which);
                     let t = tensors.get(&name).with_context(|| format!("{}: no tensor `{name}`", st_path.display()))?;
                     ensure!(t.dims() == shape, "{}: `{name}` has shape {:?}, the model and r = {r} need {shape:?}", st_path.display(), t.dims());
                     Ok(t.to_dtype(DType::F32)?)
                 };
-                modules.push(AdapterModule { layer, proj, a: get('A', [r, inp])?, b: get('B', [out, r])? });
+                let b = get('B', [fused_out, r])?.narrow(0, offset, out)?.contiguous()?;
+                modules.push(AdapterModule { layer, proj, a: get('A', [r, inp])?, b });
             }
         }
         if let Some(extra) = tensors.keys().filter(|k| !used.contains(*k)).min() {
             bail!("{}: tensor `{extra}` is not a LoRA A or B of the target modules (only those are read; PEFT would apply it)", st_path.display());
         }
         let base_model = field("base_model_name_or_path").and_then(Value::as_str).unwrap_or("").to_string();
-        Ok(Self { config, base_model, modules })
+        Ok(Self { config, family: model.family, base_model, modules })
     }
 }
 

@@ -229,6 +229,18 @@ pub fn tensor_specs(c: &LlamaConfig) -> Vec<TensorSpec> {
 /// Phi-3's fused projections: (fused module, the projections it holds in row order).
 const FUSED: [(&str, &[Proj]); 2] = [("self_attn.qkv_proj", &[Proj::Q, Proj::K, Proj::V]), ("mlp.gate_up_proj", &[Proj::Gate, Proj::Up])];
 
+/// The module that holds projection `p` in a checkpoint of `family`, as PEFT targets it: its path
+/// in the layer and the projections it holds, in row order (Phi-3's fused `self_attn.qkv_proj`
+/// and `mlp.gate_up_proj`; otherwise `p` alone).
+pub fn hf_module(family: super::Family, p: Proj) -> (String, Vec<Proj>) {
+    if family == super::Family::Phi3 {
+        if let Some((fused, projs)) = FUSED.iter().find(|(_, projs)| projs.contains(&p)) {
+            return (fused.to_string(), projs.to_vec());
+        }
+    }
+    (p.path(), vec![p])
+}
+
 /// A checkpoint tensor as the model keeps it: Phi-3's fused `qkv_proj` (rows: q, then k, then
 /// v) and `gate_up_proj` (rows: gate, then up) split into their projections; any other tensor as
 /// is. Errors: a fused tensor whose rows do not add up to its projections'.
@@ -631,7 +643,10 @@ impl Llama {
 
     /// The seed of the dropout mask of projection `p` of layer `i` in this forward pass (`None`
     /// outside training).
+    /// The projections of one fused module (Phi-3's `qkv_proj`) share their module's mask, as
+    /// PEFT drops out the module's input once.
     fn mask_seed(&self, i: usize, p: Proj) -> Option<u64> {
+        let p = hf_module(self.config.family, p).1[0];
         self.dropout_seed.map(|s| crate::ops::mix_seed(s, (i * Proj::ALL.len() + p as usize) as u64))
     }
 

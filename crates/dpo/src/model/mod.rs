@@ -9,7 +9,7 @@ mod safetensors;
 mod weight;
 
 pub use config::{Family, Features, LayerAttention, LlamaConfig};
-pub use llama::{check_weights, tensor_names, tensor_specs, Block, KvCache, Linear, Llama, Proj, RopeTables, TensorRole, TensorSpec};
+pub use llama::{check_weights, hf_module, tensor_names, tensor_specs, Block, KvCache, Linear, Llama, Proj, RopeTables, TensorRole, TensorSpec};
 pub use load::{load, load_tokenizer, load_with, save_hf_dir, save_hf_dir_as, write_hf_files, LoadOptions, Loaded};
 pub use weight::Weight;
 
