@@ -242,9 +242,12 @@ pub fn hf_module(family: super::Family, p: Proj) -> (String, Vec<Proj>) {
 }
 
 /// A checkpoint tensor as the model keeps it: Phi-3's fused `qkv_proj` (rows: q, then k, then
-/// v) and `gate_up_proj` (rows: gate, then up) split into their projections; any other tensor as
-/// is. Errors: a fused tensor whose rows do not add up to its projections'.
+/// v) and `gate_up_proj` (rows: gate, then up) split into their projections; any other tensor
+/// (and every tensor of another family) as is. Errors: a fused tensor whose rows do not add up to its projections'.
 pub fn unfuse(c: &LlamaConfig, name: String, t: Tensor) -> Result<Vec<(String, Tensor)>> {
+    if c.family != super::Family::Phi3 {
+        return Ok(vec![(name, t)]);
+    }
     for (fused, projs) in FUSED {
         let Some(prefix) = name.strip_suffix(&format!("{fused}.weight")) else { continue };
         let rows: Vec<usize> = projs.iter().map(|p| p.shape(c)[0]).collect();
@@ -646,8 +649,10 @@ impl Llama {
     /// The projections of one fused module (Phi-3's `qkv_proj`) share their module's mask, as
     /// PEFT drops out the module's input once.
     fn mask_seed(&self, i: usize, p: Proj) -> Option<u64> {
-        let p = hf_module(self.config.family, p).1[0];
-        self.dropout_seed.map(|s| crate::ops::mix_seed(s, (i * Proj::ALL.len() + p as usize) as u64))
+        self.dropout_seed.map(|s| {
+            let p = hf_module(self.config.family, p).1[0];
+            crate::ops::mix_seed(s, (i * Proj::ALL.len() + p as usize) as u64)
+        })
     }
 
     /// `log pi(target_i | prefix)` in nats, `[n]`, for the hidden rows `pred_rows[i]` of
