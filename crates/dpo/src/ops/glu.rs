@@ -65,9 +65,19 @@ fn backward<T: Real>(f: Activation, a: &[T], b: &[T], g: &[T]) -> (Vec<T>, Vec<T
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)).zip(g.par_chunks(CHUNK)))
         .for_each(|((da, db), ((a, b), g))| {
             for i in 0..a.len() {
-                let (y, d) = act(f, a[i]);
-                db[i] = g[i] * y;
-                da[i] = g[i] * b[i] * d;
+                match f {
+                    // SiLU in the order of the original SwiGLU kernel (bit-identical gradients)
+                    Activation::Silu => {
+                        let s = sigmoid(a[i]);
+                        db[i] = g[i] * a[i] * s;
+                        da[i] = g[i] * b[i] * s * (T::one() + a[i] * (T::one() - s));
+                    }
+                    Activation::GeluTanh => {
+                        let (y, d) = act(f, a[i]);
+                        db[i] = g[i] * y;
+                        da[i] = g[i] * b[i] * d;
+                    }
+                }
             }
         });
     (da, db)
