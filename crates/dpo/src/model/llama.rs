@@ -275,21 +275,23 @@ pub fn checkpoint_weights(c: &LlamaConfig, named: Vec<(String, Weight)>) -> Resu
     let map: HashMap<String, Weight> = named.iter().cloned().collect();
     let mut out = Vec::with_capacity(named.len());
     for (name, w) in named {
-        let fused = FUSED.iter().find_map(|(fused, projs)| {
-            let first = format!("{}.weight", projs[0].path());
-            name.strip_suffix(&first).map(|prefix| (prefix.to_string(), *fused, *projs))
+        // the projection this weight is, and the module that holds it ([`hf_module`])
+        let held = Proj::ALL.into_iter().find_map(|p| {
+            let prefix = name.strip_suffix(&format!("{}.weight", p.path()))?;
+            Some((prefix.to_string(), p, hf_module(c.family, p)))
         });
-        let part_of_fused = FUSED.iter().any(|(_, projs)| projs[1..].iter().any(|p| name.ends_with(&format!("{}.weight", p.path()))));
-        match fused {
-            Some((prefix, fused, projs)) => {
-                let parts = projs
+        match held {
+            Some((prefix, p, (module, parts))) if parts.len() > 1 => {
+                if p != parts[0] {
+                    continue; // written with the module's first part
+                }
+                let parts = parts
                     .iter()
-                    .map(|p| map.get(&format!("{prefix}{}.weight", p.path())).context("a fused projection's part is missing")?.to_tensor())
+                    .map(|q| map.get(&format!("{prefix}{}.weight", q.path())).context("a fused projection's part is missing")?.to_tensor())
                     .collect::<Result<Vec<_>>>()?;
-                out.push((format!("{prefix}{fused}.weight"), Weight::Tensor(Tensor::cat(&parts, 0)?)));
+                out.push((format!("{prefix}{module}.weight"), Weight::Tensor(Tensor::cat(&parts, 0)?)));
             }
-            None if part_of_fused => {}
-            None => out.push((name, w)),
+            _ => out.push((name, w)),
         }
     }
     Ok(out)

@@ -29,6 +29,14 @@ fn sigmoid<T: Real>(a: T) -> T {
     T::one() / (T::one() + (-a).exp())
 }
 
+/// `act(a)` alone (the forward pass needs no derivative).
+fn value<T: Real>(f: Activation, a: T) -> T {
+    match f {
+        Activation::Silu => a * sigmoid(a),
+        Activation::GeluTanh => act(f, a).0,
+    }
+}
+
 /// `(act(a), act'(a))`.
 fn act<T: Real>(f: Activation, a: T) -> (T, T) {
     match f {
@@ -51,7 +59,7 @@ fn forward<T: Real>(f: Activation, a: &[T], b: &[T]) -> Vec<T> {
     let mut y = vec![T::zero(); a.len()];
     y.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(y, (a, b))| {
         for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-            *y = act(f, a).0 * b;
+            *y = value(f, a) * b;
         }
     });
     y
