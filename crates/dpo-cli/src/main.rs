@@ -11,8 +11,14 @@ use anyhow::Result;
 
 fn main() {
     let cli = args::Cli::parse_with_config();
-    // The thread count must be fixed before rayon's pool (and candle's gemm) first runs.
-    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    // The thread count must be fixed before rayon's pool (and candle's gemm) first runs. Ranks of
+    // a job on one machine share its CPUs.
+    let local_ranks = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let threads = cli.threads.unwrap_or_else(|| (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) / local_ranks).max(1));
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     // candle's element-wise ops run on a pool of spinning threads of their own; beside rayon's
     // (our kernels, gemm) they compete for the same cores and spin while waiting (measured here:
@@ -21,13 +27,36 @@ fn main() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    // Under mpirun/srun this process is one rank of a job (alone, a job of one).
+    #[cfg(feature = "mpi")]
+    let _mpi = match dpo::dist::mpi::init() {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    };
     if let Err(e) = run(cli.command) {
+        let world = dpo::dist::world();
+        if world.size() > 1 {
+            // The other ranks wait in a collective for this one: end them all now.
+            eprintln!("error on rank {} of {}: {e:#}", world.rank(), world.size());
+            world.abort(1);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
 fn run(cmd: args::Command) -> Result<()> {
+    let ranks = dpo::dist::world().size();
+    if ranks > 1 && !matches!(cmd, args::Command::Logps(_) | args::Command::Train(_) | args::Command::Sft(_) | args::Command::Sample(_) | args::Command::Eval(_)) {
+        anyhow::bail!("this subcommand runs in one process: only logps, train, sft, sample and eval divide their work among {ranks} ranks; start it without mpirun");
+    }
+    if ranks > 1 {
+        // Every rank divides the work by the same rule: they must run the same command.
+        dpo::dist::check_agree("command line", &std::env::args().skip(1).collect::<Vec<_>>().join(" "))?;
+    }
     match cmd {
         args::Command::Logps(a) => commands::logps(a),
         args::Command::Train(a) => commands::train(a.into_config()?),
@@ -43,6 +72,15 @@ fn run(cmd: args::Command) -> Result<()> {
 }
 
 mod commands {
+    /// `println!` on rank 0 only (every rank of a job computes the same results).
+    macro_rules! say {
+        ($($t:tt)*) => {
+            if dpo::dist::is_main() {
+                println!($($t)*)
+            }
+        };
+    }
+
     use super::args::{BenchArgs, EvalArgs, LabelArgs, LogpsArgs, MergeArgs, ReportArgs, SampleArgs};
     use super::progress::Bars;
     use anyhow::Result;
@@ -59,9 +97,12 @@ mod commands {
         let examples: Vec<_> = set.examples.iter().collect();
         bars.phase("log-probs", examples.len(), "pairs");
         let t0 = std::time::Instant::now();
-        let logps = dpo::logps::example_logps(&model, &examples, a.max_tokens_per_forward, |d| bars.advance(d, ""))?;
-        dpo::reference::write_file(&a.out, &set, &logps)?;
+        let logps = dpo::logps::example_logps_sharded(&model, &examples, a.max_tokens_per_forward, |d| bars.advance(d, ""))?;
         bars.finish();
+        if !dpo::dist::is_main() {
+            return Ok(());
+        }
+        dpo::reference::write_file(&a.out, &set, &logps)?;
         let tokens: usize = examples.iter().map(|e| e.sequence_tokens()).sum();
         eprintln!(
             "wrote {} ({} records, {} scored) in {:.1}s, {:.0} tokens/s",
@@ -78,7 +119,9 @@ mod commands {
         let mut bars = Bars::new();
         let s = dpo::train::train(&cfg, &mut bars)?;
         bars.finish();
-        println!("{}", super::progress::summary_text(&s));
+        if dpo::dist::is_main() {
+            println!("{}", super::progress::summary_text(&s));
+        }
         Ok(())
     }
 
@@ -123,8 +166,11 @@ mod commands {
         let (records, stats) = dpo::sample::sample_texts(&model, &loaded.tokenizer, &prompts, &cfg, |d, g| {
             bars.advance(d, &format!("{:.0} tok/s", g as f64 / t0.elapsed().as_secs_f64()))
         })?;
-        dpo::sample::write_samples(&a.out, &records)?;
         bars.finish();
+        if !dpo::dist::is_main() {
+            return Ok(());
+        }
+        dpo::sample::write_samples(&a.out, &records)?;
         eprintln!(
             "wrote {} ({} prompts x {} completions): {} tokens in {:.1}s, {:.1} tokens/s",
             a.out.display(),
@@ -181,9 +227,9 @@ mod commands {
             let task = dpo::task::Task::dpo(a.beta);
             let set = dpo::data::load_examples(data, tok, a.tokenize, &task, 1, &mut bars)?;
             let m = dpo::eval::preference_eval(&policy, &reference, &set, &task, a.max_tokens_per_forward)?;
-            println!("preference data {}: {}", data.display(), dpo::metrics::brief(&m));
+            say!("preference data {}: {}", data.display(), dpo::metrics::brief(&m));
             for (k, v) in &m {
-                println!("  {k}: {v}");
+                say!("  {k}: {v}");
             }
             out.insert("preference".into(), serde_json::Value::Object(m));
         }
@@ -193,16 +239,16 @@ mod commands {
             let r = dpo::eval::on_prompts(&reference, tok, &[("policy".to_string(), policy_path.clone(), policy_load.clone())], &cfg, &mut bars)?;
             bars.finish();
             let ((rm, rci), c) = (r.reference_reward, &r.policies[0].eval);
-            println!(
+            say!(
                 "prompts {} ({} samples each, judge `{}`): policy reward {:.4} ± {:.4}, reference {:.4} ± {:.4}; win rate {:.3}; KL(policy||reference) {:.3} ± {:.3} nats",
                 prompts_path.display(), a.sampling.n, judge.name(), c.reward_mean, c.reward_ci95, rm, rci, c.win_rate, c.kl, c.kl_ci95
             );
             out.insert("prompts".into(), serde_json::json!({"policy": c, "reference": {"reward_mean": rm, "reward_ci95": rci}}));
-            if let Some(o) = &a.out {
+            if let (Some(o), true) = (&a.out, dpo::dist::is_main()) {
                 dpo::io::write_jsonl_atomic(&o.with_extension("samples.jsonl"), &r.rows)?;
             }
         }
-        if let Some(o) = &a.out {
+        if let (Some(o), true) = (&a.out, dpo::dist::is_main()) {
             dpo::io::write_atomic(o, |w| Ok(serde_json::to_writer_pretty(w, &out)?))?;
         }
         Ok(())

@@ -7,7 +7,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+/// Progress bars and lines; silent on every rank but 0 of a job of several.
 pub struct Bars {
+    quiet: bool,
     bar: Option<ProgressBar>,
     tty: bool,
     name: String,
@@ -17,7 +19,7 @@ pub struct Bars {
 
 impl Bars {
     pub fn new() -> Self {
-        Self { bar: None, tty: std::io::stderr().is_terminal(), name: String::new(), total: 0, last_line: Instant::now() }
+        Self { quiet: !dpo::dist::is_main(), bar: None, tty: std::io::stderr().is_terminal(), name: String::new(), total: 0, last_line: Instant::now() }
     }
 
     pub fn finish(&mut self) {
@@ -29,6 +31,9 @@ impl Bars {
 
 impl Observer for Bars {
     fn phase(&mut self, name: &str, total: usize, unit: &str) {
+        if self.quiet {
+            return;
+        }
         self.finish();
         self.name = name.to_string();
         self.total = total;
@@ -47,7 +52,7 @@ impl Observer for Bars {
     }
 
     fn advance(&mut self, done: usize, info: &str) {
-        if let Some(b) = &self.bar {
+        if let (Some(b), false) = (&self.bar, self.quiet) {
             b.set_position(done as u64);
             b.set_message(info.to_string());
             if !self.tty && (done == self.total || self.last_line.elapsed() > Duration::from_secs(10)) {
@@ -59,6 +64,9 @@ impl Observer for Bars {
     }
 
     fn message(&mut self, msg: &str) {
+        if self.quiet {
+            return;
+        }
         match &self.bar {
             Some(b) if self.tty => b.println(msg),
             _ => eprintln!("{msg}"),
@@ -78,6 +86,19 @@ pub fn summary_text(s: &TrainSummary) -> String {
         s.packed_tokens_per_second,
         s.peak_rss_bytes.map(|b| format!("{:.2} GB", b as f64 / 1e9)).unwrap_or_else(|| "n/a".into())
     );
+    if s.ranks > 1 {
+        let (comm, wait): (f64, f64) = (s.step_comm_seconds.iter().sum(), s.step_wait_seconds.iter().sum());
+        out += &format!(
+            "{} ranks: {:.1} MB into collectives per step, {:.1}s in them and {:.1}s waiting for the slowest rank ({:.0}% and {:.0}% of training) on rank 0; AdamW state {:.2} GB per rank\n",
+            s.ranks,
+            s.comm_bytes_per_step / 1e6,
+            comm,
+            wait,
+            100.0 * comm / s.train_seconds.max(1e-9),
+            100.0 * wait / s.train_seconds.max(1e-9),
+            s.optimizer_state_bytes as f64 / 1e9
+        );
+    }
     out += &format!("final train: {}\n", dpo::metrics::brief(&s.final_train));
     if let Some(e) = &s.final_eval {
         out += &format!("final eval: {}\n", dpo::metrics::brief(e));

@@ -17,6 +17,7 @@ use crate::policy::Policy;
 use crate::reference::DataHashes;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
+use candle_core::Tensor;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -120,12 +121,18 @@ pub fn check(state: &TrainerState, dir: &Path, cfg: &TrainConfig, data: &DataHas
     Ok(())
 }
 
+/// AdamW's moments of every trainable tensor of `policy`, in order ([`AdamW::moments`]; sharded
+/// across ranks, a collective that every rank calls).
+pub fn optimizer_moments(policy: &Policy, opt: &AdamW) -> Result<Vec<(Tensor, Tensor)>> {
+    policy.params.iter().enumerate().map(|(i, (_, var))| opt.moments(i, var.dims())).collect()
+}
+
 /// Writes the training state into the checkpoint directory `tmp` being filled (beside the policy's
-/// files): AdamW's moments, `state`, and the metrics file `metrics` as it stands.
-pub fn write_state(tmp: &Path, state: &TrainerState, policy: &Policy, opt: &AdamW, metrics: &Path) -> Result<()> {
+/// files): AdamW's `moments` ([`optimizer_moments`]), `state`, and the metrics file `metrics` as
+/// it stands.
+pub fn write_state(tmp: &Path, state: &TrainerState, policy: &Policy, moments: Vec<(Tensor, Tensor)>, metrics: &Path) -> Result<()> {
     let mut tensors = Vec::with_capacity(2 * policy.params.len());
-    for (i, (name, var)) in policy.params.iter().enumerate() {
-        let (m, v) = opt.moments(i, var.dims())?;
+    for ((name, _), (m, v)) in policy.params.iter().zip(moments) {
         tensors.push((format!("{name}.exp_avg"), Weight::Tensor(m)));
         tensors.push((format!("{name}.exp_avg_sq"), Weight::Tensor(v)));
     }
@@ -138,9 +145,9 @@ pub fn write_state(tmp: &Path, state: &TrainerState, policy: &Policy, opt: &Adam
 
 /// Loads checkpoint `dir` into the freshly built `policy` and `opt` (the trainable tensors'
 /// values and AdamW's moments and step) and puts its `metrics.jsonl` back as `metrics` (dropping
-/// what was logged after the checkpoint, a torn last line included). Errors: a tensor missing
-/// from the checkpoint or of another shape.
-pub fn restore(dir: &Path, state: &TrainerState, policy: &Policy, opt: &mut AdamW, metrics: &Path) -> Result<()> {
+/// what was logged after the checkpoint, a torn last line included; `None`: a rank other than 0,
+/// which writes no files). Errors: a tensor missing from the checkpoint or of another shape.
+pub fn restore(dir: &Path, state: &TrainerState, policy: &Policy, opt: &mut AdamW, metrics: Option<&Path>) -> Result<()> {
     let weights_file = if policy.lora.is_some() { "adapter_model.safetensors" } else { "model.safetensors" };
     let saved = read_safetensors(&dir.join(weights_file))?;
     let moments = read_safetensors(&dir.join(OPTIMIZER_STATE))?;
@@ -155,6 +162,7 @@ pub fn restore(dir: &Path, state: &TrainerState, policy: &Policy, opt: &mut Adam
         opt.restore_moments(i, m, v).with_context(|| format!("{}: tensor `{name}`", dir.join(OPTIMIZER_STATE).display()))?;
     }
     opt.step = state.optimizer_step;
+    let Some(metrics) = metrics else { return Ok(()) };
     let lines = std::fs::read(dir.join(METRICS)).with_context(|| format!("reading {}", dir.join(METRICS).display()))?;
     write_atomic(metrics, |w| Ok(w.write_all(&lines)?))
 }

@@ -90,7 +90,7 @@ pub struct TrainConfig {
     /// Optimiser steps (overrides --num-train-epochs).
     #[arg(long)]
     pub max_steps: Option<usize>,
-    /// Examples (pairs) per batch; a step is --gradient-accumulation-steps batches.
+    /// Examples (pairs) per batch; a step is --gradient-accumulation-steps batches. With several ranks (`mpirun -np N`) the ranks divide each batch: the global batch does not change with N.
     #[arg(long, default_value_t = defaults::PER_DEVICE_TRAIN_BATCH_SIZE)]
     pub per_device_train_batch_size: usize,
     /// Batches per optimiser step.
@@ -129,6 +129,9 @@ pub struct TrainConfig {
     /// Seed of the data order.
     #[arg(long, default_value_t = defaults::SEED)]
     pub seed: u64,
+    /// With several ranks (`mpirun -np N`): 1 shards AdamW's moments across the ranks (ZeRO stage 1: each keeps 1/N of the optimizer state), 0 keeps them whole on every rank.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub zero_stage: u8,
     /// Packed tokens per forward pass (memory/speed trade-off; gradients are the same).
     #[arg(long, default_value_t = defaults::MAX_TOKENS_PER_FORWARD)]
     pub max_tokens_per_forward: usize,
@@ -207,6 +210,7 @@ impl TrainConfig {
             resume_from_checkpoint: None,
             max_nonfinite_steps: defaults::MAX_NONFINITE_STEPS,
             seed: defaults::SEED,
+            zero_stage: 0,
             max_tokens_per_forward: defaults::MAX_TOKENS_PER_FORWARD,
             precompute_ref_log_probs: false,
             setup: ModelSetup::default(),

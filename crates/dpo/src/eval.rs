@@ -3,7 +3,7 @@
 
 use crate::data::{TokenizedSet, Tokenized};
 use crate::judge::{Judge, JudgeInput};
-use crate::logps::{dataset_logps, example_logps};
+use crate::logps::{dataset_logps_sharded, example_logps_sharded};
 use crate::metrics::{with_eval_prefix, Metrics};
 use crate::model::{Llama, LoadOptions};
 use crate::observer::Observer;
@@ -34,8 +34,10 @@ pub fn mean_ci95(xs: &[f64]) -> (f64, f64) {
 /// training step ([`Task::forward`]) over the whole set, its log-probs computed `max_tokens`
 /// packed rows at a time. `reference[i]`: the reference log-probs of example `i` (empty for SFT
 /// and reference-free losses). A loss that couples a batch (KTO's `z0`) sees the whole set.
+/// Across ranks, every rank calls it with the same examples and gets the same metrics (the
+/// log-probs are divided among them: [`crate::logps::dataset_logps_sharded`]).
 pub fn evaluate(model: &Llama, examples: &[&Tokenized], reference: &[Vec<f64>], task: &Task, max_tokens: usize) -> Result<Metrics> {
-    let mut logps = dataset_logps(model, examples, max_tokens, |_| {})?;
+    let mut logps = dataset_logps_sharded(model, examples, max_tokens, |_| {})?;
     // The loss terms of an evaluation are computed in f64 (training's are in the model's dtype).
     logps.logps = logps.logps.to_dtype(candle_core::DType::F64)?;
     let refs: Vec<&[f64]> = reference.iter().map(Vec::as_slice).collect();
@@ -46,7 +48,7 @@ pub fn evaluate(model: &Llama, examples: &[&Tokenized], reference: &[Vec<f64>], 
 /// The `eval_` preference metrics of `policy` on `set`, with reference log-probs from `reference`.
 pub fn preference_eval(policy: &Llama, reference: &Llama, set: &TokenizedSet, task: &Task, max_tokens: usize) -> Result<Metrics> {
     let ex: Vec<&Tokenized> = set.examples.iter().collect();
-    let refs = example_logps(reference, &ex, max_tokens, |_| {})?;
+    let refs = example_logps_sharded(reference, &ex, max_tokens, |_| {})?;
     Ok(with_eval_prefix(evaluate(policy, &ex, &refs, task, max_tokens)?))
 }
 
@@ -113,7 +115,7 @@ pub fn reference_logps_of_samples(reference: &Llama, s: &JudgedSamples, max_toke
         .map(|(i, (p, smp))| Tokenized { index: i, prompt: p.clone(), completions: smp.iter().map(|x| x.tokens.clone()).collect(), kind: crate::data::ExampleKind::Ranking { scores: None } })
         .collect();
     let refs: Vec<&Tokenized> = items.iter().collect();
-    example_logps(reference, &refs, max_tokens, |_| {})
+    example_logps_sharded(reference, &refs, max_tokens, |_| {})
 }
 
 /// The judge's view of a model on prompts, and how it compares with the reference.

@@ -4,7 +4,8 @@
 //! records ([`data`]) → token ids ([`data::tokenize`]) → packed batch ([`batch`]) → model forward
 //! ([`model`]) → completion log-probs ([`logps`]) → loss and metrics ([`task`], [`loss`],
 //! [`metrics`]) → backward ([`step`]) → clipping and AdamW ([`optim`]) → the loop, metrics file and
-//! checkpoints ([`train`], complete and resumable: [`checkpoint`]) → plots and an HTML page of the run ([`report`]).
+//! checkpoints ([`train`], complete and resumable: [`checkpoint`]; data-parallel over MPI ranks:
+//! [`dist`]) → plots and an HTML page of the run ([`report`]).
 //!
 //! Around it: the run's settings and their defaults ([`config`]), reference log-probs computed
 //! once and cached ([`reference`]), evaluation ([`eval`]), sampling ([`sample`]), judges
@@ -28,6 +29,7 @@ pub mod task;
 pub mod step;
 pub mod reference;
 pub mod checkpoint;
+pub mod dist;
 pub mod train;
 pub mod eval;
 pub mod sample;

@@ -94,6 +94,48 @@ pub fn dataset_logps(model: &Llama, examples: &[&Tokenized], max_tokens: usize, 
     CompletionLogps::cat(parts)
 }
 
+/// [`dataset_logps`] across the ranks of the job ([`crate::dist`]): every rank calls it with the
+/// same `examples`; the micro-batches one process would form are divided among the ranks by
+/// token count, and every rank gets every completion's results, in order, equal to one process's
+/// (the same packed batches are computed). `progress(done)` counts this rank's examples. The
+/// log-probs come back as values (`logps` is not differentiable).
+pub fn dataset_logps_sharded(model: &Llama, examples: &[&Tokenized], max_tokens: usize, mut progress: impl FnMut(usize)) -> Result<CompletionLogps> {
+    if crate::dist::world().size() == 1 {
+        return dataset_logps(model, examples, max_tokens, progress);
+    }
+    let model = model.detached();
+    let ranges = micro_batches(examples, max_tokens);
+    let costs: Vec<usize> = ranges.iter().map(|r| examples[r.clone()].iter().map(|e| e.packed_tokens()).sum()).collect();
+    type Part = (Vec<f64>, Vec<usize>, Vec<f64>, Vec<usize>);
+    let parts: Vec<Part> = crate::dist::map_units(&costs, |mine| {
+        let mut done = 0;
+        mine.iter()
+            .map(|&u| {
+                let c = completion_logps(&model, &pack(&examples[ranges[u].clone()]))?;
+                done += ranges[u].len();
+                progress(done);
+                Ok((c.values()?, c.token_counts, c.logit_sums, c.argmax_hits))
+            })
+            .collect()
+    })?;
+    let mut values = Vec::new();
+    let mut out = CompletionLogps { logps: Tensor::zeros(0, model.dtype(), &Device::Cpu)?, token_counts: vec![], logit_sums: vec![], argmax_hits: vec![] };
+    for (v, t, l, a) in parts {
+        values.extend(v);
+        out.token_counts.extend(t);
+        out.logit_sums.extend(l);
+        out.argmax_hits.extend(a);
+    }
+    let n = values.len();
+    out.logps = Tensor::from_vec(values, n, &Device::Cpu)?.to_dtype(model.dtype())?;
+    Ok(out)
+}
+
+/// [`dataset_logps_sharded`] split by example: `[example][completion]` summed log-probs in nats.
+pub fn example_logps_sharded(model: &Llama, examples: &[&Tokenized], max_tokens: usize, progress: impl FnMut(usize)) -> Result<Vec<Vec<f64>>> {
+    dataset_logps_sharded(model, examples, max_tokens, progress)?.per_example(examples)
+}
+
 /// [`dataset_logps`] split by example: `[example][completion]` summed log-probs in nats.
 pub fn example_logps(model: &Llama, examples: &[&Tokenized], max_tokens: usize, progress: impl FnMut(usize)) -> Result<Vec<Vec<f64>>> {
     dataset_logps(model, examples, max_tokens, progress)?.per_example(examples)

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// What one forward pass tells about one example; per completion (a pair: chosen, then rejected).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ExampleStats {
     /// The example's loss term.
     pub loss: f64,

@@ -6,6 +6,7 @@ use anyhow::{bail, ensure, Result};
 use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor, Var};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::ops::Range;
 
 /// AdamW hyper-parameters (Loshchilov & Hutter 2019, Algorithm 2; PyTorch defaults as in TRL,
 /// [`crate::config::defaults`]).
@@ -41,14 +42,26 @@ enum Moments {
 /// p <- p - (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 /// ```
 /// which is PyTorch's `torch.optim.AdamW` arithmetic.
+///
+/// Sharded ([`AdamW::sharded`], ZeRO stage 1: Rajbhandari et al. 2020, "ZeRO: Memory
+/// Optimizations Toward Training Trillion Parameter Models", §5.1), each rank of a job keeps the
+/// moments of its slice of the parameters only, updates that slice, and the ranks then exchange
+/// their slices ([`AdamW::step`] ends with an all-gather): the same arithmetic on every element,
+/// `1/N` of the optimizer state per rank.
 pub struct AdamW {
     pub config: AdamWConfig,
     pub step: u64,
     moments: Vec<Moments>,
     decay: Vec<bool>,
+    /// Per parameter: the elements this rank updates (all of them unless sharded).
+    owned: Vec<Range<usize>>,
+    /// Sharded: per parameter, every rank's elements (`None`: not sharded).
+    shards: Option<Vec<Vec<Range<usize>>>>,
 }
 
 struct Update<'a, T> {
+    /// The elements of the parameter (and of `grad`) to update; `m` and `v` hold just these.
+    range: Range<usize>,
     grad: &'a [T],
     m: RefCell<&'a mut [T]>,
     v: RefCell<&'a mut [T]>,
@@ -70,7 +83,8 @@ impl<T: Real> InplaceOp1 for Update<'_, T> {
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
         let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("adamw: parameter is not contiguous") };
         let Some(p) = T::slice_mut(s) else { candle_core::bail!("adamw: parameter dtype differs from its state") };
-        let p = &mut p[a..b];
+        let p = &mut p[a..b][self.range.clone()];
+        let grad = &self.grad[self.range.clone()];
         let (mut m, mut v) = (self.m.borrow_mut(), self.v.borrow_mut());
         let c = |x: f64| T::from(x).unwrap();
         let (b1, b2, eps, gs) = (c(self.b1), c(self.b2), c(self.eps), c(self.grad_scale));
@@ -81,7 +95,7 @@ impl<T: Real> InplaceOp1 for Update<'_, T> {
         const CHUNK: usize = 1 << 14;
         p.par_chunks_mut(CHUNK)
             .zip(m.par_chunks_mut(CHUNK))
-            .zip(v.par_chunks_mut(CHUNK).zip(self.grad.par_chunks(CHUNK)))
+            .zip(v.par_chunks_mut(CHUNK).zip(grad.par_chunks(CHUNK)))
             .for_each(|((p, m), (v, g))| {
                 for i in 0..p.len() {
                     let g = g[i] * gs;
@@ -97,9 +111,32 @@ impl<T: Real> InplaceOp1 for Update<'_, T> {
 impl AdamW {
     /// State for `params` (zero moments). 1-D parameters get no weight decay.
     pub fn new(params: &[Var], config: AdamWConfig) -> Result<Self> {
-        let mut moments = Vec::with_capacity(params.len());
+        let owned = params.iter().map(|p| 0..p.elem_count()).collect();
+        Self::with_owned(params, config, owned, None)
+    }
+
+    /// ZeRO stage 1 over `ranks` ranks, as rank `rank`: the parameters laid end to end are cut
+    /// into `ranks` slices of equal length (a parameter may span two); this rank keeps the
+    /// moments of slice `rank` only. Errors: parameters other than f32 (the all-gather is f32).
+    pub fn sharded(params: &[Var], config: AdamWConfig, rank: usize, ranks: usize) -> Result<Self> {
+        ensure!(params.iter().all(|p| p.dtype() == candle_core::DType::F32), "--zero-stage 1 needs f32 parameters");
+        let total: usize = params.iter().map(|p| p.elem_count()).sum();
+        let bound = |r: usize| (total as u128 * r as u128 / ranks.max(1) as u128) as usize;
+        let mut shards = Vec::with_capacity(params.len());
+        let mut offset = 0;
         for p in params {
             let n = p.elem_count();
+            shards.push((0..ranks).map(|r| bound(r).clamp(offset, offset + n) - offset..bound(r + 1).clamp(offset, offset + n) - offset).collect::<Vec<_>>());
+            offset += n;
+        }
+        let owned = shards.iter().map(|s: &Vec<Range<usize>>| s[rank].clone()).collect();
+        Self::with_owned(params, config, owned, Some(shards))
+    }
+
+    fn with_owned(params: &[Var], config: AdamWConfig, owned: Vec<Range<usize>>, shards: Option<Vec<Vec<Range<usize>>>>) -> Result<Self> {
+        let mut moments = Vec::with_capacity(params.len());
+        for (p, r) in params.iter().zip(&owned) {
+            let n = r.len();
             moments.push(match p.dtype() {
                 candle_core::DType::F32 => Moments::F32(vec![0.0; n], vec![0.0; n]),
                 candle_core::DType::F64 => Moments::F64(vec![0.0; n], vec![0.0; n]),
@@ -107,16 +144,36 @@ impl AdamW {
             });
         }
         let decay = params.iter().map(|p| p.rank() > 1).collect();
-        Ok(Self { config, step: 0, moments, decay })
+        Ok(Self { config, step: 0, moments, decay, owned, shards })
+    }
+
+    /// Bytes of optimizer state this rank holds (the two moments).
+    pub fn state_bytes(&self) -> usize {
+        self.moments
+            .iter()
+            .map(|m| match m {
+                Moments::F32(m, v) => 4 * (m.len() + v.len()),
+                Moments::F64(m, v) => 8 * (m.len() + v.len()),
+            })
+            .sum()
+    }
+
+    /// Whether the state is sharded across ranks (ZeRO stage 1).
+    pub fn is_sharded(&self) -> bool {
+        self.shards.is_some()
     }
 
     /// One update of every parameter with learning rate `lr`, each gradient multiplied by
-    /// `grad_scale` first (the clipping coefficient).
+    /// `grad_scale` first (the clipping coefficient). Sharded, this rank updates its slice and
+    /// the ranks then all-gather the parameters (a collective: every rank calls it).
     pub fn step(&mut self, params: &[Var], grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
         let cfg = self.config;
-        for ((p, g), (mom, &decay)) in params.iter().zip(grads).zip(self.moments.iter_mut().zip(&self.decay)) {
+        for (((p, g), (mom, &decay)), range) in params.iter().zip(grads).zip(self.moments.iter_mut().zip(&self.decay)).zip(&self.owned) {
+            if range.is_empty() {
+                continue;
+            }
             let g = g.contiguous()?;
             let (gs, gl) = g.storage_and_layout();
             let candle_core::Storage::Cpu(gs) = &*gs else { bail!("AdamW runs on the CPU") };
@@ -125,6 +182,7 @@ impl AdamW {
                 ($t:ty, $m:expr, $v:expr) => {{
                     let grad = crate::ops::slice_of::<$t>(gs, gl, "adamw")?;
                     p.as_tensor().inplace_op1(&Update {
+                        range: range.clone(),
                         grad,
                         m: RefCell::new(&mut $m[..]),
                         v: RefCell::new(&mut $v[..]),
@@ -144,19 +202,59 @@ impl AdamW {
                 Moments::F64(m, v) => run!(f64, m, v),
             }
         }
+        if let Some(shards) = &self.shards {
+            for (p, parts) in params.iter().zip(shards) {
+                p.as_tensor().inplace_op1(&GatherSlices { parts })?;
+            }
+        }
         Ok(())
+    }
+}
+
+/// ZeRO stage 1's exchange: every rank's updated slice of a parameter into every rank's copy.
+struct GatherSlices<'a> {
+    parts: &'a [Range<usize>],
+}
+
+impl InplaceOp1 for GatherSlices<'_> {
+    fn name(&self) -> &'static str {
+        "zero-all-gather"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("zero: parameter is not contiguous") };
+        let CpuStorage::F32(p) = s else { candle_core::bail!("zero: the parameter is not f32") };
+        let p = &mut p[a..b];
+        let w = crate::dist::world();
+        let mine = p[self.parts[w.rank()].clone()].to_vec();
+        let counts: Vec<usize> = self.parts.iter().map(|r| r.len()).collect();
+        let displs: Vec<usize> = self.parts.iter().map(|r| r.start).collect();
+        crate::dist::all_gather_f32(&mine, p, &counts, &displs).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
     }
 }
 
 impl AdamW {
     /// The moments of parameter `i` as f32 tensors of `shape`: `(exp_avg, exp_avg_sq)`, PyTorch's
-    /// names for `m` and `v`. Errors: f64 moments (only f32 state is saved; f64 policies are test
-    /// models).
+    /// names for `m` and `v`. Sharded, the ranks' slices are all-gathered (a collective: every
+    /// rank calls it, for the same `i`). Errors: f64 moments (only f32 state is saved; f64
+    /// policies are test models).
     pub fn moments(&self, i: usize, shape: &[usize]) -> Result<(Tensor, Tensor)> {
-        match &self.moments[i] {
-            Moments::F32(m, v) => Ok((Tensor::from_slice(m, shape, &candle_core::Device::Cpu)?, Tensor::from_slice(v, shape, &candle_core::Device::Cpu)?)),
-            Moments::F64(..) => bail!("AdamW: saving f64 moments is not supported"),
-        }
+        let Moments::F32(m, v) = &self.moments[i] else { bail!("AdamW: saving f64 moments is not supported") };
+        let full = |x: &[f32]| -> Result<Tensor> {
+            let x = match &self.shards {
+                None => x.to_vec(),
+                Some(shards) => {
+                    let parts = &shards[i];
+                    let mut out = vec![0f32; parts.last().map_or(0, |r| r.end).max(x.len())];
+                    let counts: Vec<usize> = parts.iter().map(|r| r.len()).collect();
+                    let displs: Vec<usize> = parts.iter().map(|r| r.start).collect();
+                    crate::dist::all_gather_f32(x, &mut out, &counts, &displs)?;
+                    out
+                }
+            };
+            Ok(Tensor::from_vec(x, shape, &candle_core::Device::Cpu)?)
+        };
+        Ok((full(m)?, full(v)?))
     }
 
     /// Restores parameter `i`'s moments (as [`AdamW::moments`] gave them). Errors: a size or
@@ -164,9 +262,11 @@ impl AdamW {
     pub fn restore_moments(&mut self, i: usize, m: &Tensor, v: &Tensor) -> Result<()> {
         let Moments::F32(mm, vv) = &mut self.moments[i] else { bail!("AdamW: restoring f64 moments is not supported") };
         let (m, v) = (m.flatten_all()?.to_vec1::<f32>()?, v.flatten_all()?.to_vec1::<f32>()?);
-        ensure!(m.len() == mm.len() && v.len() == vv.len(), "AdamW: parameter {i} has {} values, the saved moments {} and {}", mm.len(), m.len(), v.len());
-        *mm = m;
-        *vv = v;
+        let n = self.shards.as_ref().map_or(mm.len(), |s| s[i].last().map_or(0, |r| r.end));
+        ensure!(m.len() == n && v.len() == n, "AdamW: parameter {i} has {n} values, the saved moments {} and {}", m.len(), v.len());
+        let r = self.owned[i].clone();
+        *mm = m[r.clone()].to_vec();
+        *vv = v[r].to_vec();
         Ok(())
     }
 }

@@ -80,7 +80,7 @@ impl SampleConfig {
 }
 
 /// One sampled completion.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Sampled {
     /// Its token ids, ending with EOS when the model stopped by itself.
     pub tokens: Vec<u32>,
@@ -149,8 +149,14 @@ fn choose(z: &[f32], cfg: &SampleConfig, rng: &mut ChaCha8Rng) -> (u32, f64) {
 }
 
 /// Samples `cfg.n` completions for every prompt (token ids, non-empty) from `model`, stopping at
-/// any of the `stop` ids (the tokenizer's [`Tokenizer::stop_ids`]) or `cfg.max_new_tokens`. `progress(prompts_done, tokens_generated)` after each batch.
-/// Returns `[prompt][sample]`.
+/// any of the `stop` ids (the tokenizer's [`Tokenizer::stop_ids`]) or `cfg.max_new_tokens`.
+/// `progress(prompts_done, tokens_generated)` after each batch (this rank's). Returns
+/// `[prompt][sample]`.
+///
+/// Across the ranks of a job ([`crate::dist`]) every rank calls it with the same prompts: the
+/// batches of `cfg.max_batch / cfg.n` prompts one process would form are divided among the ranks
+/// (balanced by prompt and new tokens) and every rank gets every prompt's samples, equal to one
+/// process's (sample `j` of prompt `i` draws from its own random stream `i * n + j`).
 pub fn sample_ids(
     model: &Llama,
     prompts: &[Vec<u32>],
@@ -161,63 +167,74 @@ pub fn sample_ids(
     ensure!(cfg.n > 0 && cfg.max_new_tokens > 0, "need n >= 1 and max_new_tokens >= 1");
     let model = model.detached();
     let per_batch = (cfg.max_batch / cfg.n).max(1);
-    let mut out = Vec::with_capacity(prompts.len());
-    let mut generated = 0;
-    for (b, chunk) in prompts.chunks(per_batch).enumerate() {
-        let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
-        let (hidden, caches) = model.prefill(&refs)?;
-        let logits = model.logits(&hidden)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        // sequence s = prompt s / n, sample s % n
-        let mut seqs: Vec<(KvCache, Sampled, ChaCha8Rng)> = Vec::with_capacity(chunk.len() * cfg.n);
-        for (p, cache) in caches.into_iter().enumerate() {
-            for j in 0..cfg.n {
-                let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-                rng.set_stream(((b * per_batch + p) * cfg.n + j) as u64);
-                let (t, lp) = choose(&logits[p], cfg, &mut rng);
-                seqs.push((cache.clone(), Sampled { tokens: vec![t], logp: lp, ended: stop.contains(&t) }, rng));
-            }
+    let chunks: Vec<std::ops::Range<usize>> = (0..prompts.len()).step_by(per_batch).map(|s| s..(s + per_batch).min(prompts.len())).collect();
+    let costs: Vec<usize> = chunks.iter().map(|r| prompts[r.clone()].iter().map(|p| p.len() + cfg.n * cfg.max_new_tokens).sum()).collect();
+    let (mut done, mut generated) = (0, 0);
+    let per_chunk: Vec<Vec<Vec<Sampled>>> = crate::dist::map_units(&costs, |mine| {
+        mine.iter()
+            .map(|&c| {
+                let s = sample_batch(&model, &prompts[chunks[c].clone()], chunks[c].start, stop, cfg)?;
+                done += chunks[c].len();
+                generated += s.iter().flatten().map(|x| x.tokens.len()).sum::<usize>();
+                progress(done, generated);
+                Ok(s)
+            })
+            .collect()
+    })?;
+    Ok(per_chunk.into_iter().flatten().collect())
+}
+
+/// [`sample_ids`] of one batch of prompts, the first of which is prompt `first` of the run (its
+/// random streams), in this process.
+fn sample_batch(model: &Llama, chunk: &[Vec<u32>], first: usize, stop: &[u32], cfg: &SampleConfig) -> Result<Vec<Vec<Sampled>>> {
+    let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+    let (hidden, caches) = model.prefill(&refs)?;
+    let logits = model.logits(&hidden)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    // sequence s = prompt s / n, sample s % n
+    let mut seqs: Vec<(KvCache, Sampled, ChaCha8Rng)> = Vec::with_capacity(chunk.len() * cfg.n);
+    for (p, cache) in caches.into_iter().enumerate() {
+        for j in 0..cfg.n {
+            let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+            rng.set_stream(((first + p) * cfg.n + j) as u64);
+            let (t, lp) = choose(&logits[p], cfg, &mut rng);
+            seqs.push((cache.clone(), Sampled { tokens: vec![t], logp: lp, ended: stop.contains(&t) }, rng));
         }
-        loop {
-            let active: Vec<usize> =
-                (0..seqs.len()).filter(|&s| !seqs[s].1.ended && seqs[s].1.tokens.len() < cfg.max_new_tokens).collect();
-            if active.is_empty() {
-                break;
-            }
-            let ids: Vec<u32> = active.iter().map(|&s| *seqs[s].1.tokens.last().unwrap()).collect();
-            let mut caches: Vec<&mut KvCache> = Vec::with_capacity(active.len());
-            let mut rest = seqs.as_mut_slice();
-            let mut offset = 0;
-            for &s in &active {
-                let (_, tail) = rest.split_at_mut(s - offset);
-                let (head, tail) = tail.split_at_mut(1);
-                caches.push(&mut head[0].0);
-                rest = tail;
-                offset = s + 1;
-            }
-            let hidden = model.decode_step(&ids, &mut caches)?;
-            let logits = model.logits(&hidden)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-            // Each sequence draws from its own generator: the rows are independent.
-            let mut rows: Vec<(&[f32], &mut (KvCache, Sampled, ChaCha8Rng))> = Vec::with_capacity(active.len());
-            let mut next = active.iter().zip(&logits).peekable();
-            for (i, seq) in seqs.iter_mut().enumerate() {
-                if let Some((_, row)) = next.next_if(|(&s, _)| s == i) {
-                    rows.push((row, seq));
-                }
-            }
-            rows.into_par_iter().for_each(|(row, (_, sampled, rng))| {
-                let (t, lp) = choose(row, cfg, rng);
-                sampled.tokens.push(t);
-                sampled.logp += lp;
-                sampled.ended = stop.contains(&t);
-            });
-        }
-        generated += seqs.iter().map(|s| s.1.tokens.len()).sum::<usize>();
-        for p in seqs.chunks(cfg.n) {
-            out.push(p.iter().map(|s| s.1.clone()).collect());
-        }
-        progress(out.len(), generated);
     }
-    Ok(out)
+    loop {
+        let active: Vec<usize> =
+            (0..seqs.len()).filter(|&s| !seqs[s].1.ended && seqs[s].1.tokens.len() < cfg.max_new_tokens).collect();
+        if active.is_empty() {
+            break;
+        }
+        let ids: Vec<u32> = active.iter().map(|&s| *seqs[s].1.tokens.last().unwrap()).collect();
+        let mut caches: Vec<&mut KvCache> = Vec::with_capacity(active.len());
+        let mut rest = seqs.as_mut_slice();
+        let mut offset = 0;
+        for &s in &active {
+            let (_, tail) = rest.split_at_mut(s - offset);
+            let (head, tail) = tail.split_at_mut(1);
+            caches.push(&mut head[0].0);
+            rest = tail;
+            offset = s + 1;
+        }
+        let hidden = model.decode_step(&ids, &mut caches)?;
+        let logits = model.logits(&hidden)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        // Each sequence draws from its own generator: the rows are independent.
+        let mut rows: Vec<(&[f32], &mut (KvCache, Sampled, ChaCha8Rng))> = Vec::with_capacity(active.len());
+        let mut next = active.iter().zip(&logits).peekable();
+        for (i, seq) in seqs.iter_mut().enumerate() {
+            if let Some((_, row)) = next.next_if(|(&s, _)| s == i) {
+                rows.push((row, seq));
+            }
+        }
+        rows.into_par_iter().for_each(|(row, (_, sampled, rng))| {
+            let (t, lp) = choose(row, cfg, rng);
+            sampled.tokens.push(t);
+            sampled.logp += lp;
+            sampled.ended = stop.contains(&t);
+        });
+    }
+    Ok(seqs.chunks(cfg.n).map(|p| p.iter().map(|s| s.1.clone()).collect()).collect())
 }
 
 /// A prompt's samples as text, the line format of `dpo sample`'s output.

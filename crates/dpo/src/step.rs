@@ -2,7 +2,7 @@
 
 use crate::batch::{micro_batches, pack, PackedBatch};
 use crate::data::Tokenized;
-use crate::logps::{completion_logps, completion_logps_of_hidden};
+use crate::logps::{completion_logps, completion_logps_of_hidden, CompletionLogps};
 use crate::metrics::ExampleStats;
 use crate::ops::mix_seed;
 use crate::policy::Policy;
@@ -23,6 +23,11 @@ pub struct BatchResult {
     /// (with recomputation, the recomputed forward counts as backward).
     pub forward_seconds: f64,
     pub backward_seconds: f64,
+    /// Across ranks: seconds waiting for the slowest rank to finish its share, then seconds in
+    /// the collectives themselves (all-reduce of the gradients, gathering of the statistics);
+    /// 0 in one process.
+    pub wait_seconds: f64,
+    pub comm_seconds: f64,
 }
 
 /// How a step's forward and backward passes run.
@@ -61,25 +66,136 @@ pub fn loss_and_gradients(policy: &Policy, examples: &[&Tokenized], reference: &
 /// micro-batches ([`forward_groups`]); each is one forward ([`Task::forward`]) and one backward,
 /// and the gradients add up: the same gradient as one pass over the whole batch, in bounded
 /// memory. With `recompute`, each micro-batch's backward recomputes the layers one at a time.
+/// In this process only; [`data_parallel_gradients`] divides a step among the ranks of a job.
 pub fn step_gradients(policy: &Policy, examples: &[&Tokenized], reference: &[&[f64]], task: &Task, s: &StepSettings) -> Result<BatchResult> {
-    let scale = 1.0 / task.normalizer(examples);
+    let groups = forward_groups(task, examples, s.max_tokens, s.batch_size);
+    shard_gradients(policy, examples, reference, task, s, task.normalizer(examples), &groups, false)
+}
+
+/// Which of a step's examples one rank computes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Share {
+    /// Every rank's positions in the step's examples (ascending within each batch).
+    pub positions: Vec<Vec<usize>>,
+    /// For a loss that couples a batch (KTO), per batch of `batch_size` examples: the range of
+    /// this rank's positions that belongs to it (possibly empty); `None` for other tasks.
+    pub batches: Option<Vec<Range<usize>>>,
+}
+
+/// How a step's `examples` are divided among `ranks` ([`crate::dist::balance`] on packed tokens):
+/// the whole step at once, or, for a loss that couples the examples of a batch (KTO), each batch
+/// of `batch_size` examples divided on its own (every rank holds a part of every batch).
+pub fn share(task: &Task, examples: &[&Tokenized], batch_size: usize, ranks: usize, rank: usize) -> Share {
+    let cost = |r: Range<usize>| examples[r].iter().map(|e| e.packed_tokens()).collect::<Vec<_>>();
+    if !task.couples_batch() {
+        let positions = crate::dist::balance(&cost(0..examples.len()), ranks);
+        return Share { positions, batches: None };
+    }
+    let mut positions = vec![Vec::new(); ranks];
+    let mut batches = Vec::new();
+    for start in (0..examples.len()).step_by(batch_size.max(1)) {
+        let end = (start + batch_size.max(1)).min(examples.len());
+        for (r, part) in crate::dist::balance(&cost(start..end), ranks).into_iter().enumerate() {
+            if r == rank {
+                batches.push(positions[r].len()..positions[r].len() + part.len());
+            }
+            positions[r].extend(part.into_iter().map(|u| start + u));
+        }
+    }
+    Share { positions, batches: Some(batches) }
+}
+
+/// [`step_gradients`] across the ranks of a job (every rank calls it with the same step): the
+/// examples are divided ([`share`]), each rank computes its share's loss terms and gradients
+/// (scaled by the whole step's normaliser), one all-reduce sums the gradients
+/// ([`crate::dist::all_reduce_tensors`]) and the examples' statistics are gathered in step order:
+/// every rank ends with the gradient and statistics of the whole step, as one process computes
+/// them up to the order of floating-point summation. KTO's `z0` is summed across the ranks'
+/// parts of each batch ([`Task::coupling_sum`]). With dropout, each rank draws its own masks.
+/// `wait_seconds` and `comm_seconds` in the result: the time waiting for the slowest rank and in
+/// the collectives.
+pub fn data_parallel_gradients(policy: &Policy, examples: &[&Tokenized], reference: &[&[f64]], task: &Task, s: &StepSettings) -> Result<BatchResult> {
+    let w = crate::dist::world();
+    if w.size() == 1 {
+        return step_gradients(policy, examples, reference, task, s);
+    }
+    let sh = share(task, examples, s.batch_size, w.size(), w.rank());
+    let mine = &sh.positions[w.rank()];
+    let ex: Vec<&Tokenized> = mine.iter().map(|&p| examples[p]).collect();
+    let refs: Vec<&[f64]> = mine.iter().map(|&p| reference[p]).collect();
+    let s = StepSettings { dropout_seed: s.dropout_seed.map(|d| mix_seed(d, (1 << 32) + w.rank() as u64)), ..*s };
+    let groups = match &sh.batches {
+        Some(b) => b.clone(),
+        None => micro_batches(&ex, s.max_tokens),
+    };
+    let mut res = shard_gradients(policy, &ex, &refs, task, &s, task.normalizer(examples), &groups, sh.batches.is_some())?;
+    // A one-value all-reduce first: the time until every rank is ready is waiting, not transfer.
+    let t0 = Instant::now();
+    crate::dist::all_reduce_f64(&mut [0.0])?;
+    res.wait_seconds = t0.elapsed().as_secs_f64();
+    let (_, comm0) = crate::dist::traffic();
+    res.grads = crate::dist::all_reduce_tensors(res.grads)?;
+    let gathered: Vec<Vec<ExampleStats>> = crate::dist::all_gather(&res.stats)?;
+    let mut stats: Vec<Option<ExampleStats>> = vec![None; examples.len()];
+    for (positions, part) in sh.positions.iter().zip(gathered) {
+        for (&p, st) in positions.iter().zip(part) {
+            stats[p] = Some(st);
+        }
+    }
+    res.stats = stats.into_iter().collect::<Option<Vec<_>>>().context("an example's statistics are missing after the gather")?;
+    res.comm_seconds = crate::dist::traffic().1 - comm0;
+    Ok(res)
+}
+
+/// The gradients of `examples` (one rank's share, or a whole step) in forward `groups`, each
+/// loss term divided by `normalizer`. With `coupled_parts` the groups are this rank's parts of
+/// the step's batches (some empty) and KTO's `z0` of each is summed across the ranks first.
+/// A share with no examples gets zero gradients.
+#[allow(clippy::too_many_arguments)]
+fn shard_gradients(
+    policy: &Policy,
+    examples: &[&Tokenized],
+    reference: &[&[f64]],
+    task: &Task,
+    s: &StepSettings,
+    normalizer: f64,
+    groups: &[Range<usize>],
+    coupled_parts: bool,
+) -> Result<BatchResult> {
+    let scale = 1.0 / normalizer;
     let vars = policy.vars();
     let mut grads = Grads { vars: &vars, sums: vec![None; vars.len()] };
     let mut stats = Vec::with_capacity(examples.len());
     let (mut forward_seconds, mut backward_seconds) = (0.0, 0.0);
-    for (j, range) in forward_groups(task, examples, s.max_tokens, s.batch_size).into_iter().enumerate() {
+    for (j, range) in groups.iter().cloned().enumerate() {
+        let group = &examples[range.clone()];
+        let refs = &reference[range];
+        // z0 = max(0, mean over the whole batch), from every rank's part (an empty part adds 0).
+        let loss = |logps: &CompletionLogps| -> Result<TaskOutput> {
+            if !coupled_parts {
+                return task.forward(group, logps, refs);
+            }
+            let (sum, count) = task.coupling_sum(group, logps, refs)?.unwrap_or((0.0, 0.0));
+            let mut total = [sum, count];
+            crate::dist::all_reduce_f64(&mut total)?;
+            task.forward_with(group, logps, refs, Some((total[0] / total[1].max(1.0)).max(0.0)))
+        };
+        if group.is_empty() {
+            if coupled_parts {
+                crate::dist::all_reduce_f64(&mut [0.0, 0.0])?;
+            }
+            continue;
+        }
         let model = match s.dropout_seed {
             Some(seed) => policy.model.with_dropout(mix_seed(seed, j as u64)),
             None => policy.model.clone(),
         };
-        let group = &examples[range.clone()];
         let batch = pack(group);
-        let refs = &reference[range];
         let t0 = Instant::now();
         let out = if s.recompute {
-            recomputed(&model, &batch, &mut grads, &mut backward_seconds, |hidden| task.forward(group, &completion_logps_of_hidden(&model, &batch, hidden)?, refs), scale)?
+            recomputed(&model, &batch, &mut grads, &mut backward_seconds, |hidden| loss(&completion_logps_of_hidden(&model, &batch, hidden)?), scale)?
         } else {
-            let out = task.forward(group, &completion_logps(&model, &batch)?, refs)?;
+            let out = loss(&completion_logps(&model, &batch)?)?;
             let t1 = Instant::now();
             grads.add((out.losses.sum_all()? * scale)?.backward()?)?;
             backward_seconds += t1.elapsed().as_secs_f64();
@@ -89,8 +205,12 @@ pub fn step_gradients(policy: &Policy, examples: &[&Tokenized], reference: &[&[f
         stats.extend(out.stats);
     }
     forward_seconds -= backward_seconds;
-    let grads = grads.sums.into_iter().collect::<Option<Vec<_>>>().context("a parameter received no gradient")?;
-    Ok(BatchResult { grads, stats, forward_seconds, backward_seconds })
+    let grads = if examples.is_empty() {
+        vars.iter().map(|v| v.zeros_like()).collect::<candle_core::Result<Vec<_>>>()?
+    } else {
+        grads.sums.into_iter().collect::<Option<Vec<_>>>().context("a parameter received no gradient")?
+    };
+    Ok(BatchResult { grads, stats, forward_seconds, backward_seconds, wait_seconds: 0.0, comm_seconds: 0.0 })
 }
 
 /// Gradient sums per trainable variable.

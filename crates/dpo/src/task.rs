@@ -51,6 +51,29 @@ impl Task {
     /// example `i`'s completions (empty for SFT and reference-free losses). A loss that couples
     /// the examples of a batch (KTO's reference point `z0`) computes it over `examples`.
     pub fn forward(&self, examples: &[&Tokenized], logps: &CompletionLogps, reference: &[&[f64]]) -> Result<TaskOutput> {
+        self.forward_with(examples, logps, reference, None)
+    }
+
+    /// For a loss that couples a batch through a mean over it (KTO's `z0`, eq. 3: the mean of
+    /// `log pi(y'|x) - log pi_ref(y'|x)` over the mismatched completions): this group's part of
+    /// it, `(sum, count)` (nats, examples), so that ranks holding parts of one batch can add
+    /// theirs up. `None` for other tasks.
+    pub fn coupling_sum(&self, examples: &[&Tokenized], logps: &CompletionLogps, reference: &[&[f64]]) -> Result<Option<(f64, f64)>> {
+        if !self.couples_batch() {
+            return Ok(None);
+        }
+        let values = logps.values()?;
+        let mut sum = 0.0;
+        for (i, r) in reference.iter().enumerate().take(examples.len()) {
+            ensure!(r.len() == 2 && values.len() >= 2 * i + 2, "kto needs each completion with a mismatched one for the KL estimate");
+            sum += values[2 * i + 1] - r[1];
+        }
+        Ok(Some((sum, examples.len() as f64)))
+    }
+
+    /// [`Task::forward`] with KTO's reference point given (`z0`: the batch is a rank's share of a
+    /// batch whose `z0 = max(0, sum / count)` comes from every share's [`Task::coupling_sum`]).
+    pub fn forward_with(&self, examples: &[&Tokenized], logps: &CompletionLogps, reference: &[&[f64]], z0: Option<f64>) -> Result<TaskOutput> {
         ensure!(examples.len() == reference.len(), "{} examples, {} reference entries", examples.len(), reference.len());
         let refs: Vec<f64> = reference.iter().flat_map(|r| r.iter().copied()).collect();
         let (losses, kto_z0) = match self {
@@ -63,6 +86,7 @@ impl Task {
                 let mut b = LossBatch::new(logps.logps.clone(), &refs, &logps.token_counts, k)?;
                 b.scores = examples.iter().map(|e| e.kind.scores().map(<[f64]>::to_vec)).collect::<Option<Vec<Vec<f64>>>>().map(|v| v.concat());
                 b.desirable = examples.iter().map(|e| e.kind.desirable()).collect();
+                b.kto_z0 = z0;
                 let z0 = match objective.main() {
                     Loss::Kto { beta, desirable_weight, undesirable_weight } => Some(kto::kto(&b, beta, desirable_weight, undesirable_weight)?.1),
                     _ => None,

@@ -4,6 +4,13 @@
 //! reference log-probs, once and cached ([`References`]) → for each optimiser step: forward and
 //! backward over the step's examples ([`loss_and_gradients`]) → clip → AdamW → one line of
 //! `metrics.jsonl` → evaluate and checkpoint on schedule → final checkpoint, summary and report.
+//!
+//! Across the ranks of a job ([`crate::dist`], `mpirun -np N dpo train ...`) every rank runs
+//! this loop on the same data: the reference log-probs and evaluations are divided among the
+//! ranks by micro-batch, each step's examples by token count ([`data_parallel_gradients`]; one
+//! all-reduce of the gradients), every rank applies the same update (or, with `--zero-stage 1`,
+//! its slice of it: [`AdamW::sharded`]), and rank 0 alone writes files. The metrics do not depend
+//! on the number of ranks, and the weights only through the order of floating-point sums.
 
 use crate::checkpoint::{self, TrainerState};
 use crate::config::TrainConfig;
@@ -18,7 +25,7 @@ use crate::policy::Policy;
 use crate::reference::{DataHashes, References};
 use crate::model::adapter::Adapter;
 use crate::ops::mix_seed;
-use crate::step::{step_gradients, StepSettings};
+use crate::step::{data_parallel_gradients, StepSettings};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Var};
@@ -47,6 +54,16 @@ pub struct TrainSummary {
     pub step_forward_seconds: Vec<f64>,
     pub step_backward_seconds: Vec<f64>,
     pub step_optimizer_seconds: Vec<f64>,
+    /// Ranks of the job, and per step the seconds this rank (0) waited for the slowest rank's
+    /// share, and then spent in collectives (gradient all-reduce, statistics gather, ZeRO's
+    /// all-gather of the weights).
+    pub ranks: usize,
+    pub step_wait_seconds: Vec<f64>,
+    pub step_comm_seconds: Vec<f64>,
+    /// Payload bytes rank 0 put into collectives over the training steps, per step.
+    pub comm_bytes_per_step: f64,
+    /// Bytes of AdamW state (the two moments) rank 0 holds: 1/N of the whole with `--zero-stage 1`.
+    pub optimizer_state_bytes: usize,
     pub final_train: Metrics,
     pub final_eval: Option<Metrics>,
     pub output_dir: PathBuf,
@@ -116,6 +133,9 @@ struct StepLog {
     forward: Vec<f64>,
     backward: Vec<f64>,
     optimizer: Vec<f64>,
+    wait: Vec<f64>,
+    comm: Vec<f64>,
+    comm_bytes: u64,
     /// Rows computed (each prompt once), all steps.
     packed_tokens: usize,
 }
@@ -141,7 +161,8 @@ struct Run<'a> {
     tokenizer: Tokenizer,
     opt: AdamW,
     order: Order,
-    metrics: MetricsFile,
+    /// `metrics.jsonl` (rank 0 only: the other ranks of a job write no files).
+    metrics: Option<MetricsFile>,
     log: StepLog,
     steps: usize,
     /// The checkpoint this run resumed from, and the first step it runs.
@@ -160,10 +181,18 @@ impl<'a> Run<'a> {
     /// written for a run that cannot start) creates the output directory, `metrics.jsonl` and
     /// `train_args.json`. With `--resume-from-checkpoint`, the checkpoint is checked against
     /// `cfg` first and then loaded: weights, optimizer state, data position and metrics so far.
+    /// In a job of several ranks, every rank must have the same settings and data (checked).
     fn start(cfg: &'a TrainConfig, obs: &mut dyn Observer) -> Result<Self> {
         cfg.validate()?;
+        let world = crate::dist::world();
+        let main = world.rank() == 0;
         let metrics_path = cfg.output_dir.join(checkpoint::METRICS);
         let data_hashes = DataHashes::of(&cfg.data, cfg.eval_data.as_deref())?;
+        if world.size() > 1 {
+            let inputs = blake3::hash(format!("{}|{}|{:?}", serde_json::to_string(cfg)?, data_hashes.train, data_hashes.eval).as_bytes()).to_hex().to_string();
+            crate::dist::check_agree("run settings or data (train_args + data hashes)", &inputs)?;
+            obs.message(&format!("{} ranks: each step's examples are divided among them, gradients all-reduced{}", world.size(), if cfg.zero_stage == 1 { ", AdamW state sharded (ZeRO stage 1)" } else { "" }));
+        }
         let resume = match &cfg.resume_from_checkpoint {
             Some(spec) => {
                 ensure!(cfg.sync_ref.is_none(), "--resume-from-checkpoint: a TR-DPO run (--sync-ref-model) keeps its moving reference in memory only and cannot be resumed");
@@ -195,7 +224,9 @@ impl<'a> Run<'a> {
             let policy = Policy::lora(&base, &adapter)?;
             drop(base);
             let reference = policy.model.without_adapters();
-            let references = References::prepare(cfg, reference, &tokenizer, &train_set, eval_set.as_ref(), &data_hashes, cfg.precompute_ref_log_probs, true, &visited, obs)?;
+            // Across ranks the reference log-probs are always computed up front, divided among them.
+            let prefetch = cfg.precompute_ref_log_probs || world.size() > 1;
+            let references = References::prepare(cfg, reference, &tokenizer, &train_set, eval_set.as_ref(), &data_hashes, prefetch, true, &visited, obs)?;
             obs.message(&format!("LoRA: {} trainable parameters (r {}, alpha {}), base {}", policy.num_parameters(), cfg.setup.lora.lora_r, cfg.setup.lora.lora_alpha, cfg.setup.load.base_dtype));
             (policy, references)
         } else {
@@ -206,22 +237,31 @@ impl<'a> Run<'a> {
             (policy, references)
         };
         let vars = policy.vars();
-        let mut opt = AdamW::new(&vars, cfg.adam)?;
-        std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
+        let mut opt = match cfg.zero_stage {
+            1 => AdamW::sharded(&vars, cfg.adam, world.rank(), world.size())?,
+            _ => AdamW::new(&vars, cfg.adam)?,
+        };
+        if main {
+            std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
+        }
         let mut order = Order::new(train_set.examples.len(), cfg.seed);
         let metrics = match &resume {
             Some((dir, state)) => {
-                checkpoint::remove_leftovers(&cfg.output_dir)?;
-                checkpoint::restore(dir, state, &policy, &mut opt, &metrics_path)?;
+                if main {
+                    checkpoint::remove_leftovers(&cfg.output_dir)?;
+                }
+                checkpoint::restore(dir, state, &policy, &mut opt, main.then_some(metrics_path.as_path()))?;
                 for _ in 0..state.global_step * cfg.gradient_accumulation_steps {
                     order.next_batch(cfg.per_device_train_batch_size);
                 }
                 obs.message(&format!("resuming from {} at step {} of {steps}", dir.display(), state.global_step + 1));
-                MetricsFile::append_to(metrics_path)
+                main.then(|| MetricsFile::append_to(metrics_path))
             }
-            None => MetricsFile::create(metrics_path)?,
+            None => main.then(|| MetricsFile::create(metrics_path)).transpose()?,
         };
-        write_atomic(&cfg.output_dir.join("train_args.json"), |w| Ok(serde_json::to_writer_pretty(w, cfg)?))?;
+        if main {
+            write_atomic(&cfg.output_dir.join("train_args.json"), |w| Ok(serde_json::to_writer_pretty(w, cfg)?))?;
+        }
         let (first_step, tokens_before, skipped_nonfinite, nonfinite_in_a_row) =
             resume.as_ref().map_or((1, 0, 0, 0), |(_, s)| (s.global_step + 1, s.num_tokens, s.skipped_nonfinite, s.nonfinite_in_a_row));
         Ok(Self {
@@ -264,7 +304,8 @@ impl<'a> Run<'a> {
             dropout_seed: self.policy.lora.as_ref().filter(|l| l.lora_dropout > 0.0).map(|_| mix_seed(cfg.seed, step as u64)),
             recompute: cfg.setup.gradient_checkpointing,
         };
-        let res = step_gradients(&self.policy, &examples, &refs, &cfg.task, &settings)?;
+        let (comm_bytes0, _) = crate::dist::traffic();
+        let res = data_parallel_gradients(&self.policy, &examples, &refs, &cfg.task, &settings)?;
         let m = cfg.task.metrics(&res.stats, self.policy.model.config.vocab_size);
         let t_opt = Instant::now();
         let grad_norm = global_grad_norm(&res.grads)?;
@@ -272,6 +313,7 @@ impl<'a> Run<'a> {
         let lr = cfg.learning_rate * lr_factor(cfg.lr_scheduler_type, step - 1, cfg.warmup_steps, self.steps);
         // A non-finite step is not applied (it would turn every weight into NaN).
         let finite = loss.is_finite() && grad_norm.is_finite();
+        let (_, comm_before_update) = crate::dist::traffic();
         if finite {
             self.opt.step(&self.vars, &res.grads, lr, clip_coefficient(grad_norm, cfg.max_grad_norm))?;
             self.nonfinite_in_a_row = 0;
@@ -280,8 +322,13 @@ impl<'a> Run<'a> {
             self.nonfinite_in_a_row += 1;
         }
         drop(res.grads);
+        // ZeRO stage 1's all-gather of the updated slices, inside the update.
+        let zero_seconds = crate::dist::traffic().1 - comm_before_update;
         let log = &mut self.log;
         log.optimizer.push(t_opt.elapsed().as_secs_f64());
+        log.wait.push(res.wait_seconds);
+        log.comm.push(res.comm_seconds + zero_seconds);
+        log.comm_bytes += crate::dist::traffic().0 - comm_bytes0;
         log.forward.push(res.forward_seconds);
         log.backward.push(res.backward_seconds);
         let secs = t0.elapsed().as_secs_f64();
@@ -295,7 +342,9 @@ impl<'a> Run<'a> {
         line.insert("learning_rate".into(), lr.into());
         line.insert("num_tokens".into(), (self.tokens_before + log.tokens_total()).into());
         line.insert("skipped_nonfinite".into(), self.skipped_nonfinite.into());
-        self.metrics.append(&line)?;
+        if let Some(f) = &mut self.metrics {
+            f.append(&line)?;
+        }
         if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps.max(1) {
             let records: Vec<usize> = examples.iter().map(|e| e.index).collect();
             bail!(
@@ -321,25 +370,33 @@ impl<'a> Run<'a> {
         let ex: Vec<&Tokenized> = set.examples.iter().collect();
         let refs = self.references.eval(set, cfg.max_tokens_per_forward)?;
         let m = with_eval_prefix(evaluate(&self.policy.model, &ex, &refs, &cfg.task, cfg.max_tokens_per_forward)?);
-        self.metrics.append(&metrics::line(step, self.order.epoch(), &m))?;
+        if let Some(f) = &mut self.metrics {
+            f.append(&metrics::line(step, self.order.epoch(), &m))?;
+        }
         obs.message(&format!("step {step}: {}", metrics::brief(&m)));
         Ok(Some(m))
     }
 
     /// Writes the policy as `OUTPUT_DIR/name` (atomically): a Hugging Face model directory, or
     /// (LoRA) a PEFT adapter directory; with `state` (a checkpoint) also what a resumed run needs
-    /// ([`checkpoint`]), and then the oldest checkpoints beyond `--save-total-limit` go.
+    /// ([`checkpoint`]), and then the oldest checkpoints beyond `--save-total-limit` go. Every
+    /// rank calls it (sharded optimizer state is gathered); rank 0 writes.
     fn save(&self, name: &str, state: Option<TrainerState>, obs: &mut dyn Observer) -> Result<()> {
         let cfg = self.cfg;
         let dir = cfg.output_dir.join(name);
+        let moments = match &state {
+            Some(_) if self.opt.is_sharded() || self.metrics.is_some() => Some(checkpoint::optimizer_moments(&self.policy, &self.opt)?),
+            _ => None,
+        };
+        let Some(metrics) = &self.metrics else { return Ok(()) };
         write_dir_atomic(&dir, |tmp| {
             match self.policy.adapter(&crate::fetch::base_model_name(&cfg.model)) {
                 Some(adapter) => adapter.write_files(tmp)?,
                 None => write_hf_files(&self.policy.model.detached(), &self.tokenizer, tmp, DType::F32)?,
             }
-            match &state {
-                Some(state) => checkpoint::write_state(tmp, state, &self.policy, &self.opt, self.metrics.path()),
-                None => Ok(()),
+            match (&state, moments) {
+                (Some(state), Some(moments)) => checkpoint::write_state(tmp, state, &self.policy, moments, metrics.path()),
+                _ => Ok(()),
             }
         })?;
         obs.message(&format!("saved {}", dir.display()));
@@ -367,6 +424,23 @@ impl<'a> Run<'a> {
 
     /// The run's summary, written with the report.
     fn finish(self, started: Instant, final_train: Metrics, final_eval: Option<Metrics>, obs: &mut dyn Observer) -> Result<TrainSummary> {
+        if crate::dist::world().size() > 1 {
+            // The ranks applied the same updates: their trainable weights must be bit-identical.
+            let mut h = blake3::Hasher::new();
+            for v in &self.vars {
+                let t = v.as_tensor().flatten_all()?;
+                match t.dtype() {
+                    DType::F32 => t.to_vec1::<f32>()?.iter().for_each(|x| {
+                        h.update(&x.to_le_bytes());
+                    }),
+                    _ => t.to_dtype(DType::F64)?.to_vec1::<f64>()?.iter().for_each(|x| {
+                        h.update(&x.to_le_bytes());
+                    }),
+                }
+            }
+            crate::dist::check_agree("policy after training (hash of the trainable weights)", &h.finalize().to_hex())?;
+            obs.message(&format!("all {} ranks hold bit-identical weights", crate::dist::world().size()));
+        }
         let log = self.log;
         let train_seconds = log.train_seconds();
         let summary = TrainSummary {
@@ -382,14 +456,21 @@ impl<'a> Run<'a> {
             step_forward_seconds: log.forward,
             step_backward_seconds: log.backward,
             step_optimizer_seconds: log.optimizer,
+            ranks: crate::dist::world().size(),
+            comm_bytes_per_step: log.comm_bytes as f64 / log.comm.len().max(1) as f64,
+            step_wait_seconds: log.wait,
+            step_comm_seconds: log.comm,
+            optimizer_state_bytes: self.opt.state_bytes(),
             final_train,
             final_eval,
             output_dir: self.cfg.output_dir.clone(),
         };
         let out = &self.cfg.output_dir;
-        write_atomic(&out.join("summary.json"), |w| Ok(serde_json::to_writer_pretty(w, &summary)?))?;
-        crate::report::write_run_report(out)?;
-        obs.message(&format!("report: {}", out.join("report.html").display()));
+        if crate::dist::is_main() {
+            write_atomic(&out.join("summary.json"), |w| Ok(serde_json::to_writer_pretty(w, &summary)?))?;
+            crate::report::write_run_report(out)?;
+            obs.message(&format!("report: {}", out.join("report.html").display()));
+        }
         Ok(summary)
     }
 }

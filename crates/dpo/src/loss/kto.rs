@@ -11,14 +11,20 @@ use candle_core::{Device, Tensor};
 /// reference point `z0 = max(0, mean_i (log pi(y'_i|x_i) - log pi_ref(y'_i|x_i)))` is estimated
 /// over the batch from mismatched completions `y'_i` (another example's completion after prompt
 /// `x_i`, TRL's rotation) and carries no gradient. The batch holds `k = 2` completions per
-/// example: `[y_i, y'_i]`. Returns the losses `[examples]` and `z0`.
+/// example: `[y_i, y'_i]`. Returns the losses `[examples]` and `z0` (`b.kto_z0` when given: the
+/// batch is one rank's share of a batch whose `z0` was computed across ranks).
 /// (Seed 004 gives the simplified form without `z0`.)
 pub fn kto(b: &LossBatch, beta: f64, desirable_weight: f64, undesirable_weight: f64) -> Result<(Tensor, f64)> {
     ensure!(b.k == 2, "kto needs each completion with a mismatched one for the KL estimate");
     let labels = b.desirable.as_ref().context("kto needs a desirable/undesirable label per example")?;
     let rho = b.log_ratios()?;
-    let kl = b.column(&rho, 1)?.detach().to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
-    let z0 = (kl.iter().sum::<f64>() / kl.len().max(1) as f64).max(0.0);
+    let z0 = match b.kto_z0 {
+        Some(z0) => z0,
+        None => {
+            let kl = b.column(&rho, 1)?.detach().to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+            (kl.iter().sum::<f64>() / kl.len().max(1) as f64).max(0.0)
+        }
+    };
     let r = b.column(&rho, 0)?;
     let sign: Vec<f64> = labels.iter().map(|&d| if d { 1.0 } else { -1.0 }).collect();
     let weight: Vec<f64> = labels.iter().map(|&d| if d { desirable_weight } else { undesirable_weight }).collect();

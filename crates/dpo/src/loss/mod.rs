@@ -35,6 +35,9 @@ pub struct LossBatch {
     pub scores: Option<Vec<f64>>,
     /// Per example: whether its completion is desirable (KTO).
     pub desirable: Option<Vec<bool>>,
+    /// KTO's reference point `z0` when the batch is a rank's share of a larger one (its value over
+    /// the whole batch, [`crate::task::Task::coupling_sum`]); `None`: computed over this batch.
+    pub kto_z0: Option<f64>,
 }
 
 impl LossBatch {
@@ -48,7 +51,7 @@ impl LossBatch {
         let reference = if reference.is_empty() { vec![0.0; n] } else { reference.to_vec() };
         let reference = Tensor::new(reference, &Device::Cpu)?.to_dtype(dt)?;
         let tokens = Tensor::new(tokens.iter().map(|&t| t as f64).collect::<Vec<_>>(), &Device::Cpu)?.to_dtype(dt)?;
-        Ok(Self { policy, reference, tokens, k, scores: None, desirable: None })
+        Ok(Self { policy, reference, tokens, k, scores: None, desirable: None, kto_z0: None })
     }
 
     pub fn examples(&self) -> Result<usize> {

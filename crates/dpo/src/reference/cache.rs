@@ -152,6 +152,46 @@ impl RefStore {
     }
 }
 
+impl RefStore {
+    /// Makes the log-probs of examples `idx` of `set` known, across the ranks of the job (every
+    /// rank calls it with the same `idx`; with one rank it is [`RefStore::get`]): rank 0's view of
+    /// the cache file decides what is missing and gives every rank the entries it has; the
+    /// missing ones are computed by all ranks, each a share of the micro-batches
+    /// ([`crate::logps::example_logps_sharded`]: the values one process computes), and rank 0
+    /// appends them to the cache file. `progress(done)` counts this rank's examples. Errors: as
+    /// [`RefStore::get`].
+    pub fn fill(&mut self, reference: Option<&Llama>, set: &TokenizedSet, idx: &[usize], max_tokens: usize, progress: impl FnMut(usize)) -> Result<()> {
+        if crate::dist::world().size() == 1 {
+            return self.get(reference, set, idx, max_tokens, progress).map(drop);
+        }
+        let mut idx = idx.to_vec();
+        idx.sort_unstable();
+        idx.dedup();
+        let seen: Vec<Option<Vec<f64>>> = crate::dist::broadcast(|| {
+            self.read_new()?;
+            Ok(idx.iter().map(|&i| self.known[i].clone()).collect())
+        })?;
+        for (&i, v) in idx.iter().zip(seen) {
+            self.known[i] = v;
+        }
+        let missing: Vec<usize> = idx.into_iter().filter(|&i| self.known[i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let model = reference.context("reference log-probs are missing and the reference model is no longer loaded")?;
+        let examples: Vec<&Tokenized> = missing.iter().map(|&i| &set.examples[i]).collect();
+        let logps = crate::logps::example_logps_sharded(model, &examples, max_tokens, progress)?;
+        if crate::dist::is_main() {
+            let text: String = examples.iter().zip(&logps).map(|(ex, lp)| format!("{}\n", line(ex, lp))).collect();
+            append(&self.path, &text)?;
+        }
+        for (i, lp) in missing.into_iter().zip(logps) {
+            self.known[i] = Some(lp);
+        }
+        Ok(())
+    }
+}
+
 /// Appends `text` to `path` with one write (the directory is created first).
 fn append(path: &Path, text: &str) -> Result<()> {
     use std::io::{Read, Seek, SeekFrom, Write};

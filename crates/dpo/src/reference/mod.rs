@@ -107,12 +107,12 @@ impl References {
         let Self::Fixed { model, train: source, eval: eval_store } = self else { return Ok(()) };
         if let TrainSource::Cached(store) = source {
             obs.phase("reference log-probs of the training examples", visited.len(), "examples");
-            store.get(model.as_ref(), train, visited, max_tokens, |d| obs.advance(d, ""))?;
+            store.fill(model.as_ref(), train, visited, max_tokens, |d| obs.advance(d, ""))?;
         }
         if let (Some(store), Some(set)) = (eval_store, eval) {
             let all: Vec<usize> = (0..set.examples.len()).collect();
             obs.phase("reference log-probs of the evaluation examples", all.len(), "examples");
-            store.get(model.as_ref(), set, &all, max_tokens, |d| obs.advance(d, ""))?;
+            store.fill(model.as_ref(), set, &all, max_tokens, |d| obs.advance(d, ""))?;
         }
         Ok(())
     }
