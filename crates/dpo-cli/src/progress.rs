@@ -89,14 +89,15 @@ pub fn summary_text(s: &TrainSummary) -> String {
     if s.ranks > 1 {
         let (comm, wait): (f64, f64) = (s.step_comm_seconds.iter().sum(), s.step_wait_seconds.iter().sum());
         out += &format!(
-            "{} ranks: {:.1} MB into collectives per step, {:.1}s in them and {:.1}s waiting for the slowest rank ({:.0}% and {:.0}% of training) on rank 0; AdamW state {:.2} GB per rank\n",
+            "{} ranks: {:.1} MB into collectives per step, {:.1}s in them and {:.1}s waiting for the slowest rank ({:.0}% and {:.0}% of training) on rank 0; AdamW state {:.2} GB per rank; peak RSS per rank {}\n",
             s.ranks,
             s.comm_bytes_per_step / 1e6,
             comm,
             wait,
             100.0 * comm / s.train_seconds.max(1e-9),
             100.0 * wait / s.train_seconds.max(1e-9),
-            s.optimizer_state_bytes as f64 / 1e9
+            s.optimizer_state_bytes as f64 / 1e9,
+            s.peak_rss_bytes_per_rank.iter().map(|b| b.map(|b| format!("{:.2} GB", b as f64 / 1e9)).unwrap_or_else(|| "n/a".into())).collect::<Vec<_>>().join(", ")
         );
     }
     out += &format!("final train: {}\n", dpo::metrics::brief(&s.final_train));

@@ -23,8 +23,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_dpo");
 
 fn mpirun() -> Command {
     let mut c = Command::new("mpirun");
-    // root in CI containers; 2 ranks may exceed the cores Open MPI counts
-    c.args(["--allow-run-as-root", "--oversubscribe"]);
+    // root in CI containers; 2 ranks may exceed the cores Open MPI counts; no cross-memory
+    // attach between ranks (containers often forbid ptrace), shared memory copies instead
+    c.args(["--allow-run-as-root", "--oversubscribe"]).env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
     c
 }
 

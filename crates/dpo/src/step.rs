@@ -277,3 +277,31 @@ fn recomputed(
     *backward_seconds += t0.elapsed().as_secs_f64();
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::ExampleKind;
+    use crate::loss::{Loss, Objective};
+
+    /// An example of `n + 2` packed tokens.
+    fn ex(n: usize) -> Tokenized {
+        Tokenized { index: 0, prompt: vec![1; n], completions: vec![vec![2], vec![3]], kind: ExampleKind::Pair { scores: None } }
+    }
+
+    #[test]
+    fn share_balances_tokens_and_divides_each_batch_of_a_coupled_loss() {
+        let examples: Vec<Tokenized> = [5, 1, 4, 2, 3, 9, 1].iter().map(|&n| ex(n)).collect();
+        let refs: Vec<&Tokenized> = examples.iter().collect();
+        // costs 7 3 6 4 5 11 3: 11 -> 0, 7 -> 1, 6 -> 1, 5 -> 0, 4 -> 1, 3 -> 0, 3 -> 1
+        let s = share(&Task::dpo(0.1), &refs, 3, 2, 0);
+        assert_eq!(s, Share { positions: vec![vec![1, 4, 5], vec![0, 2, 3, 6]], batches: None });
+        // KTO: batches [0 1 2] [3 4 5] [6], each divided on its own; every rank has a part of each
+        let kto = Task::Preference(Objective::single(Loss::Kto { beta: 0.1, desirable_weight: 1.0, undesirable_weight: 1.0 }));
+        let (r0, r1) = (share(&kto, &refs, 3, 2, 0), share(&kto, &refs, 3, 2, 1));
+        assert_eq!(r0.positions, vec![vec![0, 5, 6], vec![1, 2, 3, 4]]);
+        assert_eq!(r0.positions, r1.positions);
+        assert_eq!(r0.batches, Some(vec![0..1, 1..2, 2..3]));
+        assert_eq!(r1.batches, Some(vec![0..2, 2..4, 4..4]));
+    }
+}

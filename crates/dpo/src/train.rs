@@ -64,6 +64,8 @@ pub struct TrainSummary {
     pub comm_bytes_per_step: f64,
     /// Bytes of AdamW state (the two moments) rank 0 holds: 1/N of the whole with `--zero-stage 1`.
     pub optimizer_state_bytes: usize,
+    /// Peak resident memory of each rank, bytes (rank 0's is `peak_rss_bytes`).
+    pub peak_rss_bytes_per_rank: Vec<Option<u64>>,
     pub final_train: Metrics,
     pub final_eval: Option<Metrics>,
     pub output_dir: PathBuf,
@@ -296,7 +298,17 @@ impl<'a> Run<'a> {
             idx.extend(self.order.next_batch(cfg.per_device_train_batch_size));
         }
         let examples: Vec<&Tokenized> = idx.iter().map(|&i| &self.train_set.examples[i]).collect();
-        let refs = self.references.train_batch(&self.train_set, &idx, cfg.max_tokens_per_forward)?;
+        let world = crate::dist::world();
+        let refs = if self.references.per_batch() && world.size() > 1 {
+            // TR-DPO's reference runs on the batch: each rank on its own share only.
+            let mine = crate::step::share(&cfg.task, &examples, cfg.per_device_train_batch_size, world.size(), world.rank()).positions.swap_remove(world.rank());
+            let got = self.references.train_batch(&self.train_set, &mine.iter().map(|&p| idx[p]).collect::<Vec<_>>(), cfg.max_tokens_per_forward)?;
+            let mut all = vec![Vec::new(); idx.len()];
+            mine.into_iter().zip(got).for_each(|(p, r)| all[p] = r);
+            all
+        } else {
+            self.references.train_batch(&self.train_set, &idx, cfg.max_tokens_per_forward)?
+        };
         let refs: Vec<&[f64]> = refs.iter().map(Vec::as_slice).collect();
         let settings = StepSettings {
             max_tokens: cfg.max_tokens_per_forward,
@@ -441,6 +453,7 @@ impl<'a> Run<'a> {
             crate::dist::check_agree("policy after training (hash of the trainable weights)", &h.finalize().to_hex())?;
             obs.message(&format!("all {} ranks hold bit-identical weights", crate::dist::world().size()));
         }
+        let peak_rss_bytes_per_rank = crate::dist::all_gather(&peak_rss_bytes())?;
         let log = self.log;
         let train_seconds = log.train_seconds();
         let summary = TrainSummary {
@@ -461,6 +474,7 @@ impl<'a> Run<'a> {
             step_wait_seconds: log.wait,
             step_comm_seconds: log.comm,
             optimizer_state_bytes: self.opt.state_bytes(),
+            peak_rss_bytes_per_rank,
             final_train,
             final_eval,
             output_dir: self.cfg.output_dir.clone(),

@@ -94,16 +94,6 @@ pub fn is_main() -> bool {
     world().rank() == 0
 }
 
-/// `name` prefixed with the rank in a job of several ranks ("rank 1 of 4: ...").
-pub fn who() -> String {
-    let w = world();
-    if w.size() > 1 {
-        format!("rank {} of {}", w.rank(), w.size())
-    } else {
-        String::new()
-    }
-}
-
 /// Payload bytes this rank has sent into collectives and the seconds it spent in them, since the
 /// process started ([`traffic`]).
 static BYTES: AtomicU64 = AtomicU64::new(0);

@@ -130,14 +130,21 @@ impl References {
         })
     }
 
-    /// The reference log-probs of the evaluation set's examples.
+    /// Whether a batch's reference log-probs are computed when it is trained on (TR-DPO), rather
+    /// than looked up.
+    pub fn per_batch(&self) -> bool {
+        matches!(self, Self::Moving { .. })
+    }
+
+    /// The reference log-probs of the evaluation set's examples (across ranks, every rank calls
+    /// it).
     pub fn eval(&mut self, set: &TokenizedSet, max_tokens: usize) -> Result<Vec<Vec<f64>>> {
         let all: Vec<usize> = (0..set.examples.len()).collect();
         Ok(match self {
             Self::Fixed { model, eval: Some(store), .. } => store.get(model.as_ref(), set, &all, max_tokens, |_| {})?,
             Self::Moving { model, .. } => {
                 let examples: Vec<&Tokenized> = set.examples.iter().collect();
-                example_logps(model, &examples, max_tokens, |_| {})?
+                crate::logps::example_logps_sharded(model, &examples, max_tokens, |_| {})?
             }
             _ => vec![Vec::new(); set.examples.len()],
         })
