@@ -109,14 +109,16 @@ fn training_on_two_ranks_equals_one_process() {
     let _one = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (home, model, data) = (dir.path().join("home"), smollm2(), hh_pairs(dir.path(), 12));
-    let train = |home: &Path, ranks: usize, out: &str, extra: &[&str]| {
+    // `dpo train` or `dpo sft`, 2 steps of 6 pairs
+    let job = |cmd: &str, home: &Path, ranks: usize, out: &str, extra: &[&str]| {
         let out = dir.path().join(out);
-        let mut a = vec!["train", "--model", s(&model), "--data", s(&data), "--output-dir", s(&out), "--max-steps", "2", "--max-length", "128",
+        let mut a = vec![cmd, "--model", s(&model), "--data", s(&data), "--output-dir", s(&out), "--max-steps", "2", "--max-length", "128",
             "--per-device-train-batch-size", "6", "--max-tokens-per-forward", "512", "--seed", "3"];
         a.extend_from_slice(extra);
         run(home, ranks, &a);
         out
     };
+    let train = |home: &Path, ranks: usize, out: &str, extra: &[&str]| job("train", home, ranks, out, extra);
     let weights = |out: &Path| out.join("final/model.safetensors");
 
     // DPO, full fine-tuning. Each computes the reference log-probs into a cache of its own (the
@@ -147,13 +149,7 @@ fn training_on_two_ranks_equals_one_process() {
     assert!(summary(&two)["comm_bytes_per_step"].as_f64().unwrap() >= 4.0 * 134_515_008.0, "one all-reduce of every gradient per step");
 
     // SFT
-    let sft = |ranks: usize, out: &str| {
-        let out = dir.path().join(out);
-        run(&home, ranks, &["sft", "--model", s(&model), "--data", s(&data), "--output-dir", s(&out), "--max-steps", "2", "--max-length", "128",
-            "--per-device-train-batch-size", "6", "--max-tokens-per-forward", "512", "--seed", "3"]);
-        out
-    };
-    let (one, two) = (sft(1, "sftA"), sft(2, "sftB"));
+    let (one, two) = (job("sft", &home, 1, "sftA", &[]), job("sft", &home, 2, "sftB", &[]));
     let w = weights_rel_diff(&weights(&one), &weights(&two));
     let m = metrics_close(&one.join("metrics.jsonl"), &two.join("metrics.jsonl"), |_| 1e-6);
     eprintln!("SFT 1 vs 2 ranks: weights {w:.1e}, metrics per step {m:?}");
