@@ -36,6 +36,8 @@ pub mod defaults {
     pub const ADAM_BETA2: f64 = 0.999;
     pub const ADAM_EPSILON: f64 = 1e-8;
     pub const SEED: u64 = 42;
+    /// ZeRO stage across MPI ranks: 0 keeps AdamW's moments whole on every rank.
+    pub const ZERO_STAGE: u8 = 0;
     /// Packed rows (tokens) per forward pass: memory against speed, same gradients.
     pub const MAX_TOKENS_PER_FORWARD: usize = 2048;
     /// Non-finite optimiser steps in a row (loss or gradient norm NaN or infinite, the update
@@ -130,7 +132,7 @@ pub struct TrainConfig {
     #[arg(long, default_value_t = defaults::SEED)]
     pub seed: u64,
     /// With several ranks (`mpirun -np N`): 1 shards AdamW's moments across the ranks (ZeRO stage 1: each keeps 1/N of the optimizer state), 0 keeps them whole on every rank.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    #[arg(long, default_value_t = defaults::ZERO_STAGE, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub zero_stage: u8,
     /// Packed tokens per forward pass (memory/speed trade-off; gradients are the same).
     #[arg(long, default_value_t = defaults::MAX_TOKENS_PER_FORWARD)]
@@ -210,7 +212,7 @@ impl TrainConfig {
             resume_from_checkpoint: None,
             max_nonfinite_steps: defaults::MAX_NONFINITE_STEPS,
             seed: defaults::SEED,
-            zero_stage: 0,
+            zero_stage: defaults::ZERO_STAGE,
             max_tokens_per_forward: defaults::MAX_TOKENS_PER_FORWARD,
             precompute_ref_log_probs: false,
             setup: ModelSetup::default(),

@@ -245,7 +245,7 @@ impl AdamW {
                 None => x.to_vec(),
                 Some(shards) => {
                     let parts = &shards[i];
-                    let mut out = vec![0f32; parts.last().map_or(0, |r| r.end).max(x.len())];
+                    let mut out = vec![0f32; parts.last().map_or(0, |r| r.end)];
                     let counts: Vec<usize> = parts.iter().map(|r| r.len()).collect();
                     let displs: Vec<usize> = parts.iter().map(|r| r.start).collect();
                     crate::dist::all_gather_f32(x, &mut out, &counts, &displs)?;
