@@ -164,6 +164,9 @@ pub struct LogpsArgs {
     /// Packed tokens per forward pass (memory/speed trade-off).
     #[arg(long, default_value_t = defaults::MAX_TOKENS_PER_FORWARD)]
     pub max_tokens_per_forward: usize,
+    /// LD-DPO's log-probs (for `dpo train --ld-alpha A --ref-logps`): in each pair, the tokens past the shorter completion's length weigh A.
+    #[arg(long)]
+    pub ld_alpha: Option<f64>,
     #[command(flatten)]
     pub load: LoadOptions,
 }
@@ -171,7 +174,7 @@ pub struct LogpsArgs {
 #[derive(Args, Debug)]
 #[command(args_override_self = true)]
 pub struct TrainArgs {
-    /// A TOML file whose keys are these flags' names (e.g. `beta = 0.5`, `data = "pairs.jsonl"`); flags given on the command line win.
+    /// A YAML or TOML file whose keys are these flags' names (e.g. `beta = 0.5`, `data = "pairs.jsonl"`) or TRL's DPOConfig/ModelConfig field names (a TRL config as it is); flags given on the command line win.
     #[arg(long)]
     pub config: Option<PathBuf>,
     #[command(flatten)]
@@ -181,6 +184,8 @@ pub struct TrainArgs {
     /// Reference log-probs of --data made by `dpo logps` (default: computed once and cached).
     #[arg(long)]
     pub ref_logps: Option<PathBuf>,
+    #[command(flatten)]
+    pub hub: dpo::hub::HubArgs,
     /// Print every loss with its formula, source, data and hyper-parameters, and exit.
     #[arg(long)]
     pub loss_help: bool,
@@ -189,11 +194,13 @@ pub struct TrainArgs {
 #[derive(Args, Debug)]
 #[command(args_override_self = true, mut_arg("learning_rate", |a| a.default_value(SFT_LEARNING_RATE.as_str())))]
 pub struct SftArgs {
-    /// A TOML file whose keys are these flags' names; flags given on the command line win.
+    /// A YAML or TOML file whose keys are these flags' names (or TRL's); flags given on the command line win.
     #[arg(long)]
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub run: TrainConfig,
+    #[command(flatten)]
+    pub hub: dpo::hub::HubArgs,
 }
 
 /// SFT's default learning rate, as clap wants it (text).
@@ -206,7 +213,7 @@ impl TrainArgs {
         c.task = self.loss.task()?;
         c.sync_ref = self.loss.sync_ref()?;
         c.ref_logps = self.ref_logps;
-        Ok(c)
+        self.hub.resolve(c)
     }
 }
 
@@ -244,7 +251,58 @@ fn subcommand_index(argv: &[String]) -> Option<usize> {
     None
 }
 
-/// `argv` with the keys of `--config FILE` inserted as flags right after the subcommand.
+/// The keys and values of a configuration file: YAML (`.yaml`, `.yml`; TRL's format) or TOML,
+/// in file order. TRL's `env:` mapping sets environment variables (as TRL's parser does).
+fn read_config(path: &str) -> Result<Vec<(String, serde_json::Value)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let yaml = path.ends_with(".yaml") || path.ends_with(".yml");
+    let value: serde_json::Value = if yaml {
+        serde_yaml_ng::from_str(&text).with_context(|| format!("{path}: invalid YAML"))?
+    } else {
+        serde_json::to_value(toml::from_str::<toml::Table>(&text).with_context(|| format!("{path}: invalid TOML"))?)?
+    };
+    let serde_json::Value::Object(map) = value else { bail!("{path}: expected a mapping of option names to values") };
+    let mut out = Vec::new();
+    for (k, v) in map {
+        if k == "env" && yaml {
+            let serde_json::Value::Object(env) = v else { bail!("{path}: `env` must be a mapping of variable names to values") };
+            for (name, val) in env {
+                let val = match val {
+                    serde_json::Value::String(s) => s,
+                    v => v.to_string(),
+                };
+                std::env::set_var(name, val);
+            }
+            continue;
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// The command-line words of `--flag value` (`value` a string, number, boolean or list; a list
+/// is comma-joined; `null` and `false` give nothing).
+fn flag_words(path: &str, key: &str, long: &str, value: &serde_json::Value) -> Result<Vec<String>> {
+    use serde_json::Value;
+    let scalar = |v: &Value| -> Result<String> {
+        Ok(match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            v => bail!("{path}: `{key}` must be a string, number, boolean or a list of them, found {v}"),
+        })
+    };
+    Ok(match value {
+        Value::Null | Value::Bool(false) => vec![],
+        Value::Bool(true) => vec![format!("--{long}")],
+        Value::Array(items) => vec![format!("--{long}"), items.iter().map(scalar).collect::<Result<Vec<_>>>()?.join(",")],
+        v => vec![format!("--{long}"), scalar(v)?],
+    })
+}
+
+/// `argv` with the keys of `--config FILE` inserted as flags right after the subcommand. Keys
+/// are this command's flags (`beta`, `learning_rate`), or TRL's field names ([`crate::trl`]):
+/// renamed, noted (printed on stderr) or refused by name.
 fn expand_config(argv: &[String]) -> Result<Vec<String>> {
     let Some(pos) = argv.iter().position(|a| a == "--config" || a.starts_with("--config=")) else {
         return Ok(argv.to_vec());
@@ -253,25 +311,54 @@ fn expand_config(argv: &[String]) -> Result<Vec<String>> {
         Some(p) => p.to_string(),
         None => argv.get(pos + 1).context("--config needs a file")?.clone(),
     };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let table: toml::Table = toml::from_str(&text).with_context(|| format!("{path}: invalid TOML"))?;
+    let entries = read_config(&path)?;
     let sub = subcommand_index(argv).context("no subcommand")?;
     let cmd = Cli::command();
     let sub_cmd = cmd.find_subcommand(&argv[sub]).with_context(|| format!("unknown subcommand {}", argv[sub]))?;
+    let known = |long: &str| long != "config" && sub_cmd.get_arguments().any(|a| a.get_long() == Some(long));
     let mut flags = Vec::new();
-    for (key, value) in table {
+    let mut set = Vec::new();
+    let mut trl_config = false;
+    for (key, value) in &entries {
         let long = key.replace('_', "-");
-        let known = sub_cmd.get_arguments().any(|a| a.get_long() == Some(long.as_str()));
-        if !known || long == "config" {
-            bail!("{path}: `{key}` is not an option of `dpo {}`", argv[sub]);
+        if known(&long) {
+            flags.extend(flag_words(&path, key, &long, value)?);
+            set.push(long);
+            continue;
         }
-        match value {
-            toml::Value::Boolean(true) => flags.push(format!("--{long}")),
-            toml::Value::Boolean(false) => {}
-            toml::Value::String(s) => flags.extend([format!("--{long}"), s]),
-            toml::Value::Integer(i) => flags.extend([format!("--{long}"), i.to_string()]),
-            toml::Value::Float(f) => flags.extend([format!("--{long}"), f.to_string()]),
-            v => bail!("{path}: `{key}` must be a string, number or boolean, found {}", v.type_str()),
+        trl_config = true;
+        match crate::trl::field(key, value) {
+            crate::trl::Treatment::Flag(long, v, note) if known(long) => {
+                flags.extend(flag_words(&path, key, long, &v)?);
+                set.push(long.to_string());
+                if let Some(n) = note {
+                    eprintln!("note: {path}: {n}");
+                }
+            }
+            crate::trl::Treatment::Flag(long, ..) => bail!("{path}: `{key}` (TRL's name of --{long}) is not an option of `dpo {}`", argv[sub]),
+            crate::trl::Treatment::Note(n) => eprintln!("note: {path}: {n}"),
+            crate::trl::Treatment::Refuse(r) => bail!("{path}: {r}"),
+            crate::trl::Treatment::Unknown => bail!("{path}: `{key}` is not an option of `dpo {}` nor a field of TRL's DPOConfig, ModelConfig or ScriptArguments", argv[sub]),
+        }
+    }
+    // TRL evaluates on the data set's test split when `eval_strategy` is not "no".
+    let evaluates = entries.iter().any(|(k, v)| k == "eval_strategy" && v.as_str().is_some_and(|s| s != "no"));
+    if evaluates && known("eval-data") && !set.iter().any(|f| f == "eval-data") {
+        if let Some((_, serde_json::Value::String(name))) = entries.iter().find(|(k, _)| k == "dataset_name") {
+            flags.extend(["--eval-data".to_string(), name.clone()]);
+        }
+    }
+    // A TRL config's LoRA as TRL builds it: PEFT's default target modules for the Llama family
+    // (q_proj, v_proj) when none are named, and no LoRA dropout unless `disable_dropout: false`.
+    let peft = entries.iter().any(|(k, v)| k == "use_peft" && v == &serde_json::Value::Bool(true));
+    if trl_config && peft && known("lora-target-modules") {
+        if !set.iter().any(|f| f == "lora-target-modules") {
+            flags.extend(["--lora-target-modules".to_string(), "q_proj,v_proj".to_string()]);
+            eprintln!("note: {path}: no `lora_target_modules`: PEFT's default for Llama-family models, q_proj,v_proj, as TRL gets it");
+        }
+        if !entries.iter().any(|(k, v)| k == "disable_dropout" && v == &serde_json::Value::Bool(false)) {
+            flags.extend(["--lora-dropout".to_string(), "0".to_string()]);
+            eprintln!("note: {path}: LoRA dropout 0: TRL's disable_dropout (default true) turns it off after wrapping the model");
         }
     }
     let mut out = argv[..=sub].to_vec();

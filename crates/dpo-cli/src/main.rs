@@ -5,6 +5,7 @@
 //! function of the library.
 
 mod args;
+mod trl;
 mod progress;
 
 use anyhow::Result;
@@ -60,7 +61,7 @@ fn run(cmd: args::Command) -> Result<()> {
     match cmd {
         args::Command::Logps(a) => commands::logps(a),
         args::Command::Train(a) => commands::train(a.into_config()?),
-        args::Command::Sft(a) => commands::train(dpo::config::TrainConfig { task: dpo::task::Task::Sft, ..a.run }),
+        args::Command::Sft(a) => commands::train(a.hub.resolve(dpo::config::TrainConfig { task: dpo::task::Task::Sft, ..a.run })?),
         args::Command::Bench(a) => commands::bench(a),
         args::Command::Sample(a) => commands::sample(a),
         args::Command::Label(a) => commands::label(a),
@@ -97,7 +98,7 @@ mod commands {
         let examples: Vec<_> = set.examples.iter().collect();
         bars.phase("log-probs", examples.len(), "pairs");
         let t0 = std::time::Instant::now();
-        let logps = dpo::logps::example_logps_sharded(&model, &examples, a.max_tokens_per_forward, |d| bars.advance(d, ""))?;
+        let logps = dpo::logps::example_logps_sharded(&model, &examples, a.max_tokens_per_forward, a.ld_alpha, |d| bars.advance(d, ""))?;
         bars.finish();
         if !dpo::dist::is_main() {
             return Ok(());

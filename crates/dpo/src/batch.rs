@@ -20,6 +20,9 @@ pub struct PackedBatch {
     pub targets: Arc<Vec<u32>>,
     /// For each completion (example by example, in completion order), its range in `targets`.
     pub completion_targets: Vec<Range<usize>>,
+    /// The weight of each target's log-prob in its completion's sum (`None`: all 1; LD-DPO's,
+    /// [`pack_weighted`]).
+    pub target_weights: Option<Vec<f64>>,
 }
 
 impl PackedBatch {
@@ -68,7 +71,32 @@ pub fn pack(examples: &[&Tokenized]) -> PackedBatch {
         pred_rows,
         targets: Arc::new(targets),
         completion_targets,
+        target_weights: None,
     }
+}
+
+/// [`pack`] with LD-DPO's token weights (Liu et al. 2024, "Length Desensitization in Directed
+/// Preference Optimization", eq. 9; TRL's `ld_alpha`): in each pair, the tokens of the longer
+/// completion past the shorter one's length weigh `ld_alpha` in its summed log-prob (the shorter
+/// one is unchanged). `None`, or examples that are not pairs: every token weighs 1.
+pub fn pack_weighted(examples: &[&Tokenized], ld_alpha: Option<f64>) -> PackedBatch {
+    let mut b = pack(examples);
+    let Some(alpha) = ld_alpha else { return b };
+    let mut w = vec![1.0; b.targets.len()];
+    let mut c = 0;
+    for ex in examples {
+        let k = ex.completions.len();
+        if k == 2 {
+            let (chosen, rejected) = (b.completion_targets[c].clone(), b.completion_targets[c + 1].clone());
+            let shared = chosen.len().min(rejected.len());
+            for r in [chosen, rejected] {
+                w[r.start + shared..r.end].iter_mut().for_each(|x| *x = alpha);
+            }
+        }
+        c += k;
+    }
+    b.target_weights = Some(w);
+    b
 }
 
 /// Splits `examples` (in order) into micro-batches of at most `max_tokens` packed rows each (an
@@ -108,5 +136,15 @@ mod tests {
         assert_eq!(p.completion_targets, vec![0..2, 2..3, 3..4]);
         assert_eq!(micro_batches(&[&a, &b, &a], 7), vec![0..2, 2..3]);
         assert_eq!(micro_batches(&[&a, &b, &a], 4), vec![0..1, 1..2, 2..3]);
+    }
+
+    #[test]
+    fn ld_weights_scale_the_longer_completions_tail_only() {
+        let a = Tokenized { index: 0, prompt: vec![10, 11], completions: vec![vec![20, 21, 22, 23], vec![30, 31]], kind: ExampleKind::Pair { scores: None } };
+        let b = Tokenized { index: 1, prompt: vec![12], completions: vec![vec![40], vec![50, 51, 52]], kind: ExampleKind::Pair { scores: None } };
+        let p = pack_weighted(&[&a, &b], Some(0.25));
+        assert_eq!(p.completion_targets, vec![0..4, 4..6, 6..7, 7..10]);
+        assert_eq!(p.target_weights.unwrap(), vec![1.0, 1.0, 0.25, 0.25, 1.0, 1.0, 1.0, 1.0, 0.25, 0.25]);
+        assert!(pack_weighted(&[&a], None).target_weights.is_none());
     }
 }

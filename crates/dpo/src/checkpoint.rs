@@ -52,7 +52,7 @@ pub struct TrainerState {
 }
 
 /// Settings a resumed run may change: they do not change what is trained.
-const MAY_DIFFER: [&str; 7] = ["output_dir", "overwrite_output_dir", "resume_from_checkpoint", "save_steps", "save_total_limit", "max_nonfinite_steps", "zero_stage"];
+const MAY_DIFFER: [&str; 8] = ["output_dir", "overwrite_output_dir", "resume_from_checkpoint", "save_steps", "save_total_limit", "max_nonfinite_steps", "zero_stage", "report_to"];
 
 /// `checkpoint-STEP` → STEP.
 fn checkpoint_step(name: &str) -> Option<usize> {

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 
 /// The default of every training setting.
 pub mod defaults {
+    use crate::loss::FDivergenceType;
     use crate::optim::ScheduleKind;
 
     /// Peak learning rate of preference optimisation (TRL `DPOConfig`).
@@ -29,6 +30,8 @@ pub mod defaults {
     /// Tokens of each prompt + completion kept (TRL 1.16 `max_length`); 0 means no limit.
     pub const MAX_LENGTH: usize = 1024;
     pub const WARMUP_STEPS: usize = 0;
+    /// Warm-up as a fraction of the run's steps, when --warmup-steps is 0 (TRL `warmup_ratio`).
+    pub const WARMUP_RATIO: f64 = 0.0;
     pub const LR_SCHEDULER_TYPE: ScheduleKind = ScheduleKind::Linear;
     pub const MAX_GRAD_NORM: f64 = 1.0;
     pub const WEIGHT_DECAY: f64 = 0.0;
@@ -54,6 +57,16 @@ pub mod defaults {
     pub const ODPO_ALPHA: f64 = 1.0;
     pub const DESIRABLE_WEIGHT: f64 = 1.0;
     pub const UNDESIRABLE_WEIGHT: f64 = 1.0;
+    /// DiscoPOP's modulation temperature (TRL `discopop_tau`).
+    pub const DISCOPOP_TAU: f64 = 0.05;
+    /// f-DPO's divergence (TRL `f_divergence_type`): reverse KL is DPO.
+    pub const F_DIVERGENCE_TYPE: FDivergenceType = FDivergenceType::ReverseKl;
+    /// The alpha of the alpha-divergence (TRL `f_alpha_divergence_coef`).
+    pub const F_ALPHA_DIVERGENCE_COEF: f64 = 0.5;
+    /// The split of a Hub data set or `DatasetDict` trained on (TRL `dataset_train_split`).
+    pub const DATA_SPLIT: &str = "train";
+    /// The split evaluated on (TRL `dataset_test_split`).
+    pub const EVAL_DATA_SPLIT: &str = "test";
     pub const RPO_ALPHA: f64 = 0.0;
     /// TR-DPO's mixing weight and period (TRL `ref_model_mixup_alpha`, `ref_model_sync_steps`).
     pub const REF_MODEL_MIXUP_ALPHA: f64 = 0.6;
@@ -103,6 +116,9 @@ pub struct TrainConfig {
     /// Steps of linear warm-up from 0 to --learning-rate.
     #[arg(long, default_value_t = defaults::WARMUP_STEPS)]
     pub warmup_steps: usize,
+    /// Warm-up as a fraction of the run's optimiser steps (rounded up), when --warmup-steps is 0.
+    #[arg(long, default_value_t = defaults::WARMUP_RATIO)]
+    pub warmup_ratio: f64,
     /// Schedule after warm-up: linear, cosine or constant.
     #[arg(long, default_value_t = defaults::LR_SCHEDULER_TYPE)]
     pub lr_scheduler_type: ScheduleKind,
@@ -145,6 +161,21 @@ pub struct TrainConfig {
     /// TR-DPO: update the reference during training (see [`SyncReference`]).
     #[arg(skip)]
     pub sync_ref: Option<SyncReference>,
+    /// Where the metrics also go (metrics.jsonl always): tensorboard (event files under OUTPUT_DIR/runs/, TRL's tags), all (= tensorboard), none.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "none")]
+    pub report_to: Vec<ReportTo>,
+}
+
+/// A destination of the metrics besides `metrics.jsonl` (TRL's `report_to`; the integrations
+/// dpo-rs has).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportTo {
+    None,
+    /// TensorBoard event files ([`crate::tensorboard`]).
+    Tensorboard,
+    /// Every integration dpo-rs has (TensorBoard).
+    All,
 }
 
 /// How the policy is built and run, for every command that trains (`train`, `sft`, `bench`,
@@ -203,6 +234,7 @@ impl TrainConfig {
             gradient_accumulation_steps: defaults::GRADIENT_ACCUMULATION_STEPS,
             tokenize: TokenizeSettings::truncating(defaults::MAX_LENGTH),
             warmup_steps: defaults::WARMUP_STEPS,
+            warmup_ratio: defaults::WARMUP_RATIO,
             lr_scheduler_type: defaults::LR_SCHEDULER_TYPE,
             max_grad_norm: defaults::MAX_GRAD_NORM,
             adam: AdamWConfig::default(),
@@ -217,12 +249,31 @@ impl TrainConfig {
             precompute_ref_log_probs: false,
             setup: ModelSetup::default(),
             sync_ref: None,
+            report_to: Vec::new(),
         }
+    }
+
+    /// Steps of warm-up in a run of `steps` optimiser steps: `--warmup-steps`, else
+    /// `ceil(--warmup-ratio * steps)` (transformers' `get_warmup_steps`).
+    pub fn warmup(&self, steps: usize) -> usize {
+        if self.warmup_steps > 0 {
+            self.warmup_steps
+        } else {
+            (self.warmup_ratio * steps as f64).ceil() as usize
+        }
+    }
+
+    /// Whether metrics also go to TensorBoard event files (`--report-to tensorboard` or `all`).
+    pub fn reports_to_tensorboard(&self) -> bool {
+        self.report_to.iter().any(|r| matches!(r, ReportTo::Tensorboard | ReportTo::All))
     }
 
     /// Refuses settings no run can use: zero batch sizes or forward budget, a compact base
     /// without an adapter to train, an invalid adapter, TR-DPO on an adapter.
     pub fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            bail!("--warmup-ratio must be in [0, 1], got {}", self.warmup_ratio);
+        }
         if self.per_device_train_batch_size == 0 || self.gradient_accumulation_steps == 0 || self.max_tokens_per_forward == 0 {
             bail!("--per-device-train-batch-size, --gradient-accumulation-steps and --max-tokens-per-forward must be at least 1");
         }

@@ -37,7 +37,7 @@ pub fn mean_ci95(xs: &[f64]) -> (f64, f64) {
 /// Across ranks, every rank calls it with the same examples and gets the same metrics (the
 /// log-probs are divided among them: [`crate::logps::dataset_logps_sharded`]).
 pub fn evaluate(model: &Llama, examples: &[&Tokenized], reference: &[Vec<f64>], task: &Task, max_tokens: usize) -> Result<Metrics> {
-    let mut logps = dataset_logps_sharded(model, examples, max_tokens, |_| {})?;
+    let mut logps = dataset_logps_sharded(model, examples, max_tokens, task.ld_alpha(), |_| {})?;
     // The loss terms of an evaluation are computed in f64 (training's are in the model's dtype).
     logps.logps = logps.logps.to_dtype(candle_core::DType::F64)?;
     let refs: Vec<&[f64]> = reference.iter().map(Vec::as_slice).collect();
@@ -48,7 +48,7 @@ pub fn evaluate(model: &Llama, examples: &[&Tokenized], reference: &[Vec<f64>], 
 /// The `eval_` preference metrics of `policy` on `set`, with reference log-probs from `reference`.
 pub fn preference_eval(policy: &Llama, reference: &Llama, set: &TokenizedSet, task: &Task, max_tokens: usize) -> Result<Metrics> {
     let ex: Vec<&Tokenized> = set.examples.iter().collect();
-    let refs = example_logps_sharded(reference, &ex, max_tokens, |_| {})?;
+    let refs = example_logps_sharded(reference, &ex, max_tokens, task.ld_alpha(), |_| {})?;
     Ok(with_eval_prefix(evaluate(policy, &ex, &refs, task, max_tokens)?))
 }
 
@@ -115,7 +115,7 @@ pub fn reference_logps_of_samples(reference: &Llama, s: &JudgedSamples, max_toke
         .map(|(i, (p, smp))| Tokenized { index: i, prompt: p.clone(), completions: smp.iter().map(|x| x.tokens.clone()).collect(), kind: crate::data::ExampleKind::Ranking { scores: None } })
         .collect();
     let refs: Vec<&Tokenized> = items.iter().collect();
-    example_logps_sharded(reference, &refs, max_tokens, |_| {})
+    example_logps_sharded(reference, &refs, max_tokens, None, |_| {})
 }
 
 /// The judge's view of a model on prompts, and how it compares with the reference.

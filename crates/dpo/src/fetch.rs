@@ -11,14 +11,20 @@ pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// The Hugging Face Hub name of the default model (what an adapter trained on it names as its base).
 pub const DEFAULT_MODEL_HUB_NAME: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 
-/// How an adapter's `base_model_name_or_path` names `model`: the Hub name for the default model,
-/// else its path.
+/// How an adapter's `base_model_name_or_path` names `model`: the Hub name for the default model
+/// and for a snapshot of the Hugging Face cache (`…/models--org--name/snapshots/REV/…`), else its
+/// path.
 pub fn base_model_name(model: &Path) -> String {
     if model == default_model_path() {
-        DEFAULT_MODEL_HUB_NAME.to_string()
-    } else {
-        model.display().to_string()
+        return DEFAULT_MODEL_HUB_NAME.to_string();
     }
+    let parts: Vec<String> = model.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    for w in parts.windows(2) {
+        if let (Some(id), "snapshots") = (w[0].strip_prefix("models--"), w[1].as_str()) {
+            return id.replacen("--", "/", 1);
+        }
+    }
+    model.display().to_string()
 }
 
 /// Where dpo-rs keeps downloaded models and caches: `$DPO_HOME`, else `$XDG_CACHE_HOME/dpo-rs`,
@@ -39,12 +45,13 @@ pub fn default_model_path() -> PathBuf {
 }
 
 /// `model` itself; when it is the default model's path ([`default_model_path`]) and missing, the
-/// default model is fetched first ([`ensure_default_model`]).
+/// default model is fetched first ([`ensure_default_model`]); a Hub name (`org/name`, not a
+/// path on disk) is its snapshot in the Hugging Face cache ([`crate::hub::model_path`]).
 pub fn ensure_model(model: &Path) -> Result<PathBuf> {
     if model == default_model_path() {
         ensure_default_model()
     } else {
-        Ok(model.to_path_buf())
+        crate::hub::model_path(model, None)
     }
 }
 

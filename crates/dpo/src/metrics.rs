@@ -131,6 +131,8 @@ pub fn line(step: usize, epoch: f64, m: &Metrics) -> Metrics {
 /// crash cannot interleave or half-write earlier lines.
 pub struct MetricsFile {
     path: PathBuf,
+    /// TensorBoard event file the same lines go to (`--report-to tensorboard`).
+    tensorboard: Option<crate::tensorboard::EventWriter>,
 }
 
 impl MetricsFile {
@@ -139,13 +141,20 @@ impl MetricsFile {
         if path.exists() {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
-        Ok(Self { path })
+        Ok(Self { path, tensorboard: None })
+    }
+
+    /// Also writes every line to a new TensorBoard event file under `runs`
+    /// ([`crate::tensorboard::EventWriter`]), with `args` as its text summary.
+    pub fn with_tensorboard(mut self, runs: &Path, args: &Value) -> Result<Self> {
+        self.tensorboard = Some(crate::tensorboard::EventWriter::create(runs, args)?);
+        Ok(self)
     }
 
     /// Goes on appending to the file at `path` as it is (a resumed run's, restored from its
     /// checkpoint).
     pub fn append_to(path: PathBuf) -> Self {
-        Self { path }
+        Self { path, tensorboard: None }
     }
 
     /// The file.
@@ -157,6 +166,9 @@ impl MetricsFile {
     pub fn append(&self, line: &Metrics) -> Result<()> {
         let mut f = OpenOptions::new().create(true).append(true).open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
         f.write_all(format!("{}\n", Value::Object(line.clone())).as_bytes()).with_context(|| format!("writing {}", self.path.display()))?;
+        if let Some(tb) = &self.tensorboard {
+            tb.write_line(line)?;
+        }
         Ok(())
     }
 }

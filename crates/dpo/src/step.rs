@@ -1,6 +1,6 @@
 //! One optimiser batch: forward, loss and backward over micro-batches, gradients accumulated.
 
-use crate::batch::{micro_batches, pack, PackedBatch};
+use crate::batch::{micro_batches, pack_weighted, PackedBatch};
 use crate::data::Tokenized;
 use crate::logps::{completion_logps, completion_logps_of_hidden, CompletionLogps};
 use crate::metrics::ExampleStats;
@@ -190,7 +190,7 @@ fn shard_gradients(
             Some(seed) => policy.model.with_dropout(mix_seed(seed, j as u64)),
             None => policy.model.clone(),
         };
-        let batch = pack(group);
+        let batch = pack_weighted(group, task.ld_alpha());
         let t0 = Instant::now();
         let out = if s.recompute {
             recomputed(&model, &batch, &mut grads, &mut backward_seconds, |hidden| loss(&completion_logps_of_hidden(&model, &batch, hidden)?), scale)?

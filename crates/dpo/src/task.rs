@@ -39,9 +39,18 @@ impl Task {
         }
     }
 
-    /// Whether the examples of a batch must share one forward pass (KTO's KL estimate).
+    /// Whether the examples of a batch must share one forward pass (KTO's KL estimate, AOT).
     pub fn couples_batch(&self) -> bool {
         matches!(self, Task::Preference(o) if o.couples_batch())
+    }
+
+    /// LD-DPO's weight of the tokens past a pair's shorter completion, in the log-probs of the
+    /// policy and of the reference ([`crate::batch::pack_weighted`]); `None`: plain sums.
+    pub fn ld_alpha(&self) -> Option<f64> {
+        match self {
+            Task::Preference(o) => o.ld_alpha,
+            Task::Sft => None,
+        }
     }
 
     /// The forward half of a step on a group of `examples` whose completions' log-probs are
@@ -87,6 +96,10 @@ impl Task {
                 b.scores = examples.iter().map(|e| e.kind.scores().map(<[f64]>::to_vec)).collect::<Option<Vec<Vec<f64>>>>().map(|v| v.concat());
                 b.desirable = examples.iter().map(|e| e.kind.desirable()).collect();
                 b.kto_z0 = z0;
+                b.f_divergence = objective.f_divergence;
+                if objective.use_weighting {
+                    b.wpo_weights = Some(logps.aligned_means.iter().map(|m| m.exp()).collect());
+                }
                 let z0 = match objective.main() {
                     Loss::Kto { beta, desirable_weight, undesirable_weight } => Some(kto::kto(&b, beta, desirable_weight, undesirable_weight)?.1),
                     _ => None,

@@ -26,6 +26,7 @@ use crate::reference::{DataHashes, References};
 use crate::model::adapter::Adapter;
 use crate::ops::mix_seed;
 use crate::step::{data_parallel_gradients, StepSettings};
+use crate::task::Task;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Var};
@@ -191,6 +192,10 @@ impl<'a> Run<'a> {
         let metrics_path = cfg.output_dir.join(checkpoint::METRICS);
         let data_hashes = DataHashes::of(&cfg.data, cfg.eval_data.as_deref())?;
         if world.size() > 1 {
+            ensure!(
+                !matches!(&cfg.task, Task::Preference(o) if o.sorts_batch()),
+                "aot and aot_unpaired sort the pairs of a whole batch against each other: run them in one process (mpirun -np 1)"
+            );
             let inputs = blake3::hash(format!("{}|{}|{:?}", serde_json::to_string(cfg)?, data_hashes.train, data_hashes.eval).as_bytes()).to_hex().to_string();
             crate::dist::check_agree("run settings or data (train_args + data hashes)", &inputs)?;
             obs.message(&format!("{} ranks: each step's examples are divided among them, gradients all-reduced{}", world.size(), if cfg.zero_stage == 1 { ", AdamW state sharded (ZeRO stage 1)" } else { "" }));
@@ -261,6 +266,10 @@ impl<'a> Run<'a> {
             }
             None => main.then(|| MetricsFile::create(metrics_path)).transpose()?,
         };
+        let metrics = match metrics {
+            Some(f) if cfg.reports_to_tensorboard() => Some(f.with_tensorboard(&cfg.output_dir.join("runs"), &serde_json::to_value(cfg)?)?),
+            m => m,
+        };
         if main {
             write_atomic(&cfg.output_dir.join("train_args.json"), |w| Ok(serde_json::to_writer_pretty(w, cfg)?))?;
         }
@@ -322,7 +331,7 @@ impl<'a> Run<'a> {
         let t_opt = Instant::now();
         let grad_norm = global_grad_norm(&res.grads)?;
         let loss = m.get("loss").and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
-        let lr = cfg.learning_rate * lr_factor(cfg.lr_scheduler_type, step - 1, cfg.warmup_steps, self.steps);
+        let lr = cfg.learning_rate * lr_factor(cfg.lr_scheduler_type, step - 1, cfg.warmup(self.steps), self.steps);
         // A non-finite step is not applied (it would turn every weight into NaN).
         let finite = loss.is_finite() && grad_norm.is_finite();
         let (_, comm_before_update) = crate::dist::traffic();

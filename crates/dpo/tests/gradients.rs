@@ -2,10 +2,10 @@
 //! differences, for every kind of parameter; and every parameter gets a non-zero gradient.
 
 use candle_core::{DType, Tensor};
-use dpo::batch::pack;
+use dpo::batch::pack_weighted;
 use dpo::data::Tokenized;
 use dpo::logps::completion_logps;
-use dpo::loss::{Loss, LossBatch};
+use dpo::loss::{FDivergence, Loss, LossBatch, Objective};
 use dpo::model::{random_tensors, Family, Features, LayerAttention, Llama, LlamaConfig};
 use dpo::ops::{Activation, RopeParams, RopeScaling};
 use dpo::policy::Policy;
@@ -17,14 +17,26 @@ use common::{config, examples, REFERENCE};
 
 const LOSS: Loss = Loss::Sigmoid { beta: 0.5, label_smoothing: 0.0 };
 
-fn mean_loss(config: &LlamaConfig, tensors: &HashMap<String, Tensor>) -> f64 {
+/// The objective's mean loss over the examples under `tensors`; WPO's weights, constants of the
+/// gradient, are `wpo` (those of the unperturbed model).
+fn mean_loss(config: &LlamaConfig, tensors: &HashMap<String, Tensor>, objective: &Objective, wpo: Option<&[f64]>) -> f64 {
     let model = Llama::from_tensors(config.clone(), tensors).unwrap();
     let ex = examples();
     let refs: Vec<&Tokenized> = ex.iter().collect();
-    let out = completion_logps(&model, &pack(&refs)).unwrap();
+    let out = completion_logps(&model, &pack_weighted(&refs, objective.ld_alpha)).unwrap();
     let r: Vec<f64> = REFERENCE.iter().flatten().copied().collect();
-    let b = LossBatch::new(out.logps, &r, &out.token_counts, 2).unwrap();
-    LOSS.per_example(&b).unwrap().mean_all().unwrap().to_scalar::<f64>().unwrap()
+    let mut b = LossBatch::new(out.logps, &r, &out.token_counts, 2).unwrap();
+    b.f_divergence = objective.f_divergence;
+    b.wpo_weights = wpo.map(<[f64]>::to_vec);
+    objective.per_example(&b).unwrap().mean_all().unwrap().to_scalar::<f64>().unwrap()
+}
+
+/// WPO's weights `exp(mean aligned log-prob)` of every completion under `tensors`.
+fn wpo_weights(config: &LlamaConfig, tensors: &HashMap<String, Tensor>) -> Vec<f64> {
+    let model = Llama::from_tensors(config.clone(), tensors).unwrap();
+    let ex = examples();
+    let refs: Vec<&Tokenized> = ex.iter().collect();
+    completion_logps(&model, &pack_weighted(&refs, None)).unwrap().aligned_means.iter().map(|m| m.exp()).collect()
 }
 
 /// The kind of a parameter tensor (`q_proj`, `q_proj.bias`, `input_layernorm`, ...).
@@ -33,15 +45,20 @@ fn kind(name: &str) -> String {
 }
 
 fn check(cfg: LlamaConfig) {
+    check_objective(cfg, &Objective::single(LOSS));
+}
+
+fn check_objective(cfg: LlamaConfig, objective: &Objective) {
     let tensors = random_tensors(&cfg, 7, 20.0, DType::F64).unwrap();
+    let wpo = objective.use_weighting.then(|| wpo_weights(&cfg, &tensors));
     let policy = Policy::new(cfg.clone(), &tensors).unwrap();
     let ex = examples();
     let refs: Vec<&Tokenized> = ex.iter().collect();
     let r: Vec<&[f64]> = REFERENCE.iter().map(|r| r.as_slice()).collect();
     // 12 rows per forward: the three pairs go through two micro-batches whose gradients add up.
-    let res = loss_and_gradients(&policy, &refs, &r, &dpo::task::Task::Preference(dpo::loss::Objective::single(LOSS)), 12, 3).unwrap();
+    let res = loss_and_gradients(&policy, &refs, &r, &dpo::task::Task::Preference(objective.clone()), 12, 3).unwrap();
     let loss: f64 = res.stats.iter().map(|s| s.loss).sum::<f64>() / 3.0;
-    assert!((loss - mean_loss(&cfg, &tensors)).abs() < 1e-12);
+    assert!((loss - mean_loss(&cfg, &tensors, objective, wpo.as_deref())).abs() < 1e-12);
     let mut kinds = std::collections::BTreeSet::new();
     let mut worst = 0f64;
     for ((name, _), g) in policy.params.iter().zip(&res.grads) {
@@ -60,7 +77,7 @@ fn check(cfg: LlamaConfig) {
                 v[j] += d;
                 let mut t = tensors.clone();
                 t.insert(name.clone(), Tensor::from_vec(v, tensors[name].dims(), &candle_core::Device::Cpu).unwrap());
-                mean_loss(&cfg, &t)
+                mean_loss(&cfg, &t, objective, wpo.as_deref())
             };
             let eps = 1e-5;
             let fd = (at(eps) - at(-eps)) / (2.0 * eps);
@@ -127,4 +144,16 @@ fn dpo_gradient_matches_finite_differences_qk_norm_and_local_rope() {
         ..Features::default()
     };
     check(c);
+}
+
+/// The options of every term and the batch-coupled AOT: f-DPO's Jensen–Shannon scores with
+/// DiscoPOP, WPO's weights (constants of the gradient, as TRL's) and LD-DPO's token weights; AOT
+/// on unpaired log-ratios (the three pairs sorted against each other in one pass).
+#[test]
+fn trl_options_and_aot_gradients_match_finite_differences() {
+    let mut o = Objective::single(Loss::Discopop { beta: 0.5, tau: 0.3 });
+    (o.f_divergence, o.use_weighting, o.ld_alpha) = (FDivergence::JsDivergence, true, Some(0.5));
+    check_objective(config(true, false), &o);
+    check_objective(config(true, false), &Objective::single(Loss::AotUnpaired { beta: 0.5, label_smoothing: 0.1 }));
+    check_objective(config(true, false), &Objective::single(Loss::SigmoidNorm { beta: 0.5 }));
 }

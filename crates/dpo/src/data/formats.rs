@@ -6,6 +6,9 @@
 //!   (what `datasets`' `Dataset.to_json` writes);
 //! - `.parquet`: one record a row (`FILE: record 17`), columns as fields, nested lists and structs as
 //!   JSON lists and objects (Parquet's record API; uncompressed, Snappy or gzip pages);
+//! - a directory written by `datasets`' `Dataset.save_to_disk` (`state.json` and Arrow IPC stream
+//!   files), or one `.arrow` stream file: one record a row (`FILE: record 17`, numbered across the
+//!   directory's files), as [`Format::Parquet`];
 //! - anything else (`.jsonl`, `.jsonl.gz`): JSON Lines, one object a line (`FILE:LINE`), blank
 //!   lines skipped; `.gz` files are gunzipped.
 
@@ -34,13 +37,17 @@ pub enum Format {
     /// A JSON list of objects (`.json`, `.json.gz`).
     JsonList,
     Parquet,
+    /// Arrow IPC streams: a `save_to_disk` directory, or one `.arrow` file.
+    Arrow,
 }
 
 impl Format {
     /// The format of `path`, by its name.
     pub fn of(path: &Path) -> Format {
         let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
-        if name.ends_with(".parquet") {
+        if path.is_dir() || name.ends_with(".arrow") {
+            Format::Arrow
+        } else if name.ends_with(".parquet") {
             Format::Parquet
         } else if name.ends_with(".json") || name.ends_with(".json.gz") {
             Format::JsonList
@@ -114,6 +121,43 @@ fn parquet(path: &Path) -> Result<Vec<RawRecord>> {
     Ok(out)
 }
 
+/// The rows of a `save_to_disk` directory (its `state.json`'s `_data_files`, in order) or of one
+/// Arrow IPC stream file, as JSON objects (`arrow-json`: lists and structs as JSON lists and
+/// objects, nulls left out).
+fn arrow(path: &Path) -> Result<Vec<RawRecord>> {
+    let files = if path.is_dir() {
+        let state_path = path.join("state.json");
+        let state: Value = serde_json::from_str(&std::fs::read_to_string(&state_path).with_context(|| format!("{}: a directory without state.json (not a `datasets` save_to_disk)", path.display()))?)
+            .with_context(|| format!("{}: not valid JSON", state_path.display()))?;
+        let files: Vec<std::path::PathBuf> = state["_data_files"]
+            .as_array()
+            .with_context(|| format!("{}: no `_data_files` list", state_path.display()))?
+            .iter()
+            .map(|f| f["filename"].as_str().map(|n| path.join(n)).with_context(|| format!("{}: a `_data_files` entry without `filename`", state_path.display())))
+            .collect::<Result<_>>()?;
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut out = Vec::new();
+    for file in files {
+        let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+        let reader = arrow_ipc::reader::StreamReader::try_new(std::io::BufReader::new(f), None).with_context(|| format!("{}: not an Arrow IPC stream", file.display()))?;
+        for batch in reader {
+            let batch = batch.with_context(|| format!("{}: reading an Arrow record batch", file.display()))?;
+            let mut w = arrow_json::LineDelimitedWriter::new(Vec::new());
+            w.write(&batch).with_context(|| format!("{}: converting Arrow rows to JSON", file.display()))?;
+            w.finish()?;
+            for line in w.into_inner().split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let origin = Origin::new(path, out.len() + 1, out.len(), Position::Record);
+                let v: Value = serde_json::from_slice(line).with_context(|| format!("{origin}: not valid JSON"))?;
+                out.push((origin.clone(), object(v, &origin)?));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Reads every record of `path` as a JSON object, in file order ([`Format::of`] decides how).
 /// A record that is not a JSON object is an error naming the file and line (or record number).
 pub(crate) fn read_objects(path: &Path) -> Result<Vec<RawRecord>> {
@@ -121,6 +165,7 @@ pub(crate) fn read_objects(path: &Path) -> Result<Vec<RawRecord>> {
         Format::JsonLines => json_lines(path, open_text(path)?),
         Format::JsonList => json_list(path),
         Format::Parquet => parquet(path),
+        Format::Arrow => arrow(path),
     }
 }
 

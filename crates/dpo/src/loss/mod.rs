@@ -16,7 +16,7 @@ pub mod pairwise;
 pub mod reference_free;
 
 use crate::config::defaults;
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
@@ -38,6 +38,10 @@ pub struct LossBatch {
     /// KTO's reference point `z0` when the batch is a rank's share of a larger one (its value over
     /// the whole batch, [`crate::task::Task::coupling_sum`]); `None`: computed over this batch.
     pub kto_z0: Option<f64>,
+    /// The f-divergence whose scores replace the log-ratios in the losses that take it (f-DPO).
+    pub f_divergence: FDivergence,
+    /// WPO's weight of each completion `[examples * k]` (constants; `Some` with `--use-weighting`).
+    pub wpo_weights: Option<Vec<f64>>,
 }
 
 impl LossBatch {
@@ -51,7 +55,7 @@ impl LossBatch {
         let reference = if reference.is_empty() { vec![0.0; n] } else { reference.to_vec() };
         let reference = Tensor::new(reference, &Device::Cpu)?.to_dtype(dt)?;
         let tokens = Tensor::new(tokens.iter().map(|&t| t as f64).collect::<Vec<_>>(), &Device::Cpu)?.to_dtype(dt)?;
-        Ok(Self { policy, reference, tokens, k, scores: None, desirable: None, kto_z0: None })
+        Ok(Self { policy, reference, tokens, k, scores: None, desirable: None, kto_z0: None, f_divergence: FDivergence::ReverseKl, wpo_weights: None })
     }
 
     pub fn examples(&self) -> Result<usize> {
@@ -69,9 +73,71 @@ impl LossBatch {
         Ok((&self.policy - &self.reference)?)
     }
 
+    /// The f-divergence scores `s = f'(pi/pi_ref)` of the log-ratios `[examples * k]`
+    /// ([`FDivergence::score`]): the log-ratios themselves for DPO's reverse KL.
+    pub fn scores_f(&self) -> Result<Tensor> {
+        self.f_divergence.score(&self.log_ratios()?)
+    }
+
     /// Per-token average policy log-probs `log pi(y) / |y|` `[examples * k]`.
     pub fn avg_logps(&self) -> Result<Tensor> {
         Ok((&self.policy / self.tokens.clamp(1.0, f64::INFINITY)?)?)
+    }
+}
+
+/// The divergence that regularises the policy toward the reference (f-DPO, Wang et al. 2023,
+/// "Beyond Reverse KL: Generalizing Direct Preference Optimization with Diverse Divergence
+/// Constraints", eq. 10 and Table 1): the implicit reward is `beta * f'(u)`, `u = pi/pi_ref`, in
+/// place of `beta * log u`. TRL's `f_divergence_type`; with it, TRL's `sigmoid`, `sigmoid_norm`,
+/// `hinge`, `ipo`, `robust` and `discopop` use the scores, the metrics keep the log-ratios.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[serde(tag = "f_divergence", rename_all = "snake_case")]
+pub enum FDivergence {
+    /// `f'(u) = log u`: DPO.
+    #[default]
+    ReverseKl,
+    /// `f'(u) = 1 - 1/u`.
+    ForwardKl,
+    /// Jensen–Shannon: `f'(u) = log(2u / (1 + u)) = log 2 + log sigma(log u)`.
+    JsDivergence,
+    /// `f'(u) = (u^(alpha-1) - 1) / (alpha - 1)` (the exponent clamped at 80, as TRL in f32);
+    /// `alpha` within 1e-6 of 1 is the reverse KL.
+    AlphaDivergence { alpha: f64 },
+}
+
+/// The `--f-divergence-type` names (TRL's `f_divergence_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[clap(rename_all = "snake_case")]
+pub enum FDivergenceType {
+    ReverseKl,
+    ForwardKl,
+    JsDivergence,
+    AlphaDivergence,
+}
+
+impl FDivergence {
+    /// The divergence named `kind`; `alpha` is the alpha-divergence's coefficient.
+    pub fn new(kind: FDivergenceType, alpha: f64) -> Self {
+        match kind {
+            FDivergenceType::ReverseKl => Self::ReverseKl,
+            FDivergenceType::ForwardKl => Self::ForwardKl,
+            FDivergenceType::JsDivergence => Self::JsDivergence,
+            FDivergenceType::AlphaDivergence => Self::AlphaDivergence { alpha },
+        }
+    }
+
+    /// `f'(exp(rho))` of log-ratios `rho` `[n]` (nats), differentiable.
+    pub fn score(&self, rho: &Tensor) -> Result<Tensor> {
+        Ok(match *self {
+            FDivergence::ReverseKl => rho.clone(),
+            FDivergence::ForwardKl => (1.0 - rho.neg()?.exp()?)?,
+            FDivergence::JsDivergence => (crate::ops::log_sigmoid(rho)? + std::f64::consts::LN_2)?,
+            FDivergence::AlphaDivergence { alpha } if (alpha - 1.0).abs() < 1e-6 => rho.clone(),
+            FDivergence::AlphaDivergence { alpha } => {
+                let t = (rho * (alpha - 1.0))?.minimum(80.0)?;
+                ((t.exp()? - 1.0)? / (alpha - 1.0))?
+            }
+        })
     }
 }
 
@@ -113,6 +179,14 @@ pub enum Loss {
     Kto { beta: f64, desirable_weight: f64, undesirable_weight: f64 },
     /// Plackett–Luce on rankings ([`listwise::plackett_luce`]).
     PlackettLuce { beta: f64 },
+    /// AOT on paired margins ([`pairwise::aot`]); couples a batch.
+    Aot { beta: f64, label_smoothing: f64 },
+    /// AOT on unpaired log-ratios ([`pairwise::aot_unpaired`]); couples a batch.
+    AotUnpaired { beta: f64, label_smoothing: f64 },
+    /// DiscoPOP ([`pairwise::discopop`]).
+    Discopop { beta: f64, tau: f64 },
+    /// DPO on per-token log-ratios ([`pairwise::sigmoid_norm`]).
+    SigmoidNorm { beta: f64 },
 }
 
 /// The data a loss needs.
@@ -131,9 +205,9 @@ pub enum Needs {
 }
 
 /// The loss names `--loss` accepts, in the order of `--loss-help`.
-pub const NAMES: [&str; 16] = [
+pub const NAMES: [&str; 20] = [
     "sigmoid", "robust", "hinge", "ipo", "simpo", "orpo", "odpo", "kto", "plackett_luce", "bco_pair", "nca_pair", "apo_zero",
-    "apo_down", "sppo_hard", "exo_pair", "sft",
+    "apo_down", "sppo_hard", "exo_pair", "sft", "aot", "aot_unpaired", "discopop", "sigmoid_norm",
 ];
 
 /// Hyper-parameters given on the command line, from which named losses are built (defaults in
@@ -158,6 +232,21 @@ pub struct LossParams {
     /// KTO's weight of undesirable examples.
     #[arg(long, default_value_t = defaults::UNDESIRABLE_WEIGHT)]
     pub undesirable_weight: f64,
+    /// DiscoPOP's temperature tau of the log-ratio modulation.
+    #[arg(long, default_value_t = defaults::DISCOPOP_TAU)]
+    pub discopop_tau: f64,
+    /// f-DPO: the divergence to the reference (sigmoid, sigmoid_norm, hinge, ipo, robust, discopop use it).
+    #[arg(long, value_enum, default_value_t = defaults::F_DIVERGENCE_TYPE)]
+    pub f_divergence_type: FDivergenceType,
+    /// The alpha of --f-divergence-type alpha_divergence.
+    #[arg(long, default_value_t = defaults::F_ALPHA_DIVERGENCE_COEF)]
+    pub f_alpha_divergence_coef: f64,
+    /// WPO: weigh each pair's loss by the policy's (aligned) probability of both completions.
+    #[arg(long)]
+    pub use_weighting: bool,
+    /// LD-DPO: the weight of the tokens of the longer completion past the shorter one's length (policy and reference log-probs); 1 is DPO.
+    #[arg(long)]
+    pub ld_alpha: Option<f64>,
 }
 
 impl Default for LossParams {
@@ -169,6 +258,11 @@ impl Default for LossParams {
             odpo_alpha: defaults::ODPO_ALPHA,
             desirable_weight: defaults::DESIRABLE_WEIGHT,
             undesirable_weight: defaults::UNDESIRABLE_WEIGHT,
+            discopop_tau: defaults::DISCOPOP_TAU,
+            f_divergence_type: defaults::F_DIVERGENCE_TYPE,
+            f_alpha_divergence_coef: defaults::F_ALPHA_DIVERGENCE_COEF,
+            use_weighting: false,
+            ld_alpha: None,
         }
     }
 }
@@ -194,6 +288,10 @@ impl Loss {
             "sft" | "nll" | "rpo" => Loss::Sft,
             "kto" => Loss::Kto { beta, desirable_weight: p.desirable_weight, undesirable_weight: p.undesirable_weight },
             "plackett_luce" => Loss::PlackettLuce { beta },
+            "aot" => Loss::Aot { beta, label_smoothing: p.label_smoothing },
+            "aot_unpaired" => Loss::AotUnpaired { beta, label_smoothing: p.label_smoothing },
+            "discopop" => Loss::Discopop { beta, tau: p.discopop_tau },
+            "sigmoid_norm" => Loss::SigmoidNorm { beta },
             _ => bail!("unknown loss `{name}` (available: {})", NAMES.join(", ")),
         })
     }
@@ -215,7 +313,11 @@ impl Loss {
             | Loss::Simpo { beta, .. }
             | Loss::Orpo { beta }
             | Loss::Kto { beta, .. }
-            | Loss::PlackettLuce { beta } => beta,
+            | Loss::PlackettLuce { beta }
+            | Loss::Aot { beta, .. }
+            | Loss::AotUnpaired { beta, .. }
+            | Loss::Discopop { beta, .. }
+            | Loss::SigmoidNorm { beta } => beta,
             Loss::Sft => 1.0,
         }
     }
@@ -257,20 +359,78 @@ impl Loss {
                 Ok(kto::kto(b, beta, desirable_weight, undesirable_weight)?.0)
             }
             Loss::PlackettLuce { beta } => listwise::plackett_luce(b, beta),
+            Loss::Aot { beta, label_smoothing } => p::aot(b, beta, label_smoothing),
+            Loss::AotUnpaired { beta, label_smoothing } => p::aot_unpaired(b, beta, label_smoothing),
+            Loss::Discopop { beta, tau } => p::discopop(b, beta, tau),
+            Loss::SigmoidNorm { beta } => p::sigmoid_norm(b, beta),
+        }
+    }
+
+    /// Whether the loss sorts the pairs of a batch against each other (AOT), so that its value
+    /// is the batch's, not a sum of the pairs'.
+    pub fn sorts_batch(&self) -> bool {
+        matches!(self, Loss::Aot { .. } | Loss::AotUnpaired { .. })
+    }
+
+    /// Whether the loss uses f-DPO's scores, or ignores them, as TRL 1.16 allows
+    /// `f_divergence_type` with it (`sigmoid, sigmoid_norm, hinge, ipo, exo_pair, robust,
+    /// discopop, sft`; `exo_pair` and `sft` ignore it).
+    fn takes_f_divergence(&self) -> bool {
+        matches!(
+            self,
+            Loss::Sigmoid { .. } | Loss::SigmoidNorm { .. } | Loss::Hinge { .. } | Loss::Ipo { .. } | Loss::ExoPair { .. } | Loss::Robust { .. } | Loss::Discopop { .. } | Loss::Sft
+        )
+    }
+
+    /// The name `--loss` gives it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Loss::Sigmoid { .. } => "sigmoid",
+            Loss::Robust { .. } => "robust",
+            Loss::Hinge { .. } => "hinge",
+            Loss::Ipo { .. } => "ipo",
+            Loss::Odpo { .. } => "odpo",
+            Loss::BcoPair { .. } => "bco_pair",
+            Loss::NcaPair { .. } => "nca_pair",
+            Loss::ApoZero { .. } => "apo_zero",
+            Loss::ApoDown { .. } => "apo_down",
+            Loss::SppoHard { .. } => "sppo_hard",
+            Loss::ExoPair { .. } => "exo_pair",
+            Loss::Simpo { .. } => "simpo",
+            Loss::Orpo { .. } => "orpo",
+            Loss::Sft => "sft",
+            Loss::Kto { .. } => "kto",
+            Loss::PlackettLuce { .. } => "plackett_luce",
+            Loss::Aot { .. } => "aot",
+            Loss::AotUnpaired { .. } => "aot_unpaired",
+            Loss::Discopop { .. } => "discopop",
+            Loss::SigmoidNorm { .. } => "sigmoid_norm",
         }
     }
 }
 
 /// A weighted sum of losses, `sum_i w_i * loss_i` (TRL's `loss_type` list with `loss_weights`);
-/// `--rpo-alpha a` adds `(sft, a)`, the NLL term of RPO (Pang et al. 2024).
+/// `--rpo-alpha a` adds `(sft, a)`, the NLL term of RPO (Pang et al. 2024); with the options TRL
+/// applies to every term: the f-divergence, WPO's weights and LD-DPO's log-probs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Objective {
     pub terms: Vec<(Loss, f64)>,
+    /// f-DPO's divergence (TRL `f_divergence_type`, `f_alpha_divergence_coef`).
+    pub f_divergence: FDivergence,
+    /// WPO (Zhou et al. 2024, "WPO: Enhancing RLHF with Weighted Preference Optimization", eq. 2
+    /// with TRL's aligned weights; TRL `use_weighting`): each pair's loss times `w(y_w) w(y_l)`,
+    /// `w(y) = exp(mean_t [log p(y_t) - log sum_v p(v)^2])` under the current policy, constant in
+    /// the backward pass; the step's loss stays the plain mean.
+    pub use_weighting: bool,
+    /// LD-DPO (Liu et al. 2024, "Length Desensitization in Directed Preference Optimization",
+    /// eq. 9; TRL `ld_alpha`): every completion's log-prob, policy and reference, is the sum over
+    /// its first `min(|y_w|, |y_l|)` tokens plus `alpha` times the sum over the rest.
+    pub ld_alpha: Option<f64>,
 }
 
 impl Objective {
     pub fn single(loss: Loss) -> Self {
-        Self { terms: vec![(loss, 1.0)] }
+        Self { terms: vec![(loss, 1.0)], f_divergence: FDivergence::ReverseKl, use_weighting: false, ld_alpha: None }
     }
 
     /// Builds an objective from names and weights (one weight per name, or none: all 1), plus an
@@ -285,8 +445,22 @@ impl Objective {
         if rpo_alpha != 0.0 {
             terms.push((Loss::Sft, rpo_alpha));
         }
-        let o = Self { terms };
-        o.needs()?;
+        let o = Self { terms, f_divergence: FDivergence::new(p.f_divergence_type, p.f_alpha_divergence_coef), use_weighting: p.use_weighting, ld_alpha: p.ld_alpha };
+        let need = o.needs()?;
+        let paired = matches!(need, Needs::Pairs | Needs::ScoredPairs);
+        let names = |pick: &dyn Fn(&Loss) -> bool| o.terms.iter().map(|t| t.0).filter(|l| pick(l)).map(|l| l.name()).collect::<Vec<_>>().join(", ");
+        if o.f_divergence != FDivergence::ReverseKl {
+            let refused = names(&|l| !l.takes_f_divergence());
+            ensure!(refused.is_empty(), "--f-divergence-type {:?} applies to sigmoid, sigmoid_norm, hinge, ipo, robust, discopop (exo_pair and sft ignore it), as in TRL; not to {refused}", p.f_divergence_type);
+        }
+        if o.use_weighting {
+            let refused = names(&|l| l.sorts_batch());
+            ensure!(refused.is_empty() && paired, "--use-weighting (WPO) weighs pairs of independent losses: not {}", if refused.is_empty() { "losses on unpaired examples or rankings".to_string() } else { refused });
+        }
+        if let Some(a) = o.ld_alpha {
+            ensure!(a.is_finite(), "--ld-alpha must be a number, got {a}");
+            ensure!(paired, "--ld-alpha (LD-DPO) splits each pair at the shorter completion: it needs pairs, not unpaired examples or rankings");
+        }
         Ok(o)
     }
 
@@ -322,13 +496,19 @@ impl Objective {
         }
     }
 
-    /// Whether the loss couples the examples of a batch (KTO's KL estimate), so that a batch must
-    /// go through one forward pass.
+    /// Whether the loss couples the examples of a batch (KTO's KL estimate, AOT's sorts), so that
+    /// a batch must go through one forward pass.
     pub fn couples_batch(&self) -> bool {
-        self.terms.iter().any(|(l, _)| matches!(l, Loss::Kto { .. }))
+        self.terms.iter().any(|(l, _)| matches!(l, Loss::Kto { .. }) || l.sorts_batch())
     }
 
-    /// `sum_i w_i * loss_i` per example `[examples]`.
+    /// Whether a term sorts the pairs of a batch (AOT): a batch cannot be divided among ranks.
+    pub fn sorts_batch(&self) -> bool {
+        self.terms.iter().any(|(l, _)| l.sorts_batch())
+    }
+
+    /// `sum_i w_i * loss_i` per example `[examples]`, times WPO's pair weights with
+    /// `use_weighting` (from `b.wpo_weights`).
     pub fn per_example(&self, b: &LossBatch) -> Result<Tensor> {
         let mut total: Option<Tensor> = None;
         for (l, w) in &self.terms {
@@ -338,7 +518,14 @@ impl Objective {
                 Some(a) => (a + t)?,
             });
         }
-        Ok(total.expect("an objective has a term"))
+        let total = total.expect("an objective has a term");
+        if !self.use_weighting {
+            return Ok(total);
+        }
+        let w = b.wpo_weights.as_ref().context("--use-weighting needs the policy's aligned log-probs")?;
+        ensure!(b.k == 2 && w.len() == 2 * total.dim(0)?, "WPO weighs pairs: {} weights for {} examples of {}", w.len(), total.dim(0)?, b.k);
+        let pair: Vec<f64> = w.chunks(2).map(|c| c[0] * c[1]).collect();
+        Ok((total * Tensor::new(pair, &Device::Cpu)?.to_dtype(b.policy.dtype())?)?)
     }
 }
 
@@ -356,7 +543,7 @@ pub struct LossDoc {
 
 /// The losses with their formulas (`rho = log pi(y) - log pi_ref(y)`, `delta = rho_w - rho_l`,
 /// `avg = log pi(y)/|y|`, `s` = sigma), sources, data and hyper-parameters.
-pub const DOCS: [LossDoc; 16] = [
+pub const DOCS: [LossDoc; 20] = [
     LossDoc { name: "sigmoid", formula: "-(1-eps) log s(beta*delta) - eps log s(-beta*delta)", source: "DPO, Rafailov et al. 2023 eq. 7; cDPO (eps>0), Mitchell 2023", data: "pairs", params: &[("--beta", defaults::BETA), ("--label-smoothing", defaults::LABEL_SMOOTHING)], note: "" },
     LossDoc { name: "robust", formula: "[-(1-eps) log s(beta*delta) + eps log s(-beta*delta)] / (1-2eps)", source: "Chowdhury et al. 2024 §3", data: "pairs", params: &[("--beta", defaults::BETA), ("--label-smoothing", defaults::LABEL_SMOOTHING)], note: "label smoothing < 0.5" },
     LossDoc { name: "hinge", formula: "max(0, 1 - beta*delta)", source: "SLiC, Zhao et al. 2023", data: "pairs", params: &[("--beta", defaults::BETA)], note: "" },
@@ -373,6 +560,10 @@ pub const DOCS: [LossDoc; 16] = [
     LossDoc { name: "sppo_hard", formula: "(rho_w - 1/(2 beta))^2 + (rho_l + 1/(2 beta))^2", source: "Wu et al. 2024 eq. 4.7 (hard labels); TRL sppo_hard", data: "pairs", params: &[("--beta", defaults::BETA)], note: "" },
     LossDoc { name: "exo_pair", formula: "s(z)(log s(z) - log(1-eps)) + s(-z)(log s(-z) - log eps), z = beta*delta", source: "Ji et al. 2024 eq. 16; TRL exo_pair", data: "pairs", params: &[("--beta", defaults::BETA), ("--label-smoothing", defaults::EXO_LABEL_SMOOTHING)], note: "" },
     LossDoc { name: "sft", formula: "-avg_w (NLL per token of the chosen completion); as a term: RPO", source: "Pang et al. 2024 (RPO) eq. 4; TRL sft loss type", data: "any (the chosen/best completion)", params: &[], note: "weight via --loss-weights or --rpo-alpha" },
+    LossDoc { name: "aot", formula: "-(1-eps) log s(beta*d_k) - eps log s(-beta*d_k), d_k = sort(lp_w - lp_l)_k - sort(ref_w - ref_l)_k over the batch", source: "Melnyk et al. 2024 (AOT) §3, paired; TRL 1.16 aot", data: "pairs", params: &[("--beta", defaults::BETA), ("--label-smoothing", defaults::LABEL_SMOOTHING)], note: "couples the pairs of a batch (--per-device-train-batch-size); one rank" },
+    LossDoc { name: "aot_unpaired", formula: "-(1-eps) log s(beta*d_k) - eps log s(-beta*d_k), d_k = sort(rho_w)_k - sort(rho_l)_k over the batch", source: "Melnyk et al. 2024 (AOT) §3, unpaired; TRL 1.16 aot_unpaired", data: "pairs", params: &[("--beta", defaults::BETA), ("--label-smoothing", defaults::LABEL_SMOOTHING)], note: "couples the pairs of a batch; one rank" },
+    LossDoc { name: "discopop", formula: "(1-m)(-log s(z)) + m exp(-z), m = s(z/tau), z = beta*delta", source: "Chris Lu et al. 2024 (DiscoPOP) eq. 5; TRL discopop", data: "pairs", params: &[("--beta", defaults::BETA), ("--discopop-tau", defaults::DISCOPOP_TAU)], note: "" },
+    LossDoc { name: "sigmoid_norm", formula: "-log s(beta*(rho_w/|y_w| - rho_l/|y_l|))", source: "TRL 1.16 sigmoid_norm (DPO on per-token log-ratios)", data: "pairs", params: &[("--beta", defaults::BETA)], note: "" },
 ];
 
 /// The text of `dpo train --loss-help`.
@@ -381,7 +572,13 @@ pub fn help_text() -> String {
         "Losses (--loss NAME, or several: --loss sigmoid,sft --loss-weights 1.0,0.2; --rpo-alpha A adds A * sft).\n\
          rho = log pi(y|x) - log pi_ref(y|x) (summed over completion tokens, nats), delta = rho_w - rho_l,\n\
          avg = log pi(y|x)/|y|, s = logistic sigmoid. Losses without a reference (simpo, orpo, sft) neither load\n\
-         nor compute reference log-probs. --sync-ref-model (TR-DPO) moves the reference during training.\n\n",
+         nor compute reference log-probs. --sync-ref-model (TR-DPO) moves the reference during training.\n\
+         Options of every term, as TRL's: --f-divergence-type reverse_kl|forward_kl|js_divergence|alpha_divergence\n\
+         (f-DPO, Wang et al. 2023 eq. 10: rho becomes f'(pi/pi_ref): 1 - exp(-rho), log 2 + log s(rho),\n\
+         (exp((a-1) rho) - 1)/(a-1) with --f-alpha-divergence-coef a; sigmoid, sigmoid_norm, hinge, ipo, robust,\n\
+         discopop); --use-weighting (WPO, Zhou et al. 2024 eq. 2: loss * w_w * w_l, w = exp(mean_t log p_t - log sum_v p_v^2));\n\
+         --ld-alpha a (LD-DPO, Liu et al. 2024 eq. 9: tokens of the longer completion past the shorter one's length\n\
+         count a times in log pi and log pi_ref).\n\n",
     );
     for d in &DOCS {
         let mut params: Vec<String> = d.params.iter().map(|(flag, default)| format!("{flag} {default}")).collect();

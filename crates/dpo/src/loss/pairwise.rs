@@ -8,17 +8,41 @@ use crate::ops::{log_sigmoid, sigmoid as sig};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
 
+/// The chosen and rejected columns of a `[pairs * 2]` tensor, each `[pairs]`.
+fn sides(b: &LossBatch, t: &Tensor) -> Result<(Tensor, Tensor)> {
+    ensure!(b.k == 2, "a pairwise loss needs 2 completions per example, got {}", b.k);
+    Ok((b.column(t, 0)?, b.column(t, 1)?))
+}
+
 /// `(rho(y_w), rho(y_l))`, each `[pairs]`.
 fn rhos(b: &LossBatch) -> Result<(Tensor, Tensor)> {
-    ensure!(b.k == 2, "a pairwise loss needs 2 completions per example, got {}", b.k);
-    let rho = b.log_ratios()?;
-    Ok((b.column(&rho, 0)?, b.column(&rho, 1)?))
+    sides(b, &b.log_ratios()?)
 }
 
 /// The DPO margin `delta = rho(y_w) - rho(y_l)` `[pairs]`.
 pub fn delta(b: &LossBatch) -> Result<Tensor> {
     let (w, l) = rhos(b)?;
     Ok((w - l)?)
+}
+
+/// `(s(y_w), s(y_l))`, each `[pairs]`: the log-ratios through the batch's f-divergence
+/// ([`super::FDivergence::score`]; `rho` itself for the reverse KL of DPO).
+fn scores(b: &LossBatch) -> Result<(Tensor, Tensor)> {
+    sides(b, &b.scores_f()?)
+}
+
+/// The f-DPO margin `s(y_w) - s(y_l)` `[pairs]` (Wang et al. 2023, eq. 10; `delta` for the
+/// reverse KL): what `sigmoid`, `robust`, `hinge` and `discopop` scale by beta, as TRL's
+/// `delta_score`.
+pub fn score_delta(b: &LossBatch) -> Result<Tensor> {
+    let (w, l) = scores(b)?;
+    Ok((w - l)?)
+}
+
+/// `(s(y_w)/|y_w|, s(y_l)/|y_l|)`: the f-divergence scores per completion token (lengths at
+/// least 1), as TRL's `ipo` and `sigmoid_norm` normalise them.
+fn per_token_scores(b: &LossBatch) -> Result<(Tensor, Tensor)> {
+    sides(b, &(b.scores_f()? / b.tokens.clamp(1.0, f64::INFINITY)?)?)
 }
 
 /// DPO (Rafailov et al. 2023, eq. 7): `-log sigma(beta * delta)`; with label smoothing `eps`
@@ -28,7 +52,7 @@ pub fn delta(b: &LossBatch) -> Result<Tensor> {
 /// Its gradient is `-beta * sigma(-beta*delta) * (grad log pi(y_w) - grad log pi(y_l))` (the
 /// paper's §4): pairs the implicit reward ranks wrongly weigh more.
 pub fn sigmoid(b: &LossBatch, beta: f64, eps: f64) -> Result<Tensor> {
-    let z = (delta(b)? * beta)?;
+    let z = (score_delta(b)? * beta)?;
     let clean = log_sigmoid(&z)?.neg()?;
     if eps == 0.0 {
         return Ok(clean);
@@ -41,7 +65,7 @@ pub fn sigmoid(b: &LossBatch, beta: f64, eps: f64) -> Result<Tensor> {
 /// With `eps = 0` it is DPO.
 pub fn robust(b: &LossBatch, beta: f64, eps: f64) -> Result<Tensor> {
     ensure!((0.0..0.5).contains(&eps), "robust DPO needs label_smoothing in [0, 0.5), got {eps}");
-    let z = (delta(b)? * beta)?;
+    let z = (score_delta(b)? * beta)?;
     let clean = (log_sigmoid(&z)? * -(1.0 - eps))?;
     let flipped = (log_sigmoid(&z.neg()?)? * eps)?;
     Ok(((clean + flipped)? / (1.0 - 2.0 * eps))?)
@@ -50,17 +74,81 @@ pub fn robust(b: &LossBatch, beta: f64, eps: f64) -> Result<Tensor> {
 /// The hinge loss of SLiC (Zhao et al. 2023, eq. 2 with the DPO margin; TRL's `hinge`):
 /// `max(0, 1 - beta * delta)`.
 pub fn hinge(b: &LossBatch, beta: f64) -> Result<Tensor> {
-    Ok((1.0 - (delta(b)? * beta)?)?.relu()?)
+    Ok((1.0 - (score_delta(b)? * beta)?)?.relu()?)
 }
 
 /// IPO (Azar et al. 2023, eq. 17, with `tau = beta`) as TRL computes it, from per-token average
 /// log-ratios: `(rho(y_w)/|y_w| - rho(y_l)/|y_l| - 1/(2 beta))^2`. (The paper sums over tokens;
 /// TRL's averaging was agreed with the authors. Seed 004 writes the constant as `1/beta`.)
 pub fn ipo(b: &LossBatch, beta: f64) -> Result<Tensor> {
-    ensure!(b.k == 2, "ipo needs pairs");
-    let avg = (b.log_ratios()? / b.tokens.clamp(1.0, f64::INFINITY)?)?;
-    let d = (b.column(&avg, 0)? - b.column(&avg, 1)?)?;
-    Ok((d - 1.0 / (2.0 * beta))?.sqr()?)
+    let (w, l) = per_token_scores(b)?;
+    Ok(((w - l)? - 1.0 / (2.0 * beta))?.sqr()?)
+}
+
+/// TRL 1.16's `sigmoid_norm`: DPO on per-token log-ratios (the length normalisation of TRL's
+/// `ipo` inside DPO's sigmoid, cf. SimPO's average log-probs, Meng et al. 2024 eq. 4):
+/// `-log sigma(beta * (rho_w/|y_w| - rho_l/|y_l|))` (lengths at least 1).
+pub fn sigmoid_norm(b: &LossBatch, beta: f64) -> Result<Tensor> {
+    let (w, l) = per_token_scores(b)?;
+    Ok(log_sigmoid(&((w - l)? * beta)?)?.neg()?)
+}
+
+/// DiscoPOP (Chris Lu et al. 2024, "Discovering Preference Optimization Algorithms with and for
+/// Large Language Models", eq. 5; TRL's `discopop`), the log-ratio modulated loss:
+/// `(1 - m) * (-log sigma(z)) + m * exp(-z)`, `m = sigma(z / tau)`, `z = beta * delta`: the
+/// logistic (DPO) loss for pairs ranked wrongly, the exponential loss for pairs ranked rightly.
+/// TRL's default `tau` is 0.05.
+pub fn discopop(b: &LossBatch, beta: f64, tau: f64) -> Result<Tensor> {
+    ensure!(tau > 0.0, "discopop needs tau > 0, got {tau}");
+    let z = (score_delta(b)? * beta)?;
+    let m = sig(&(&z / tau)?)?;
+    let logistic = log_sigmoid(&z)?.neg()?;
+    let exponential = z.neg()?.exp()?;
+    Ok((((1.0 - &m)? * logistic)? + (m * exponential)?)?)
+}
+
+/// The indices that sort `t` `[n]` ascending (for AOT's sorts), `[n]` u32.
+fn ascending(t: &Tensor) -> Result<Tensor> {
+    let v = t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+    let mut order: Vec<u32> = (0..v.len() as u32).collect();
+    order.sort_by(|&i, &j| v[i as usize].total_cmp(&v[j as usize]));
+    let n = order.len();
+    Ok(Tensor::from_vec(order, n, &Device::Cpu)?)
+}
+
+/// cDPO's loss of margins `d` `[n]`: `-(1-eps) log sigma(beta*d) - eps log sigma(-beta*d)`.
+fn smoothed_logistic(d: &Tensor, beta: f64, eps: f64) -> Result<Tensor> {
+    let z = (d * beta)?;
+    Ok(((log_sigmoid(&z)? * -(1.0 - eps))? - (log_sigmoid(&z.neg()?)? * eps)?)?)
+}
+
+/// AOT, paired (Melnyk et al. 2024, "Distributional Preference Alignment of LLMs via Optimal
+/// Transport", §3: the policy's margin distribution must dominate the reference's in the first
+/// order, made a loss by the 1-D optimal transport, i.e. sorting; TRL 1.16's `aot`): the policy
+/// margins `m_i = log pi(y_w) - log pi(y_l)` and the reference margins `m_ref,i` are sorted
+/// across the batch, separately, and the `k`-th smallest of each are paired:
+/// `-(1-eps) log sigma(beta*(m_(k) - m_ref,(k))) - eps log sigma(-beta*(...))`. The batch is
+/// coupled: value `k` is the `k`-th pair in sorted order, not example `k`, and the loss of a
+/// step depends on how it is cut into batches (TRL's per-device batch). The gradient flows
+/// through the policy's sort.
+pub fn aot(b: &LossBatch, beta: f64, eps: f64) -> Result<Tensor> {
+    let (w, l) = sides(b, &b.policy)?;
+    let m = (w - l)?.contiguous()?;
+    let (w_ref, l_ref) = sides(b, &b.reference)?;
+    let m_ref = (w_ref - l_ref)?.contiguous()?;
+    let d = (m.index_select(&ascending(&m)?, 0)? - m_ref.index_select(&ascending(&m_ref)?, 0)?)?;
+    smoothed_logistic(&d, beta, eps)
+}
+
+/// AOT, unpaired (Melnyk et al. 2024, §3, the unpaired setting; TRL 1.16's `aot_unpaired`): the
+/// chosen log-ratios `rho_w` and the rejected log-ratios `rho_l` are sorted across the batch,
+/// separately, and paired by rank: `-(1-eps) log sigma(beta*(rho_w(k) - rho_l(k))) - eps log
+/// sigma(-beta*(...))`. Batch-coupled like [`aot`].
+pub fn aot_unpaired(b: &LossBatch, beta: f64, eps: f64) -> Result<Tensor> {
+    let (w, l) = rhos(b)?;
+    let (w, l) = (w.contiguous()?, l.contiguous()?);
+    let d = (w.index_select(&ascending(&w)?, 0)? - l.index_select(&ascending(&l)?, 0)?)?;
+    smoothed_logistic(&d, beta, eps)
 }
 
 /// ODPO (Amini, Vieira & Cotterell 2024; the authors' `preference_loss`; seed 002):
@@ -142,7 +230,7 @@ pub fn exo_pair(b: &LossBatch, beta: f64, eps: f64) -> Result<Tensor> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::loss::{Loss, LossBatch};
+    use crate::loss::{FDivergence, Loss, LossBatch, LossParams, Objective};
     use candle_core::Var;
 
     /// Hand-picked pairs: policy and reference log-probs, token counts, scores.
@@ -168,7 +256,13 @@ pub(crate) mod tests {
 
     /// Checks `loss`'s values against `want(pair)` and its gradient against finite differences.
     pub fn check(loss: Loss, want: &dyn Fn(usize, &[f64]) -> f64) {
-        let (v, b) = batch(&POLICY);
+        check_with(loss, FDivergence::ReverseKl, want)
+    }
+
+    /// [`check`] with the batch's f-divergence `f`.
+    pub fn check_with(loss: Loss, f: FDivergence, want: &dyn Fn(usize, &[f64]) -> f64) {
+        let (v, mut b) = batch(&POLICY);
+        b.f_divergence = f;
         let got = loss.per_example(&b).unwrap().to_vec1::<f64>().unwrap();
         for (i, g) in got.iter().enumerate() {
             let w = want(i, &POLICY);
@@ -273,5 +367,106 @@ pub(crate) mod tests {
             let z = beta * (w - l);
             sg(z) * (ls(z) - (1.0 - eps).ln()) + sg(-z) * (ls(-z) - eps.ln())
         });
+    }
+
+    #[test]
+    fn discopop_and_sigmoid_norm() {
+        let beta = 0.3;
+        for tau in [0.05, 0.7] {
+            check(Loss::Discopop { beta, tau }, &|i, p| {
+                let (w, l) = rho(p, i);
+                let z = beta * (w - l);
+                let m = sg(z / tau);
+                (1.0 - m) * -ls(z) + m * (-z).exp()
+            });
+        }
+        check(Loss::SigmoidNorm { beta }, &|i, p| {
+            let (w, l) = rho(p, i);
+            -ls(beta * (w / TOKENS[2 * i] as f64 - l / TOKENS[2 * i + 1] as f64))
+        });
+        // at z = 0 DiscoPOP is (log 2 + 1) / 2
+        let (_, b) = batch(&REFERENCE);
+        for x in discopop(&b, beta, 0.05).unwrap().to_vec1::<f64>().unwrap() {
+            assert!((x - (2f64.ln() + 1.0) / 2.0).abs() < 1e-15);
+        }
+    }
+
+    /// The k-th smallest of `v`.
+    fn kth(v: &[f64], k: usize) -> f64 {
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        s[k]
+    }
+
+    #[test]
+    fn aot_pairs_sorted_margins() {
+        let (beta, eps) = (0.5, 0.1);
+        let aot_loss = |d: f64| -(1.0 - eps) * ls(beta * d) - eps * ls(-beta * d);
+        check(Loss::Aot { beta, label_smoothing: eps }, &|k, p| {
+            let m: Vec<f64> = (0..3).map(|i| p[2 * i] - p[2 * i + 1]).collect();
+            let m_ref: Vec<f64> = (0..3).map(|i| REFERENCE[2 * i] - REFERENCE[2 * i + 1]).collect();
+            aot_loss(kth(&m, k) - kth(&m_ref, k))
+        });
+        check(Loss::AotUnpaired { beta, label_smoothing: eps }, &|k, p| {
+            let w: Vec<f64> = (0..3).map(|i| rho(p, i).0).collect();
+            let l: Vec<f64> = (0..3).map(|i| rho(p, i).1).collect();
+            aot_loss(kth(&w, k) - kth(&l, k))
+        });
+    }
+
+    #[test]
+    fn f_divergences_replace_the_log_ratios() {
+        let beta = 0.4;
+        let fs: [(FDivergence, &dyn Fn(f64) -> f64); 5] = [
+            (FDivergence::ForwardKl, &|r: f64| 1.0 - (-r).exp()),
+            (FDivergence::JsDivergence, &|r: f64| 2f64.ln() + ls(r)),
+            (FDivergence::AlphaDivergence { alpha: 0.5 }, &|r: f64| ((-0.5 * r).exp() - 1.0) / -0.5),
+            (FDivergence::AlphaDivergence { alpha: 1.0 }, &|r: f64| r),
+            (FDivergence::AlphaDivergence { alpha: 3.0 }, &|r: f64| ((2.0 * r).min(80.0).exp() - 1.0) / 2.0),
+        ];
+        for (f, s) in fs {
+            let d = |i: usize, p: &[f64]| {
+                let (w, l) = rho(p, i);
+                s(w) - s(l)
+            };
+            check_with(Loss::Sigmoid { beta, label_smoothing: 0.0 }, f, &|i, p| -ls(beta * d(i, p)));
+            check_with(Loss::Hinge { beta: 0.05 }, f, &|i, p| (1.0 - 0.05 * d(i, p)).max(0.0));
+            check_with(Loss::Discopop { beta, tau: 0.05 }, f, &|i, p| {
+                let z = beta * d(i, p);
+                (1.0 - sg(z / 0.05)) * -ls(z) + sg(z / 0.05) * (-z).exp()
+            });
+            check_with(Loss::Ipo { beta }, f, &|i, p| {
+                let (w, l) = rho(p, i);
+                (s(w) / TOKENS[2 * i] as f64 - s(l) / TOKENS[2 * i + 1] as f64 - 1.0 / (2.0 * beta)).powi(2)
+            });
+        }
+    }
+
+    #[test]
+    fn wpo_weighs_each_pair_by_its_completions_weights_and_options_are_checked() {
+        let p = LossParams { use_weighting: true, ..LossParams::default() };
+        let o = Objective::from_names(&["sigmoid".into()], &[], 0.0, &p).unwrap();
+        let (v, mut b) = batch(&POLICY);
+        let w = [0.5, 0.8, 1.1, 0.2, 0.9, 0.3];
+        b.wpo_weights = Some(w.to_vec());
+        let got = o.per_example(&b).unwrap().to_vec1::<f64>().unwrap();
+        let plain = sigmoid(&b, 0.1, 0.0).unwrap().to_vec1::<f64>().unwrap();
+        for i in 0..3 {
+            assert!((got[i] - w[2 * i] * w[2 * i + 1] * plain[i]).abs() < 1e-15);
+        }
+        // the weights are constants: the gradient is the weighted gradient of the plain loss
+        let g = o.per_example(&b).unwrap().sum_all().unwrap().backward().unwrap().get(&v).unwrap().to_vec1::<f64>().unwrap();
+        let g0 = sigmoid(&b, 0.1, 0.0).unwrap().sum_all().unwrap().backward().unwrap().get(&v).unwrap().to_vec1::<f64>().unwrap();
+        for j in 0..6 {
+            assert!((g[j] - w[j / 2 * 2] * w[j / 2 * 2 + 1] * g0[j]).abs() < 1e-15);
+        }
+        let refuse = |names: &[&str], p: LossParams| Objective::from_names(&names.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &[], 0.0, &p).unwrap_err().to_string();
+        assert!(refuse(&["aot"], p).contains("aot"));
+        assert!(refuse(&["kto"], p).contains("unpaired"));
+        let f = LossParams { f_divergence_type: crate::loss::FDivergenceType::JsDivergence, ..LossParams::default() };
+        assert!(refuse(&["sigmoid", "apo_zero"], f).contains("not to apo_zero"), "{}", refuse(&["sigmoid", "apo_zero"], f));
+        let ld = LossParams { ld_alpha: Some(0.5), ..LossParams::default() };
+        assert!(refuse(&["plackett_luce"], ld).contains("needs pairs"));
+        Objective::from_names(&["sigmoid".into(), "sft".into()], &[], 0.0, &ld).unwrap();
     }
 }

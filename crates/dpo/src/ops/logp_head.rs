@@ -50,6 +50,9 @@ pub struct LogpHeadStats {
     pub logit_sum: Vec<f64>,
     /// Whether the target is the most likely token (TRL's `mean_token_accuracy`).
     pub argmax_hit: Vec<bool>,
+    /// `log sum_v p_v^2`, the log-probability that a token drawn from the row's distribution is
+    /// drawn again (WPO's alignment term, TRL's `log_sum_sq_probs`).
+    pub log_sum_sq: Vec<f64>,
 }
 
 const OP: &str = "logp-head";
@@ -63,13 +66,13 @@ impl LogpHead {
         let vocab = w.vocab();
         let rows = h.len() / hidden;
         let mut out = vec![T::zero(); rows];
-        let mut stats = LogpHeadStats { lse: vec![0.0; rows], logit_sum: vec![0.0; rows], argmax_hit: vec![false; rows] };
+        let mut stats = LogpHeadStats { lse: vec![0.0; rows], logit_sum: vec![0.0; rows], argmax_hit: vec![false; rows], log_sum_sq: vec![0.0; rows] };
         let mut buf = Vec::new();
         for r0 in (0..rows).step_by(CHUNK) {
             let c = CHUNK.min(rows - r0);
             w.logits(&h[r0 * hidden..(r0 + c) * hidden], c, &mut buf)?;
             soft_cap(&mut buf, vocab, self.softcap);
-            let res: Vec<(T, f64, f64, bool)> = buf
+            let res: Vec<(T, f64, f64, bool, f64)> = buf
                 .par_chunks(vocab)
                 .enumerate()
                 .map(|(i, z)| {
@@ -77,18 +80,22 @@ impl LogpHead {
                     // order drops the small ones and biases the log-sum-exp low (~1e-4 nats a
                     // token, 3e-2 over a 260-token completion against PyTorch).
                     let m = z.iter().fold(T::neg_infinity(), |a, &x| num_traits::Float::max(a, x));
-                    let sum_exp: f64 = z.iter().map(|&x| (x - m).exp().as_f64()).sum();
+                    let (sum_exp, sum_sq) = z.iter().fold((0f64, 0f64), |(a, b), &x| {
+                        let e = (x - m).exp().as_f64();
+                        (a + e, b + e * e)
+                    });
                     let lse = T::from(m.as_f64() + sum_exp.ln()).unwrap();
                     let sum: f64 = z.iter().map(|&x| x.as_f64()).sum();
                     let t = z[self.targets[r0 + i] as usize];
-                    (t - lse, lse.as_f64(), sum, t == m)
+                    (t - lse, lse.as_f64(), sum, t == m, sum_sq.ln() - 2.0 * sum_exp.ln())
                 })
                 .collect();
-            for (i, (lp, lse, sum, hit)) in res.into_iter().enumerate() {
+            for (i, (lp, lse, sum, hit, lsq)) in res.into_iter().enumerate() {
                 out[r0 + i] = lp;
                 stats.lse[r0 + i] = lse;
                 stats.logit_sum[r0 + i] = sum;
                 stats.argmax_hit[r0 + i] = hit;
+                stats.log_sum_sq[r0 + i] = lsq;
             }
         }
         *self.stats.lock().unwrap() = stats;
@@ -309,6 +316,8 @@ mod tests {
         for i in 0..300 {
             assert!((lp[i] - ls[i][targets[i] as usize]).abs() < 1e-12);
             assert!((stats.logit_sum[i] - sums[i]).abs() < 1e-10);
+            let sq: f64 = ls[i].iter().map(|l| (2.0 * l).exp()).sum();
+            assert!((stats.log_sum_sq[i] - sq.ln()).abs() < 1e-12, "log sum p^2 of row {i}");
         }
     }
 

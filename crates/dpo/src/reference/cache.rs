@@ -24,10 +24,20 @@ pub fn model_hash(model: &Llama, tokenizer: &Tokenizer) -> Result<String> {
     Ok(h.finalize().to_hex().to_string())
 }
 
-/// A content hash of a file, hex.
+/// A content hash of a file, hex; of a directory (a `datasets` save), of its files' names and
+/// contents.
 pub fn file_hash(path: &Path) -> Result<String> {
     let mut h = blake3::Hasher::new();
-    h.update_reader(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?)?;
+    if path.is_dir() {
+        let mut names: Vec<_> = std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))?.map(|e| Ok(e?.file_name())).collect::<Result<_>>()?;
+        names.sort();
+        for n in names {
+            h.update(n.as_encoded_bytes());
+            h.update(file_hash(&path.join(&n))?.as_bytes());
+        }
+    } else {
+        h.update_reader(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?)?;
+    }
     Ok(h.finalize().to_hex().to_string())
 }
 
@@ -71,20 +81,30 @@ pub struct RefStore {
     read_to: u64,
     /// Examples found in the cache when it was opened.
     pub cached: usize,
+    /// LD-DPO's weight of the tokens past a pair's shorter completion (part of the cache key).
+    ld_alpha: Option<f64>,
 }
 
 impl RefStore {
     /// The store of `set` at the cache key of (`model_hash`, `data_hash`, `view`, `settings`),
     /// with the entries already in the cache file (an entry whose token counts do not match is
     /// recomputed). Errors: the cache file cannot be read.
-    pub fn open(model_hash: &str, data_hash: &str, view: &str, set: &TokenizedSet, settings: TokenizeSettings) -> Result<Self> {
-        Self::at(cache_path(model_hash, data_hash, view, settings), set)
+    /// With `ld_alpha`, the log-probs are LD-DPO's ([`crate::batch::pack_weighted`]) and the key
+    /// says so.
+    pub fn open(model_hash: &str, data_hash: &str, view: &str, set: &TokenizedSet, settings: TokenizeSettings, ld_alpha: Option<f64>) -> Result<Self> {
+        let view = match ld_alpha {
+            Some(a) => format!("{view}|ld_alpha={a}"),
+            None => view.to_string(),
+        };
+        let mut store = Self::at(cache_path(model_hash, data_hash, &view, settings), set)?;
+        store.ld_alpha = ld_alpha;
+        Ok(store)
     }
 
     /// The store of `set` in the cache file `path`, with the entries already there.
     fn at(path: PathBuf, set: &TokenizedSet) -> Result<Self> {
         let position = set.examples.iter().enumerate().map(|(i, ex)| (ex.index, (i, ex.scored_tokens()))).collect();
-        let mut store = Self { path, known: vec![None; set.examples.len()], position, read_to: 0, cached: 0 };
+        let mut store = Self { path, known: vec![None; set.examples.len()], position, read_to: 0, cached: 0, ld_alpha: None };
         store.read_new()?;
         store.cached = store.known.iter().filter(|k| k.is_some()).count();
         Ok(store)
@@ -138,7 +158,7 @@ impl RefStore {
         if !missing.is_empty() {
             let model = reference.context("reference log-probs are missing and the reference model is no longer loaded")?;
             let examples: Vec<&Tokenized> = missing.iter().map(|&i| &set.examples[i]).collect();
-            let logps = example_logps(model, &examples, max_tokens, progress)?;
+            let logps = example_logps(model, &examples, max_tokens, self.ld_alpha, progress)?;
             let mut text = String::new();
             for (ex, lp) in examples.iter().zip(&logps) {
                 text += &format!("{}\n", line(ex, lp));
@@ -180,7 +200,7 @@ impl RefStore {
         }
         let model = reference.context("reference log-probs are missing and the reference model is no longer loaded")?;
         let examples: Vec<&Tokenized> = missing.iter().map(|&i| &set.examples[i]).collect();
-        let logps = crate::logps::example_logps_sharded(model, &examples, max_tokens, progress)?;
+        let logps = crate::logps::example_logps_sharded(model, &examples, max_tokens, self.ld_alpha, progress)?;
         if crate::dist::is_main() {
             let text: String = examples.iter().zip(&logps).map(|(ex, lp)| format!("{}\n", line(ex, lp))).collect();
             append(&self.path, &text)?;

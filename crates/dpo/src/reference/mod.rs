@@ -33,7 +33,7 @@ pub enum References {
     /// first step and frees the reference; a LoRA run's reference is its own frozen base, kept).
     Fixed { model: Option<Llama>, train: TrainSource, eval: Option<RefStore> },
     /// TR-DPO: the reference model itself, run on every batch, moved every `sync.steps` steps.
-    Moving { model: Llama, sync: SyncReference },
+    Moving { model: Llama, sync: SyncReference, ld_alpha: Option<f64> },
 }
 
 /// The training set's reference log-probs: given in a file, or from the cache.
@@ -70,12 +70,12 @@ impl References {
                 "TR-DPO: the reference moves toward the policy (alpha {}) every {} steps; its log-probs are computed on each batch, the reference cache is not used",
                 sync.alpha, sync.steps
             ));
-            return Ok(Self::Moving { model: reference, sync });
+            return Ok(Self::Moving { model: reference, sync, ld_alpha: cfg.task.ld_alpha() });
         }
         let hash = model_hash(&reference, tokenizer)?;
         let view = data_view(&cfg.task, cfg.per_device_train_batch_size)?;
         let open = |set: &TokenizedSet, data: &std::path::Path, data_hash: &str, obs: &mut dyn Observer| -> Result<RefStore> {
-            let store = RefStore::open(&hash, data_hash, &view, set, cfg.tokenize)?;
+            let store = RefStore::open(&hash, data_hash, &view, set, cfg.tokenize, cfg.task.ld_alpha())?;
             obs.message(&format!("reference log-probs of {}: {} of {} examples in the cache {}", data.display(), store.cached, set.examples.len(), store.path().display()));
             Ok(store)
         };
@@ -123,9 +123,9 @@ impl References {
             Self::None => vec![Vec::new(); idx.len()],
             Self::Fixed { train: TrainSource::Given(v), .. } => idx.iter().map(|&i| v[i].clone()).collect(),
             Self::Fixed { model, train: TrainSource::Cached(store), .. } => store.get(model.as_ref(), set, idx, max_tokens, |_| {})?,
-            Self::Moving { model, .. } => {
+            Self::Moving { model, ld_alpha, .. } => {
                 let examples: Vec<&Tokenized> = idx.iter().map(|&i| &set.examples[i]).collect();
-                example_logps(model, &examples, max_tokens, |_| {})?
+                example_logps(model, &examples, max_tokens, *ld_alpha, |_| {})?
             }
         })
     }
@@ -142,9 +142,9 @@ impl References {
         let all: Vec<usize> = (0..set.examples.len()).collect();
         Ok(match self {
             Self::Fixed { model, eval: Some(store), .. } => store.get(model.as_ref(), set, &all, max_tokens, |_| {})?,
-            Self::Moving { model, .. } => {
+            Self::Moving { model, ld_alpha, .. } => {
                 let examples: Vec<&Tokenized> = set.examples.iter().collect();
-                crate::logps::example_logps_sharded(model, &examples, max_tokens, |_| {})?
+                crate::logps::example_logps_sharded(model, &examples, max_tokens, *ld_alpha, |_| {})?
             }
             _ => vec![Vec::new(); set.examples.len()],
         })
@@ -152,7 +152,7 @@ impl References {
 
     /// After optimiser step `done`: TR-DPO's update `theta_ref <- (1 - alpha) theta_ref + alpha theta`.
     pub fn after_step(&mut self, done: usize, policy: &Llama, obs: &mut dyn Observer) -> Result<()> {
-        if let Self::Moving { model, sync } = self {
+        if let Self::Moving { model, sync, .. } = self {
             if done % sync.steps.max(1) == 0 {
                 let p: HashMap<String, candle_core::Tensor> = policy.named_tensors()?.into_iter().collect();
                 let mut mixed = HashMap::new();
