@@ -321,6 +321,11 @@ fn expand_config(argv: &[String]) -> Result<Vec<String>> {
     let mut trl_config = false;
     for (key, value) in &entries {
         let long = key.replace('_', "-");
+        // TRL's `max_steps: -1` (its default) means no limit
+        if key == "max_steps" && value.as_i64().is_some_and(|v| v < 0) {
+            eprintln!("note: {path}: `max_steps: {value}`: no limit (--num-train-epochs decides), as in TRL");
+            continue;
+        }
         if known(&long) {
             flags.extend(flag_words(&path, key, &long, value)?);
             set.push(long);
@@ -383,6 +388,28 @@ mod tests {
         std::fs::write(&p, "betta = 0.5\n").unwrap();
         let e = expand_config(&argv).unwrap_err().to_string();
         assert!(e.contains("`betta` is not an option"), "{e}");
+    }
+
+    #[test]
+    fn a_trl_yaml_config_becomes_flags() {
+        let d = tempfile_dir();
+        let p = d.join("trl.yaml");
+        std::fs::write(
+            &p,
+            "env:\n  DPO_ARGS_TEST_ENV: 1\nmodel_name_or_path: m.gguf\ndataset_name: d.jsonl\noutput_dir: out\nloss_type: [sigmoid, sft]\nloss_weights: [1.0, 0.2]\n\
+             max_steps: -1\nbf16: false\nlearning_rate: 5e-7\nwarmup_ratio: 0.1\nreport_to: [tensorboard]\nuse_peft: true\nlora_target_modules: [q_proj, k_proj]\n",
+        )
+        .unwrap();
+        let argv: Vec<String> = ["dpo", "train", "--config", p.to_str().unwrap()].map(String::from).to_vec();
+        let cli = Cli::parse_from(expand_config(&argv).unwrap());
+        let Command::Train(t) = cli.command else { panic!() };
+        assert_eq!(std::env::var("DPO_ARGS_TEST_ENV").as_deref(), Ok("1"));
+        assert_eq!((t.run.model.to_str(), t.run.data.to_str(), t.run.max_steps), (Some("m.gguf"), Some("d.jsonl"), None));
+        assert_eq!((t.loss.loss.clone(), t.loss.loss_weights.clone()), (vec!["sigmoid".to_string(), "sft".to_string()], vec![1.0, 0.2]));
+        assert_eq!((t.run.learning_rate, t.run.warmup_ratio), (5e-7, 0.1));
+        assert!(t.run.reports_to_tensorboard());
+        // TRL's LoRA: the named modules, and dropout off (disable_dropout's default)
+        assert_eq!((t.run.setup.lora.lora_target_modules.clone(), t.run.setup.lora.lora_dropout), (vec!["q_proj".to_string(), "k_proj".to_string()], 0.0));
     }
 
     /// The default of `--flag` of `dpo sub` as clap shows it, if it has one.

@@ -72,12 +72,13 @@ pub fn field(key: &str, value: &Value) -> Treatment {
         v => v.to_string(),
     };
     match key {
-        "bf16" | "fp16" | "tf32" | "bf16_full_eval" | "fp16_full_eval" if truthy => {
-            return Treatment::Note(format!(
-                "`{key}: true`: dpo-rs trains in f32 (a LoRA run can keep its frozen base in bf16 or 4/8 bits: --base-dtype bf16|q8_0|q4_0); its numbers are TRL's in f32"
-            ))
+        "bf16" | "fp16" | "tf32" | "bf16_full_eval" | "fp16_full_eval" if value.is_boolean() => {
+            return Treatment::Note(if truthy {
+                format!("`{key}: true`: dpo-rs trains in f32 (a LoRA run can keep its frozen base in bf16 or 4/8 bits: --base-dtype bf16|q8_0|q4_0); its numbers are TRL's in f32")
+            } else {
+                format!("`{key}: false`: dpo-rs computes in f32")
+            })
         }
-        "max_steps" if value.as_i64().is_some_and(|s| s < 0) => return Treatment::Note("`max_steps: -1`: no limit (--num-train-epochs decides), as in TRL".into()),
         "load_in_4bit" | "load_in_8bit" if truthy => {
             let (bits, dtype) = if key == "load_in_4bit" { ("4", "q4_0") } else { ("8", "q8_0") };
             return Treatment::Flag("base-dtype", Value::String(dtype.into()), Some(format!("`{key}`: the frozen base in GGML {dtype} ({bits} bits, llama.cpp's format), not bitsandbytes'")));
@@ -126,6 +127,7 @@ mod tests {
         assert_eq!(field("dataset_name", &json!("trl-lib/ultrafeedback_binarized")), Treatment::Flag("data", json!("trl-lib/ultrafeedback_binarized"), None));
         assert!(matches!(field("dataloader_num_workers", &json!(4)), Treatment::Note(n) if n.contains("no effect")));
         assert!(matches!(field("bf16", &json!(true)), Treatment::Note(n) if n.contains("f32")));
+        assert!(matches!(field("bf16", &json!(false)), Treatment::Note(n) if n.contains("f32")));
         assert!(matches!(field("neftune_noise_alpha", &json!(5.0)), Treatment::Refuse(n) if n.contains("neftune_noise_alpha")));
         assert!(matches!(field("neftune_noise_alpha", &Value::Null), Treatment::Note(_)));
         assert!(matches!(field("optim", &json!("sgd")), Treatment::Refuse(n) if n.contains("AdamW only")));

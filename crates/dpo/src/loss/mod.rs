@@ -451,7 +451,8 @@ impl Objective {
         let names = |pick: &dyn Fn(&Loss) -> bool| o.terms.iter().map(|t| t.0).filter(|l| pick(l)).map(|l| l.name()).collect::<Vec<_>>().join(", ");
         if o.f_divergence != FDivergence::ReverseKl {
             let refused = names(&|l| !l.takes_f_divergence());
-            ensure!(refused.is_empty(), "--f-divergence-type {:?} applies to sigmoid, sigmoid_norm, hinge, ipo, robust, discopop (exo_pair and sft ignore it), as in TRL; not to {refused}", p.f_divergence_type);
+            let name = clap::ValueEnum::to_possible_value(&p.f_divergence_type).map(|v| v.get_name().to_string()).unwrap_or_default();
+            ensure!(refused.is_empty(), "--f-divergence-type {name} applies to sigmoid, sigmoid_norm, hinge, ipo, robust, discopop (exo_pair and sft ignore it), as in TRL; not to {refused}");
         }
         if o.use_weighting {
             let refused = names(&|l| l.sorts_batch());
