@@ -346,24 +346,12 @@ fn expand_config(argv: &[String]) -> Result<Vec<String>> {
             crate::trl::Treatment::Unknown => bail!("{path}: `{key}` is not an option of `dpo {}` nor a field of TRL's DPOConfig, ModelConfig or ScriptArguments", argv[sub]),
         }
     }
-    // TRL evaluates on the data set's test split when `eval_strategy` is not "no".
-    let evaluates = entries.iter().any(|(k, v)| k == "eval_strategy" && v.as_str().is_some_and(|s| s != "no"));
-    if evaluates && known("eval-data") && !set.iter().any(|f| f == "eval-data") {
-        if let Some((_, serde_json::Value::String(name))) = entries.iter().find(|(k, _)| k == "dataset_name") {
-            flags.extend(["--eval-data".to_string(), name.clone()]);
-        }
-    }
-    // A TRL config's LoRA as TRL builds it: PEFT's default target modules for the Llama family
-    // (q_proj, v_proj) when none are named, and no LoRA dropout unless `disable_dropout: false`.
-    let peft = entries.iter().any(|(k, v)| k == "use_peft" && v == &serde_json::Value::Bool(true));
-    if trl_config && peft && known("lora-target-modules") {
-        if !set.iter().any(|f| f == "lora-target-modules") {
-            flags.extend(["--lora-target-modules".to_string(), "q_proj,v_proj".to_string()]);
-            eprintln!("note: {path}: no `lora_target_modules`: PEFT's default for Llama-family models, q_proj,v_proj, as TRL gets it");
-        }
-        if !entries.iter().any(|(k, v)| k == "disable_dropout" && v == &serde_json::Value::Bool(false)) {
-            flags.extend(["--lora-dropout".to_string(), "0".to_string()]);
-            eprintln!("note: {path}: LoRA dropout 0: TRL's disable_dropout (default true) turns it off after wrapping the model");
+    if trl_config {
+        for (flag, value, note) in crate::trl::implied(&entries, &set) {
+            if known(flag) {
+                flags.extend([format!("--{flag}"), value]);
+                eprintln!("note: {path}: {note}");
+            }
         }
     }
     let mut out = argv[..=sub].to_vec();

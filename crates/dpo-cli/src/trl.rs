@@ -116,6 +116,31 @@ pub fn field(key: &str, value: &Value) -> Treatment {
     }
 }
 
+/// The flags a TRL config implies beyond its keys (`entries`; `set`: the flags they gave), as
+/// TRL acts on it: the data set's test split evaluated when `eval_strategy` is not `no`; with
+/// `use_peft`, PEFT's default target modules for the Llama family (q_proj, v_proj) when none are
+/// named, and no LoRA dropout unless `disable_dropout: false` (TRL turns dropout off after
+/// wrapping the model). Each with the note to print.
+pub fn implied(entries: &[(String, Value)], set: &[String]) -> Vec<(&'static str, String, String)> {
+    let get = |key: &str| entries.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    let given = |flag: &str| set.iter().any(|f| f == flag);
+    let mut out = Vec::new();
+    if get("eval_strategy").and_then(Value::as_str).is_some_and(|s| s != "no") && !given("eval-data") {
+        if let Some(Value::String(name)) = get("dataset_name") {
+            out.push(("eval-data", name.clone(), format!("`eval_strategy`: {name}'s --eval-data-split is evaluated, as TRL's script does")));
+        }
+    }
+    if get("use_peft") == Some(&Value::Bool(true)) {
+        if !given("lora-target-modules") {
+            out.push(("lora-target-modules", "q_proj,v_proj".into(), "no `lora_target_modules`: PEFT's default for Llama-family models, q_proj,v_proj, as TRL gets it".into()));
+        }
+        if get("disable_dropout") != Some(&Value::Bool(false)) {
+            out.push(("lora-dropout", "0".into(), "LoRA dropout 0: TRL's disable_dropout (default true) turns it off after wrapping the model".into()));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,6 +67,8 @@ pub mod defaults {
     pub const DATA_SPLIT: &str = "train";
     /// The split evaluated on (TRL `dataset_test_split`).
     pub const EVAL_DATA_SPLIT: &str = "test";
+    /// Where metrics go besides metrics.jsonl (TRL `report_to`): nowhere.
+    pub const REPORT_TO: &str = "none";
     pub const RPO_ALPHA: f64 = 0.0;
     /// TR-DPO's mixing weight and period (TRL `ref_model_mixup_alpha`, `ref_model_sync_steps`).
     pub const REF_MODEL_MIXUP_ALPHA: f64 = 0.6;
@@ -162,7 +164,7 @@ pub struct TrainConfig {
     #[arg(skip)]
     pub sync_ref: Option<SyncReference>,
     /// Where the metrics also go (metrics.jsonl always): tensorboard (event files under OUTPUT_DIR/runs/, TRL's tags), all (= tensorboard), none.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "none")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = defaults::REPORT_TO)]
     pub report_to: Vec<ReportTo>,
 }
 
