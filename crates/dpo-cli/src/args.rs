@@ -38,6 +38,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// The whole pipeline on the embedded default: sample -> judge -> DPO at several betas -> evaluate -> report.
     Demo(DemoConfig),
+    /// Iterative DPO: rounds of sample (from the latest policy) -> judge -> DPO -> evaluate, with a reward/KL frontier per round.
+    Iterate(dpo::iterate::IterateConfig),
     /// Write the PNG plots and report.html of a training run or demo directory.
     Report(ReportArgs),
     /// The fixed training benchmark (compare with the oracle's trl_bench.py): tokens/s and peak RSS.
@@ -87,12 +89,8 @@ pub struct LabelArgs {
     /// Output JSONL of pairs {"prompt","chosen","rejected","score_chosen","score_rejected"} or rankings {"prompt","completions","scores","ranking"}.
     #[arg(long)]
     pub out: PathBuf,
-    /// Judge: `sentiment` (VADER compound polarity of the completion) or `score` (a numeric list already in the data).
-    #[arg(long, default_value = dpo::judge::DEFAULT)]
-    pub judge: String,
-    /// The field the `score` judge reads: one number per completion.
-    #[arg(long, default_value = dpo::judge::DEFAULT_SCORE_FIELD)]
-    pub score_field: String,
+    #[command(flatten)]
+    pub judge: dpo::judge::JudgeArgs,
     /// best-worst (one pair per prompt), rank-pairs (best vs worst, 2nd vs 2nd-worst, ...), all-pairs (every ordered pair), or ranking.
     #[arg(long, default_value = "best-worst")]
     pub mode: dpo::label::LabelMode,
@@ -120,9 +118,9 @@ pub struct EvalArgs {
     /// Prompts (JSONL of {"prompt"}): sample from both models, judge, report reward ± 95% CI, win rate and KL.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
-    /// Judge for --prompts.
-    #[arg(long, default_value = dpo::judge::DEFAULT)]
-    pub judge: String,
+    /// The judge of --prompts.
+    #[command(flatten)]
+    pub judge: dpo::judge::JudgeArgs,
     #[command(flatten)]
     pub sampling: SampleConfig,
     /// Packed tokens per forward pass (memory/speed trade-off).

@@ -67,6 +67,7 @@ fn run(cmd: args::Command) -> Result<()> {
         args::Command::Label(a) => commands::label(a),
         args::Command::Eval(a) => commands::eval(a),
         args::Command::Demo(a) => commands::demo(a),
+        args::Command::Iterate(a) => commands::iterate(a),
         args::Command::Report(a) => commands::report(a),
         args::Command::Merge(a) => commands::merge(a),
     }
@@ -185,7 +186,7 @@ mod commands {
     }
 
     pub fn label(a: LabelArgs) -> Result<()> {
-        let judge = dpo::judge::by_name(&a.judge, &a.score_field)?;
+        let judge = a.judge.build(dpo::config::defaults::MAX_TOKENS_PER_FORWARD)?;
         let samples = dpo::label::read_samples(&a.samples)?;
         let (records, report) = dpo::label::label(&samples, judge.as_ref(), a.mode)?;
         dpo::io::write_jsonl_atomic(&a.out, &records)?;
@@ -205,7 +206,7 @@ mod commands {
     pub fn eval(a: EvalArgs) -> Result<()> {
         let mut bars = Bars::new();
         let judge = match &a.prompts {
-            Some(_) => Some(dpo::judge::by_name(&a.judge, dpo::judge::DEFAULT_SCORE_FIELD)?),
+            Some(_) => Some(a.judge.build(a.max_tokens_per_forward)?),
             None => None,
         };
         a.sampling.validate()?;
@@ -265,6 +266,20 @@ mod commands {
         println!("{:<10} {:>10.4} ± {:<6.4} {:>10} {:>9}", "reference", r.reward_mean, r.reward_ci95, "0", "-");
         for p in &s.policies {
             println!("{:<10} {:>10.4} ± {:<6.4} {:>10.3} {:>9.3}", format!("beta={}", p.beta), p.reward_mean, p.reward_ci95, p.kl, p.win_rate);
+        }
+        println!("report: {}", cfg.output_dir.join("report.html").display());
+        Ok(())
+    }
+
+    pub fn iterate(cfg: dpo::iterate::IterateConfig) -> Result<()> {
+        let mut bars = Bars::new();
+        let s = dpo::iterate::run(&cfg, &mut bars)?;
+        bars.finish();
+        println!("{} rounds, judge `{}`", s.rounds.len(), s.judge);
+        println!("{:<9} {:>6} {:>18} {:>16} {:>9}", "model", "pairs", "judge reward", "KL (nats)", "win rate");
+        println!("{:<9} {:>6} {:>10.4} ± {:<6.4} {:>16} {:>9}", "initial", "-", s.reference.reward_mean, s.reference.reward_ci95, "0", "-");
+        for r in &s.rounds {
+            println!("{:<9} {:>6} {:>10.4} ± {:<6.4} {:>8.3} ± {:<5.3} {:>9.3}", format!("round {}", r.round), r.pairs, r.reward_mean, r.reward_ci95, r.kl, r.kl_ci95, r.win_rate);
         }
         println!("report: {}", cfg.output_dir.join("report.html").display());
         Ok(())

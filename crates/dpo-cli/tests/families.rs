@@ -5,15 +5,14 @@
 //! golden pairs, the DPO loss gradient's norm per tensor is within 1e-3 relative, and a
 //! checkpoint written by dpo-rs has transformers' tensor names and loads back to the same model.
 
-use dpo::candle_core::{DType, Device, Tensor};
+use dpo::candle_core::DType;
 use dpo::data::{tokenize_all, TokenizeSettings, Tokenized};
-use dpo::model::Weight;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 mod common;
-use common::{dpo, lines, pairs8, s};
+use common::{dpo, lines, model_dir, pairs8, s};
 
 fn fixtures() -> Vec<(String, Value)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families");
@@ -27,58 +26,6 @@ fn fixtures() -> Vec<(String, Value)> {
     out.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(out.len(), 10, "model fixtures in {}", dir.display());
     out
-}
-
-const M64: u64 = u64::MAX;
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)) & M64
-}
-
-fn fnv1a64(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
-}
-
-/// The fixture's weights: `center + scale * u(name, i)` in f64, rounded to f32, with
-/// `u = (splitmix64(fnv1a64(name) ^ i) >> 11) * 2^-53 * 2 - 1` (see the script).
-fn weights(fx: &Value) -> Vec<(String, Weight)> {
-    fx["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            let name = t["name"].as_str().unwrap().to_string();
-            let shape: Vec<usize> = t["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
-            let (center, scale) = (t["center"].as_f64().unwrap(), t["scale"].as_f64().unwrap());
-            let h = fnv1a64(&name);
-            let n: usize = shape.iter().product();
-            let v: Vec<f32> = (0..n as u64)
-                .map(|i| {
-                    let u = (splitmix64(h ^ i) >> 11) as f64 * 2f64.powi(-53) * 2.0 - 1.0;
-                    (center + scale * u) as f32
-                })
-                .collect();
-            for (k, want) in t["first"].as_array().unwrap().iter().enumerate() {
-                assert_eq!(v[k] as f64, want.as_f64().unwrap(), "{name}[{k}]: the fill differs from the script's");
-            }
-            (name, Weight::Tensor(Tensor::from_vec(v, shape, &Device::Cpu).unwrap()))
-        })
-        .collect()
-}
-
-/// A Hugging Face directory as transformers saved the fixture's model, with SmolLM2's tokenizer.
-fn model_dir(fx: &Value, tokenizer: &dpo::tokenizer::Tokenizer, dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&fx["config"]).unwrap()).unwrap();
-    if !fx["generation_config"].is_null() {
-        std::fs::write(dir.join("generation_config.json"), fx["generation_config"].to_string()).unwrap();
-    }
-    dpo::model::write_safetensors(&dir.join("model.safetensors"), &weights(fx), ::safetensors::Dtype::F32).unwrap();
-    tokenizer.save(dir).unwrap();
-    dir.to_path_buf()
 }
 
 /// `d_c`, `d_r`: the reference offsets of record position `i` (golden.py's formula).

@@ -163,6 +163,9 @@ pub struct TrainConfig {
     /// TR-DPO: update the reference during training (see [`SyncReference`]).
     #[arg(skip)]
     pub sync_ref: Option<SyncReference>,
+    /// Online DPO (`--online`, [`crate::online`]): sampling and the judge.
+    #[command(flatten)]
+    pub online: crate::online::OnlineConfig,
     /// Where the metrics also go (metrics.jsonl always): tensorboard (event files under OUTPUT_DIR/runs/, TRL's tags), all (= tensorboard), none.
     #[arg(long, value_enum, value_delimiter = ',', default_value = defaults::REPORT_TO)]
     pub report_to: Vec<ReportTo>,
@@ -252,6 +255,7 @@ impl TrainConfig {
             setup: ModelSetup::default(),
             sync_ref: None,
             report_to: Vec::new(),
+            online: crate::online::OnlineConfig::default(),
         }
     }
 

@@ -12,11 +12,20 @@
 //! 5. write `summary.json`, `eval_samples.jsonl` and the report (frontier plot: reward vs KL).
 //!
 //! The prompts ship in the binary: 220 openings of movie reviews written for this project.
+//!
+//! `--task instructions` is the second task: 220 short instructions written for this project,
+//! given to the model through its chat template, judged by the model itself as an LLM judge
+//! (`llm:`, [`crate::judge::LlmJudge`], the default pairwise template: which answer is more
+//! helpful, correct and clear). A pairwise judge labels each prompt's samples by their mean
+//! preference over the others (2 samples by default: one pair per prompt) and evaluates each
+//! policy sample against the reference's sample of the same prompt and index: the policy's
+//! reward is then `P(policy > reference)` (the reference's is 1/2).
 
 use crate::config::{ModelSetup, TrainConfig};
-use crate::eval::{on_prompts, sample_and_judge, PromptEvalConfig};
+use crate::data::chat::{ChatTemplate, Message};
+use crate::eval::{on_prompts, sample_prompts, PromptEvalConfig};
 use crate::io::{write_atomic, write_jsonl_atomic};
-use crate::judge::Sentiment;
+use crate::judge::{Judge, JudgeInput, Sentiment};
 use crate::label::{label, LabelMode, SampleLine};
 use crate::model::LoadOptions;
 use crate::ops::qmatmul::BaseDType;
@@ -27,11 +36,30 @@ use crate::observer::Observer;
 use crate::train::{train, TrainSummary};
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The embedded prompts: one opening of a movie review per line.
 pub const PROMPTS: &str = include_str!("../assets/demo_prompts.txt");
+/// The embedded instructions of `--task instructions`, one per line.
+pub const INSTRUCTIONS: &str = include_str!("../assets/instruction_prompts.txt");
+
+/// What the demo aligns the model to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DemoTask {
+    /// Positive movie reviews: continue review openings, judged by VADER (the DPO paper's §6.1).
+    #[default]
+    Sentiment,
+    /// Helpful answers to short instructions (chat template), judged by the model itself (llm:).
+    Instructions,
+}
+
+/// The embedded prompts, one per non-empty line.
+pub fn embedded_prompts() -> Vec<String> {
+    PROMPTS.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+}
 
 /// The demo's defaults (sized to finish in about 11 minutes on 2 vCPUs).
 pub mod defaults {
@@ -40,6 +68,8 @@ pub mod defaults {
     pub const TRAIN_PROMPTS: usize = 128;
     pub const EVAL_PROMPTS: usize = 40;
     pub const SAMPLES: usize = 8;
+    /// With `--task instructions`: a pairwise judge compares every two samples of a prompt.
+    pub const INSTRUCTION_SAMPLES: usize = 2;
     pub const EVAL_SAMPLES: usize = 4;
     pub const MAX_NEW_TOKENS: usize = 24;
     pub const LEARNING_RATE: f64 = 4e-5;
@@ -61,6 +91,10 @@ pub struct DemoConfig {
     pub model: PathBuf,
     #[arg(long, default_value = defaults::OUTPUT_DIR)]
     pub output_dir: PathBuf,
+    /// sentiment (movie review openings, VADER) or instructions (short instructions in the chat template, judged by the model itself as an LLM judge).
+    #[arg(long, value_enum, default_value_t = DemoTask::Sentiment)]
+    #[serde(default)]
+    pub task: DemoTask,
     /// The betas to train with, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = defaults::BETAS.to_vec())]
     pub betas: Vec<f64>,
@@ -70,9 +104,9 @@ pub struct DemoConfig {
     /// Held-out prompts (the last of the embedded ones).
     #[arg(long, default_value_t = defaults::EVAL_PROMPTS)]
     pub eval_prompts: usize,
-    /// Samples per training prompt (labelled into samples/2 pairs: best vs worst, 2nd vs 2nd-worst, ...).
-    #[arg(long, default_value_t = defaults::SAMPLES)]
-    pub samples: usize,
+    /// Samples per training prompt (labelled into samples/2 pairs: best vs worst, 2nd vs 2nd-worst, ...) [default: 8; --task instructions: 2].
+    #[arg(long)]
+    pub samples: Option<usize>,
     /// Samples per held-out prompt for the evaluation.
     #[arg(long, default_value_t = defaults::EVAL_SAMPLES)]
     pub eval_samples: usize,
@@ -108,15 +142,24 @@ impl DemoConfig {
         self.learning_rate.unwrap_or(if self.setup.lora.use_peft { defaults::LORA_LEARNING_RATE } else { defaults::LEARNING_RATE })
     }
 
+    /// Samples per training prompt: the one given, else the task's default.
+    pub fn samples(&self) -> usize {
+        self.samples.unwrap_or(match self.task {
+            DemoTask::Sentiment => defaults::SAMPLES,
+            DemoTask::Instructions => defaults::INSTRUCTION_SAMPLES,
+        })
+    }
+
     /// The [`defaults`] for a model and output directory.
     pub fn new(model: PathBuf, output_dir: PathBuf) -> Self {
         Self {
             model,
             output_dir,
+            task: DemoTask::Sentiment,
             betas: defaults::BETAS.to_vec(),
             train_prompts: defaults::TRAIN_PROMPTS,
             eval_prompts: defaults::EVAL_PROMPTS,
-            samples: defaults::SAMPLES,
+            samples: None,
             eval_samples: defaults::EVAL_SAMPLES,
             max_new_tokens: defaults::MAX_NEW_TOKENS,
             learning_rate: None,
@@ -215,29 +258,73 @@ fn policy_model(cfg: &DemoConfig, base: &Path, beta: f64) -> (PathBuf, LoadOptio
     }
 }
 
+/// A judge that reads each prompt as it was written, before the chat template rendered it
+/// (`raw`: rendered text -> instruction).
+struct Unrendered<'a> {
+    judge: &'a dyn Judge,
+    raw: HashMap<String, String>,
+}
+
+impl Judge for Unrendered<'_> {
+    fn name(&self) -> &str {
+        self.judge.name()
+    }
+    fn is_pairwise(&self) -> bool {
+        self.judge.is_pairwise()
+    }
+    fn score(&self, input: &JudgeInput) -> Result<Vec<f64>> {
+        let prompt = self.raw.get(input.prompt).map_or(input.prompt, String::as_str);
+        self.judge.score(&JudgeInput { prompt, ..*input })
+    }
+}
+
+/// The task's prompts as the model reads them, each with the text the judge reads.
+fn task_prompts(task: DemoTask, tok: &crate::tokenizer::Tokenizer) -> Result<Vec<(String, String)>> {
+    Ok(match task {
+        DemoTask::Sentiment => embedded_prompts().into_iter().map(|p| (p.clone(), p)).collect(),
+        DemoTask::Instructions => {
+            let chat = ChatTemplate::from_tokenizer(tok)?.context("--task instructions needs a model with a chat template")?;
+            INSTRUCTIONS
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| Ok((chat.render(&[Message::new("user", l)], true)?, l.to_string())))
+                .collect::<Result<_>>()?
+        }
+    })
+}
+
 /// Runs the demo; see the module documentation.
 pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
     let t0 = Instant::now();
-    let prompts: Vec<String> = PROMPTS.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
-    ensure!(cfg.train_prompts + cfg.eval_prompts <= prompts.len(), "only {} embedded prompts", prompts.len());
-    ensure!(cfg.samples >= 2, "labelling needs at least 2 samples per prompt");
+    ensure!(cfg.samples() >= 2, "labelling needs at least 2 samples per prompt");
     ensure!(!cfg.betas.is_empty(), "no beta to train with");
-    let (train_p, eval_p) = (&prompts[..cfg.train_prompts], &prompts[prompts.len() - cfg.eval_prompts..]);
     std::fs::create_dir_all(&cfg.output_dir).with_context(|| format!("creating {}", cfg.output_dir.display()))?;
     obs.message(&format!("loading {}", cfg.model.display()));
     cfg.setup.validate()?;
     let model_path = crate::fetch::ensure_model(&cfg.model)?;
     // The reference as it samples (the policies train from the model as `setup` loads it).
-    let loaded = crate::model::load_with(&model_path, &LoadOptions { base_dtype: cfg.sample_dtype, ..cfg.setup.load.clone() })?;
+    let sample_load = LoadOptions { base_dtype: cfg.sample_dtype, ..cfg.setup.load.clone() };
+    let loaded = crate::model::load_with(&model_path, &sample_load)?;
     let reference = loaded.model()?;
     let tok = &loaded.tokenizer;
-    let judge = Sentiment::new();
+    let task_prompts = task_prompts(cfg.task, tok)?;
+    ensure!(cfg.train_prompts + cfg.eval_prompts <= task_prompts.len(), "only {} embedded prompts", task_prompts.len());
+    let prompts: Vec<String> = task_prompts.iter().map(|(p, _)| p.clone()).collect();
+    let (train_p, eval_p) = (&prompts[..cfg.train_prompts], &prompts[prompts.len() - cfg.eval_prompts..]);
+    let base_judge: Box<dyn Judge> = match cfg.task {
+        DemoTask::Sentiment => Box::new(Sentiment::new()),
+        DemoTask::Instructions => {
+            obs.message(&format!("judge: the model itself, llm:{}", cfg.model.display()));
+            Box::new(crate::judge::LlmJudge::load(&model_path, &sample_load, None, cfg.max_tokens_per_forward)?)
+        }
+    };
+    let judge = Unrendered { judge: base_judge.as_ref(), raw: task_prompts.into_iter().collect() };
     let sampling = |n: usize, seed: u64| SampleConfig { n, max_new_tokens: cfg.max_new_tokens, seed, ..Default::default() };
 
     // 1-2. reference samples on the training prompts, judged, paired by rank.
     obs.phase("sampling the reference", train_p.len(), "prompts");
     let ts = Instant::now();
-    let train_samples = sample_and_judge(&reference, tok, train_p, &sampling(cfg.samples, cfg.seed), &judge, |d, g| {
+    let train_samples = sample_prompts(&reference, tok, train_p, &sampling(cfg.samples(), cfg.seed), |d, g| {
         obs.advance(d, &format!("{:.0} tok/s", g as f64 / ts.elapsed().as_secs_f64()))
     })?;
     let sample_tps = train_samples.sampled.iter().flatten().map(|s| s.tokens.len()).sum::<usize>() as f64 / ts.elapsed().as_secs_f64();
@@ -248,16 +335,12 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
         .enumerate()
         .map(|(i, r)| SampleLine { origin: format!("train prompt {}", i + 1), prompt: r.prompt.clone(), completions: r.completions.clone(), fields: Default::default() })
         .collect();
+    obs.message(&format!("judging the samples with `{}`", judge.name()));
     let (pairs, report) = label(&lines, &judge, LabelMode::RankPairs)?;
     let pairs_path = cfg.output_dir.join("pairs.jsonl");
     write_jsonl_atomic(&pairs_path, &pairs)?;
-    obs.message(&format!(
-        "{} pairs from {} prompts ({} tied pairs dropped); mean reference reward {:.3}",
-        pairs.len(),
-        train_p.len(),
-        report.ties_dropped,
-        report.mean_score
-    ));
+    let mean = if judge.is_pairwise() { String::new() } else { format!("; mean reference reward {:.3}", report.mean_score) };
+    obs.message(&format!("{} pairs from {} prompts ({} tied pairs dropped){mean}", pairs.len(), train_p.len(), report.ties_dropped));
 
     // 3. DPO at each beta.
     let trained: Vec<(f64, TrainSummary)> = cfg.betas.iter().map(|&beta| Ok((beta, train_policy(cfg, &pairs_path, beta, obs)?))).collect::<Result<_>>()?;
@@ -299,7 +382,7 @@ pub fn run(cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoSummary> {
         pairs: pairs.len(),
         ties_dropped: report.ties_dropped,
         sample_tokens_per_second: sample_tps,
-        settings: DemoConfig { learning_rate: Some(cfg.learning_rate()), ..cfg.clone() },
+        settings: DemoConfig { learning_rate: Some(cfg.learning_rate()), samples: Some(cfg.samples()), ..cfg.clone() },
     };
     write_atomic(&cfg.output_dir.join("summary.json"), |w| Ok(serde_json::to_writer_pretty(w, &summary)?))?;
     crate::report::write_demo_report(&cfg.output_dir)?;

@@ -76,32 +76,56 @@ impl JudgedSamples {
     }
 }
 
-/// Samples from `model` on `prompts` and judges every completion.
-pub fn sample_and_judge(
-    model: &Llama,
-    tok: &Tokenizer,
-    prompts: &[String],
-    cfg: &SampleConfig,
-    judge: &dyn Judge,
-    progress: impl FnMut(usize, usize),
-) -> Result<JudgedSamples> {
+/// Samples from `model` on `prompts` (not judged yet: `rewards` is empty).
+pub fn sample_prompts(model: &Llama, tok: &Tokenizer, prompts: &[String], cfg: &SampleConfig, progress: impl FnMut(usize, usize)) -> Result<JudgedSamples> {
     let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p)).collect::<Result<_>>()?;
     let sampled = sample_ids(model, &prompt_ids, &tok.stop_ids, cfg, progress)?;
     let mut records = Vec::with_capacity(prompts.len());
-    let mut rewards = Vec::with_capacity(prompts.len());
-    let empty = Map::new();
-    for (i, (p, s)) in prompts.iter().zip(&sampled).enumerate() {
-        let completions: Vec<String> = s.iter().map(|x| tok.decode(&x.tokens, false)).collect::<Result<_>>()?;
-        let origin = format!("prompt {}", i + 1);
-        rewards.push(judge.score(&JudgeInput { prompt: p, completions: &completions, fields: &empty, origin: &origin })?);
+    for (p, s) in prompts.iter().zip(&sampled) {
         records.push(SampleRecord {
             prompt: p.clone(),
-            completions,
+            completions: s.iter().map(|x| tok.decode(&x.tokens, false)).collect::<Result<_>>()?,
             logps: s.iter().map(|x| x.logp).collect(),
             tokens: s.iter().map(|x| x.tokens.len()).collect(),
         });
     }
-    Ok(JudgedSamples { prompt_ids, sampled, records, rewards })
+    Ok(JudgedSamples { prompt_ids, sampled, records, rewards: Vec::new() })
+}
+
+/// Judges every completion of `s` (each prompt's completions in one call).
+pub fn judge_samples(s: &mut JudgedSamples, judge: &dyn Judge) -> Result<()> {
+    let empty = Map::new();
+    s.rewards = s
+        .records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| judge.score(&JudgeInput { prompt: &r.prompt, completions: &r.completions, fields: &empty, origin: &format!("prompt {}", i + 1) }))
+        .collect::<Result<_>>()?;
+    Ok(())
+}
+
+/// A pairwise judge's view of a policy against its reference ([`Judge::is_pairwise`]): sample `j`
+/// of every prompt judged against the reference's sample `j` of that prompt; the policy's reward
+/// is the first score of each call (for [`crate::judge::LlmJudge`], `P(policy > reference)`), the
+/// reference's the second.
+pub fn judge_against(policy: &mut JudgedSamples, reference: &mut JudgedSamples, judge: &dyn Judge) -> Result<()> {
+    ensure!(policy.records.len() == reference.records.len(), "policy and reference were sampled on different prompts");
+    let empty = Map::new();
+    let (mut pr, mut rr) = (Vec::new(), Vec::new());
+    for (i, (p, r)) in policy.records.iter().zip(&reference.records).enumerate() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for (j, (x, y)) in p.completions.iter().zip(&r.completions).enumerate() {
+            let both = [x.clone(), y.clone()];
+            let sc = judge.score(&JudgeInput { prompt: &p.prompt, completions: &both, fields: &empty, origin: &format!("prompt {} sample {}", i + 1, j + 1) })?;
+            a.push(sc[0]);
+            b.push(sc[1]);
+        }
+        pr.push(a);
+        rr.push(b);
+    }
+    policy.rewards = pr;
+    reference.rewards = rr;
+    Ok(())
 }
 
 /// `log pi_ref(y|x)` of every sampled completion (the exact sampled token ids) under `reference`,
@@ -187,17 +211,33 @@ pub struct PromptsResult {
 /// rate). Progress goes to `obs`, one phase per model.
 pub fn on_prompts(reference: &Llama, tok: &Tokenizer, policies: &[(String, PathBuf, LoadOptions)], cfg: &PromptEvalConfig, obs: &mut dyn Observer) -> Result<PromptsResult> {
     let n = cfg.prompts.len();
+    let pairwise = cfg.judge.is_pairwise();
     obs.phase("sampling the reference", n, "prompts");
-    let ref_samples = sample_and_judge(reference, tok, cfg.prompts, &cfg.sampling, cfg.judge, |d, _| obs.advance(d, ""))?;
+    let mut ref_samples = sample_prompts(reference, tok, cfg.prompts, &cfg.sampling, |d, _| obs.advance(d, ""))?;
+    if pairwise {
+        // a pairwise judge compares the two models' samples: the reference against itself is 1/2
+        ref_samples.rewards = ref_samples.records.iter().map(|r| vec![0.5; r.completions.len()]).collect();
+    } else {
+        judge_samples(&mut ref_samples, cfg.judge)?;
+    }
     let reference_reward = mean_ci95(&ref_samples.flat_rewards());
     let mut rows: Vec<serde_json::Value> = ref_samples.rows("reference").collect();
     let mut results = Vec::with_capacity(policies.len());
     for (label, path, load) in policies {
         let policy = crate::model::load_with(path, load)?.model()?;
         obs.phase(&format!("sampling {label}"), n, "prompts");
-        let samples = sample_and_judge(&policy, tok, cfg.prompts, &cfg.sampling, cfg.judge, |d, _| obs.advance(d, ""))?;
-        let ref_logps = reference_logps_of_samples(reference, &samples, cfg.max_tokens_per_forward)?;
-        let eval = compare(&samples, &ref_samples, &ref_logps)?;
+        let mut samples = sample_prompts(&policy, tok, cfg.prompts, &cfg.sampling, |d, _| obs.advance(d, ""))?;
+        let eval = if pairwise {
+            obs.message(&format!("judging {label} against the reference, sample by sample"));
+            let mut against = ref_samples.clone();
+            judge_against(&mut samples, &mut against, cfg.judge)?;
+            let ref_logps = reference_logps_of_samples(reference, &samples, cfg.max_tokens_per_forward)?;
+            compare(&samples, &against, &ref_logps)?
+        } else {
+            judge_samples(&mut samples, cfg.judge)?;
+            let ref_logps = reference_logps_of_samples(reference, &samples, cfg.max_tokens_per_forward)?;
+            compare(&samples, &ref_samples, &ref_logps)?
+        };
         obs.message(&format!(
             "{label}: reward {:.3} ± {:.3} (reference {:.3} ± {:.3}), KL {:.2} nats, win rate {:.2}",
             eval.reward_mean, eval.reward_ci95, reference_reward.0, reference_reward.1, eval.kl, eval.win_rate

@@ -33,11 +33,13 @@ pub mod reference;
 pub mod checkpoint;
 pub mod dist;
 pub mod train;
+pub mod online;
 pub mod eval;
 pub mod sample;
 pub mod judge;
 pub mod label;
 pub mod demo;
+pub mod iterate;
 pub mod bench;
 pub mod report;
 

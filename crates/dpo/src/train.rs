@@ -72,7 +72,8 @@ pub struct TrainSummary {
     pub output_dir: PathBuf,
 }
 
-struct Order {
+/// The seeded order in which examples (or, online, prompts) are visited: a fresh shuffle per epoch.
+pub(crate) struct Order {
     n: usize,
     seed: u64,
     epoch: usize,
@@ -81,11 +82,11 @@ struct Order {
     consumed: usize,
 }
 impl Order {
-    fn new(n: usize, seed: u64) -> Self {
+    pub(crate) fn new(n: usize, seed: u64) -> Self {
         Self { n, seed, epoch: 0, perm: Vec::new(), pos: n, consumed: 0 }
     }
 
-    fn next_batch(&mut self, size: usize) -> Vec<usize> {
+    pub(crate) fn next_batch(&mut self, size: usize) -> Vec<usize> {
         if self.pos >= self.n {
             if !self.perm.is_empty() {
                 self.epoch += 1;
@@ -115,10 +116,11 @@ impl Order {
     }
 
     /// Epochs completed, fractional.
-    fn epoch(&self) -> f64 {
+    pub(crate) fn epoch(&self) -> f64 {
         self.consumed as f64 / self.n as f64
     }
 }
+/// Optimiser steps of a run over `n_examples` (`--max-steps`, else the epochs' batches).
 pub fn total_steps(cfg: &TrainConfig, n_examples: usize) -> usize {
     if let Some(m) = cfg.max_steps {
         return m;
@@ -500,6 +502,9 @@ impl<'a> Run<'a> {
 
 /// Trains the policy with `cfg`, reporting to `obs`; see the module documentation.
 pub fn train(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<TrainSummary> {
+    if cfg.online.online {
+        return crate::online::train_online(cfg, obs);
+    }
     let started = Instant::now();
     let mut run = Run::start(cfg, obs)?;
     let steps = run.steps;

@@ -671,6 +671,12 @@ impl Llama {
         })
     }
 
+    /// The final norm of hidden rows `[rows, hidden]` of [`Llama::hidden_states`] (what
+    /// transformers' `last_hidden_state` holds, the input of the output or score head).
+    pub fn final_norm(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.rms(hidden, &self.norm)
+    }
+
     /// Full-vocabulary logits `[rows, vocab]` of the given hidden rows, soft-capped where the
     /// family caps them (inference and tests only).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {

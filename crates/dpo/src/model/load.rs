@@ -155,11 +155,44 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     }
 }
 
-fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
+/// The parsed `config.json` of a Hugging Face directory. Errors name the file.
+pub fn read_hf_config(dir: &Path) -> Result<serde_json::Value> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", cfg_path.display()))?;
-    let config = LlamaConfig::from_hf_json(&v).with_context(|| format!("{}", cfg_path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", cfg_path.display()))
+}
+
+fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
+    let v = read_hf_config(dir)?;
+    load_hf_dir_as(dir, &v, opts)
+}
+
+/// A sequence-classification model (`*ForSequenceClassification`, e.g. a reward model): the
+/// decoder of a Hugging Face directory, and its `score.weight` head `[num_labels, hidden]` (f32).
+/// The decoder has no language-model head (its output weight is the embedding, unused).
+///
+/// Errors: what [`load_with`] refuses, an architecture that is not a sequence classifier, a
+/// missing or misshapen `score.weight`.
+pub fn load_sequence_classifier(dir: &Path) -> Result<(Loaded, Tensor)> {
+    let mut v = read_hf_config(dir)?;
+    let arch = v.get("architectures").and_then(|a| a.get(0)).and_then(serde_json::Value::as_str).unwrap_or("").to_string();
+    if !arch.ends_with("ForSequenceClassification") {
+        bail!("{}: architectures is `{arch}`, not a *ForSequenceClassification model (a reward model)", dir.join("config.json").display());
+    }
+    // The classifier has no lm_head: read the decoder as if the head were tied (it is not used).
+    v["tie_word_embeddings"] = serde_json::Value::Bool(true);
+    let mut loaded = load_hf_dir_as(dir, &v, &LoadOptions::default())?;
+    let score = loaded.tensors.remove("score.weight").with_context(|| format!("{}: no tensor `score.weight` (the reward head)", dir.display()))?.to_tensor()?;
+    let (_, hidden) = score.dims2().with_context(|| format!("{}: `score.weight` must be a matrix", dir.display()))?;
+    if hidden != loaded.config.hidden_size {
+        bail!("{}: `score.weight` has {hidden} columns, the model's hidden size is {}", dir.display(), loaded.config.hidden_size);
+    }
+    Ok((loaded, score.to_dtype(DType::F32)?))
+}
+
+fn load_hf_dir_as(dir: &Path, v: &serde_json::Value, opts: &LoadOptions) -> Result<Loaded> {
+    let cfg_path = dir.join("config.json");
+    let config = LlamaConfig::from_hf_json(v).with_context(|| format!("{}", cfg_path.display()))?;
     let files: Vec<PathBuf> = if dir.join("model.safetensors").exists() {
         vec![dir.join("model.safetensors")]
     } else {

@@ -10,7 +10,7 @@ mod weight;
 
 pub use config::{Family, Features, LayerAttention, LlamaConfig};
 pub use llama::{check_weights, hf_module, tensor_names, tensor_specs, Block, KvCache, Linear, Llama, Proj, RopeTables, TensorRole, TensorSpec};
-pub use load::{load, load_tokenizer, load_with, save_hf_dir, save_hf_dir_as, write_hf_files, LoadOptions, Loaded};
+pub use load::{load, load_sequence_classifier, load_tokenizer, load_with, read_hf_config, save_hf_dir, save_hf_dir_as, write_hf_files, LoadOptions, Loaded};
 pub use weight::Weight;
 
 use anyhow::Result;

@@ -15,6 +15,7 @@
 
 mod demo;
 mod html;
+mod iterate;
 mod plot;
 mod read;
 mod run;
@@ -22,4 +23,5 @@ mod run;
 mod tests;
 
 pub use demo::write_demo_report;
+pub use iterate::write_iterate_report;
 pub use run::write_run_report;
