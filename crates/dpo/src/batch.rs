@@ -102,19 +102,25 @@ pub fn pack_weighted(examples: &[&Tokenized], ld_alpha: Option<f64>) -> PackedBa
 /// Splits `examples` (in order) into micro-batches of at most `max_tokens` packed rows each (an
 /// example larger than that gets a micro-batch of its own).
 pub fn micro_batches(examples: &[&Tokenized], max_tokens: usize) -> Vec<Range<usize>> {
+    let rows: Vec<usize> = examples.iter().map(|e| e.packed_tokens()).collect();
+    row_batches(&rows, max_tokens)
+}
+
+/// Splits items of `rows[i]` packed rows each (in order) into consecutive ranges of at most
+/// `max_tokens` rows (an item larger than that gets a range of its own).
+pub fn row_batches(rows: &[usize], max_tokens: usize) -> Vec<Range<usize>> {
     let mut out = Vec::new();
-    let (mut start, mut rows) = (0, 0);
-    for (i, ex) in examples.iter().enumerate() {
-        let n = ex.packed_tokens();
-        if i > start && rows + n > max_tokens {
+    let (mut start, mut sum) = (0, 0);
+    for (i, &n) in rows.iter().enumerate() {
+        if i > start && sum + n > max_tokens {
             out.push(start..i);
             start = i;
-            rows = 0;
+            sum = 0;
         }
-        rows += n;
+        sum += n;
     }
-    if start < examples.len() {
-        out.push(start..examples.len());
+    if start < rows.len() {
+        out.push(start..rows.len());
     }
     out
 }

@@ -10,6 +10,7 @@
 //! `P(a > b) = (P_A(a, b) + P_B(b, a)) / 2`, so `P(a > b) + P(b > a) = 1`.
 
 use super::{Judge, JudgeInput};
+use crate::batch::row_batches;
 use crate::data::chat::{ChatTemplate, Message};
 use crate::model::{LoadOptions, Llama};
 use crate::tokenizer::Tokenizer;
@@ -91,21 +92,15 @@ impl LlmJudge {
     /// `P_A` for each judge input: the probability of label `A` against `B` at the next token.
     fn label_probabilities(&self, inputs: &[Vec<u32>]) -> Result<Vec<f64>> {
         let mut out = Vec::with_capacity(inputs.len());
-        let mut start = 0;
-        while start < inputs.len() {
-            let (mut end, mut rows) = (start + 1, inputs[start].len());
-            while end < inputs.len() && rows + inputs[end].len() <= self.max_tokens {
-                rows += inputs[end].len();
-                end += 1;
-            }
-            let refs: Vec<&[u32]> = inputs[start..end].iter().map(Vec::as_slice).collect();
+        let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        for range in row_batches(&lens, self.max_tokens) {
+            let refs: Vec<&[u32]> = inputs[range].iter().map(Vec::as_slice).collect();
             let (hidden, _) = self.model.prefill(&refs)?;
             let z = self.model.logits(&hidden)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             for row in z {
                 let (za, zb) = (row[self.labels[0] as usize] as f64, row[self.labels[1] as usize] as f64);
                 out.push(1.0 / (1.0 + (zb - za).exp()));
             }
-            start = end;
         }
         Ok(out)
     }

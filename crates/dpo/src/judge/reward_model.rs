@@ -3,6 +3,7 @@
 //! `Qwen2ForSequenceClassification`, ... with `num_labels = 1`).
 
 use super::{Judge, JudgeInput};
+use crate::batch::row_batches;
 use crate::model::{load_sequence_classifier, Llama};
 use crate::ops::{AttentionLayout, Group};
 use crate::tokenizer::Tokenizer;
@@ -62,16 +63,10 @@ impl RewardModel {
             bail!("sequence {} is empty: a reward model needs at least one token", i + 1);
         }
         let mut out = Vec::with_capacity(seqs.len());
-        let mut start = 0;
-        while start < seqs.len() {
-            let mut end = start + 1;
-            let mut rows = seqs[start].len();
-            while end < seqs.len() && rows + seqs[end].len() <= self.max_tokens {
-                rows += seqs[end].len();
-                end += 1;
-            }
-            let (mut ids, mut groups, mut pooled) = (Vec::with_capacity(rows), Vec::new(), Vec::new());
-            for s in &seqs[start..end] {
+        let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
+        for range in row_batches(&lens, self.max_tokens) {
+            let (mut ids, mut groups, mut pooled) = (Vec::new(), Vec::new(), Vec::new());
+            for s in &seqs[range] {
                 pooled.push((ids.len() + self.pooled_row(s)) as u32);
                 groups.push(Group { prompt: ids.len()..ids.len() + s.len(), branches: vec![] });
                 ids.extend_from_slice(s);
@@ -82,7 +77,6 @@ impl RewardModel {
             let h = self.model.final_norm(&h)?.to_dtype(DType::F32)?;
             let r = h.matmul(&self.score.t()?)?.flatten_all()?.to_vec1::<f32>()?;
             out.extend(r.into_iter().map(f64::from));
-            start = end;
         }
         Ok(out)
     }
