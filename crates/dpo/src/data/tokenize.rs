@@ -86,6 +86,15 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// TRL's split of tokenized `prompt + completion` sequences `full`: the prompt ids are the longest
+/// prefix of `prompt_ids` common to all of them, each completion the rest of its sequence (a token
+/// merged across the boundary goes to the completion).
+pub fn split_at_prompt(prompt_ids: &[u32], full: Vec<Vec<u32>>) -> (Vec<u32>, Vec<Vec<u32>>) {
+    let plen = full.iter().map(|f| common_prefix(prompt_ids, f)).min().unwrap_or(prompt_ids.len());
+    let completions = full.into_iter().map(|f| f[plen..].to_vec()).collect();
+    (prompt_ids[..plen].to_vec(), completions)
+}
+
 /// TRL 1.16's rule (`DPOTrainer._prepare_dataset`; `trl_tokenize` in the oracle). Plain text:
 /// append the EOS text to each completion that does not already end with it; tokenize `prompt`
 /// and every `prompt + completion` (with the tokenizer's special tokens, e.g. a BOS).
@@ -110,9 +119,7 @@ pub fn tokenize_example(tok: &Tokenizer, ex: &Example, settings: TokenizeSetting
             (tok.encode(&ex.prompt)?, full)
         }
     };
-    let plen = full.iter().map(|f| common_prefix(&prompt_ids, f)).min().unwrap_or(prompt_ids.len());
-    let mut prompt = prompt_ids[..plen].to_vec();
-    let mut completions: Vec<Vec<u32>> = full.into_iter().map(|f| f[plen..].to_vec()).collect();
+    let (mut prompt, mut completions) = split_at_prompt(&prompt_ids, full);
     if let Some(m) = settings.max_prompt_length {
         if prompt.len() > m {
             prompt.drain(..prompt.len() - m);

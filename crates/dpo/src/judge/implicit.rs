@@ -100,16 +100,12 @@ impl ImplicitReward {
     }
 
     /// The prompt's and each completion's token ids as TRL splits text: the prompt tokenized
-    /// alone, each `prompt + completion` tokenized whole and cut after the shared prefix.
+    /// alone and each `prompt + completion` whole, cut after their shared prefix
+    /// ([`crate::data::tokenize::split_at_prompt`]; no EOS is appended to sampled text).
     fn split(&self, prompt: &str, completions: &[String]) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
         let p = self.tokenizer.encode(prompt)?;
-        let mut cs = Vec::with_capacity(completions.len());
-        for c in completions {
-            let full = self.tokenizer.encode(&format!("{prompt}{c}"))?;
-            let shared = p.iter().zip(&full).take_while(|(a, b)| a == b).count();
-            cs.push(full[shared..].to_vec());
-        }
-        Ok((p, cs))
+        let full = completions.iter().map(|c| self.tokenizer.encode(&format!("{prompt}{c}"))).collect::<Result<Vec<_>>>()?;
+        Ok(crate::data::tokenize::split_at_prompt(&p, full))
     }
 }
 
