@@ -210,42 +210,63 @@ pub struct PromptsResult {
 /// ([`compare`]: judge reward ± 95% CI, KL(policy ‖ reference) from the policy's samples, win
 /// rate). Progress goes to `obs`, one phase per model.
 pub fn on_prompts(reference: &Llama, tok: &Tokenizer, policies: &[(String, PathBuf, LoadOptions)], cfg: &PromptEvalConfig, obs: &mut dyn Observer) -> Result<PromptsResult> {
-    let n = cfg.prompts.len();
-    let pairwise = cfg.judge.is_pairwise();
-    obs.phase("sampling the reference", n, "prompts");
-    let mut ref_samples = sample_prompts(reference, tok, cfg.prompts, &cfg.sampling, |d, _| obs.advance(d, ""))?;
-    if pairwise {
-        // a pairwise judge compares the two models' samples: the reference against itself is 1/2
-        ref_samples.rewards = ref_samples.records.iter().map(|r| vec![0.5; r.completions.len()]).collect();
-    } else {
-        judge_samples(&mut ref_samples, cfg.judge)?;
-    }
+    let ref_samples = reference_on_prompts(reference, tok, cfg, obs)?;
     let reference_reward = mean_ci95(&ref_samples.flat_rewards());
     let mut rows: Vec<serde_json::Value> = ref_samples.rows("reference").collect();
     let mut results = Vec::with_capacity(policies.len());
     for (label, path, load) in policies {
-        let policy = crate::model::load_with(path, load)?.model()?;
-        obs.phase(&format!("sampling {label}"), n, "prompts");
-        let mut samples = sample_prompts(&policy, tok, cfg.prompts, &cfg.sampling, |d, _| obs.advance(d, ""))?;
-        let eval = if pairwise {
-            obs.message(&format!("judging {label} against the reference, sample by sample"));
-            let mut against = ref_samples.clone();
-            judge_against(&mut samples, &mut against, cfg.judge)?;
-            let ref_logps = reference_logps_of_samples(reference, &samples, cfg.max_tokens_per_forward)?;
-            compare(&samples, &against, &ref_logps)?
-        } else {
-            judge_samples(&mut samples, cfg.judge)?;
-            let ref_logps = reference_logps_of_samples(reference, &samples, cfg.max_tokens_per_forward)?;
-            compare(&samples, &ref_samples, &ref_logps)?
-        };
-        obs.message(&format!(
-            "{label}: reward {:.3} ± {:.3} (reference {:.3} ± {:.3}), KL {:.2} nats, win rate {:.2}",
-            eval.reward_mean, eval.reward_ci95, reference_reward.0, reference_reward.1, eval.kl, eval.win_rate
-        ));
+        let (eval, samples) = policy_on_prompts(reference, &ref_samples, tok, label, path, load, cfg, obs)?;
         rows.extend(samples.rows(label));
         results.push(PolicyOnPrompts { label: label.clone(), eval });
     }
     Ok(PromptsResult { reference_reward, policies: results, rows })
+}
+
+/// The reference's samples on `cfg.prompts`, judged (with a pairwise judge, which compares the
+/// two models' samples, every reference sample gets 1/2: the reference against itself).
+pub fn reference_on_prompts(reference: &Llama, tok: &Tokenizer, cfg: &PromptEvalConfig, obs: &mut dyn Observer) -> Result<JudgedSamples> {
+    obs.phase("sampling the reference", cfg.prompts.len(), "prompts");
+    let mut s = sample_prompts(reference, tok, cfg.prompts, &cfg.sampling, |d, _| obs.advance(d, ""))?;
+    if cfg.judge.is_pairwise() {
+        s.rewards = s.records.iter().map(|r| vec![0.5; r.completions.len()]).collect();
+    } else {
+        judge_samples(&mut s, cfg.judge)?;
+    }
+    Ok(s)
+}
+
+/// One policy (`label`, loaded from `path` as `load` says) against the reference's judged
+/// samples of [`reference_on_prompts`]: its samples, judged ([`judge_against`] the reference's
+/// with a pairwise judge), and [`compare`]d. Returns the comparison and the policy's samples.
+#[allow(clippy::too_many_arguments)]
+pub fn policy_on_prompts(
+    reference: &Llama,
+    ref_samples: &JudgedSamples,
+    tok: &Tokenizer,
+    label: &str,
+    path: &std::path::Path,
+    load: &LoadOptions,
+    cfg: &PromptEvalConfig,
+    obs: &mut dyn Observer,
+) -> Result<(PromptEval, JudgedSamples)> {
+    let policy = crate::model::load_with(path, load)?.model()?;
+    obs.phase(&format!("sampling {label}"), cfg.prompts.len(), "prompts");
+    let mut samples = sample_prompts(&policy, tok, cfg.prompts, &cfg.sampling, |d, _| obs.advance(d, ""))?;
+    let mut against = ref_samples.clone();
+    if cfg.judge.is_pairwise() {
+        obs.message(&format!("judging {label} against the reference, sample by sample"));
+        judge_against(&mut samples, &mut against, cfg.judge)?;
+    } else {
+        judge_samples(&mut samples, cfg.judge)?;
+    }
+    let ref_logps = reference_logps_of_samples(reference, &samples, cfg.max_tokens_per_forward)?;
+    let eval = compare(&samples, &against, &ref_logps)?;
+    let (rm, rci) = mean_ci95(&ref_samples.flat_rewards());
+    obs.message(&format!(
+        "{label}: reward {:.3} ± {:.3} (reference {rm:.3} ± {rci:.3}), KL {:.2} nats, win rate {:.2}",
+        eval.reward_mean, eval.reward_ci95, eval.kl, eval.win_rate
+    ));
+    Ok((eval, samples))
 }
 
 #[cfg(test)]

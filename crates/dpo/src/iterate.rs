@@ -14,7 +14,7 @@
 
 use crate::config::{ModelSetup, TrainConfig};
 use crate::data::TokenizeSettings;
-use crate::eval::{on_prompts, PromptEvalConfig};
+use crate::eval::{mean_ci95, policy_on_prompts, reference_on_prompts, JudgedSamples, PromptEvalConfig};
 use crate::io::{write_atomic, write_jsonl_atomic};
 use crate::judge::{Judge, JudgeArgs};
 use crate::label::{label, LabelMode, SampleLine};
@@ -209,6 +209,8 @@ pub fn run(cfg: &IterateConfig, obs: &mut dyn Observer) -> Result<IterateSummary
         max_tokens_per_forward: cfg.max_tokens_per_forward,
     };
     let mut rounds = Vec::new();
+    // The initial model's held-out samples: the same in every round, made once (when a round runs).
+    let mut ref_samples = None;
     for r in 1..=cfg.rounds {
         let dir = round_dir(&cfg.output_dir, r);
         let done = dir.join("round.json");
@@ -218,7 +220,11 @@ pub fn run(cfg: &IterateConfig, obs: &mut dyn Observer) -> Result<IterateSummary
             rounds.push(res);
             continue;
         }
-        let res = round(cfg, r, &base, &reference, &tok, &train_p, judge.as_ref(), &eval_cfg, obs)?;
+        if ref_samples.is_none() {
+            ref_samples = Some(reference_on_prompts(&reference, &tok, &eval_cfg, obs)?);
+        }
+        let ref_samples = ref_samples.as_ref().expect("made above");
+        let res = round(cfg, r, &base, &reference, ref_samples, &tok, &train_p, judge.as_ref(), &eval_cfg, obs)?;
         write_atomic(&done, |w| Ok(serde_json::to_writer_pretty(w, &res)?))?;
         rounds.push(res);
     }
@@ -240,6 +246,7 @@ fn round(
     r: usize,
     base: &Path,
     reference: &crate::model::Llama,
+    ref_samples: &JudgedSamples,
     tok: &crate::tokenizer::Tokenizer,
     train_p: &[String],
     judge: &dyn Judge,
@@ -300,9 +307,11 @@ fn round(
 
     // 3. evaluation against the initial model
     let (path, load) = policy_model(cfg, base, r, cfg.sample_dtype);
-    let res = on_prompts(reference, tok, &[(format!("round {r}"), path, load)], eval_cfg, obs)?;
-    write_jsonl_atomic(&dir.join("eval_samples.jsonl"), &res.rows)?;
-    let e = &res.policies[0].eval;
+    let label = format!("round {r}");
+    let (e, samples) = policy_on_prompts(reference, ref_samples, tok, &label, &path, &load, eval_cfg, obs)?;
+    let rows: Vec<serde_json::Value> = ref_samples.rows("reference").chain(samples.rows(&label)).collect();
+    write_jsonl_atomic(&dir.join("eval_samples.jsonl"), &rows)?;
+    let (ref_mean, ref_ci) = mean_ci95(&ref_samples.flat_rewards());
     Ok(RoundResult {
         round: r,
         train_sample_reward: report.mean_score,
@@ -315,7 +324,7 @@ fn round(
         win_rate: e.win_rate,
         final_train_loss: crate::metrics::get(&trained.final_train, "loss"),
         final_train_accuracy: crate::metrics::get(&trained.final_train, "rewards/accuracies"),
-        reference: crate::demo::ReferenceResult { reward_mean: res.reference_reward.0, reward_ci95: res.reference_reward.1 },
+        reference: crate::demo::ReferenceResult { reward_mean: ref_mean, reward_ci95: ref_ci },
         seconds: t0.elapsed().as_secs_f64(),
     })
 }
