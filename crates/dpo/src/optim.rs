@@ -284,7 +284,10 @@ pub fn global_grad_norm(grads: &[Tensor]) -> Result<f64> {
 pub fn tensor_sq_norm(t: &Tensor) -> Result<f64> {
     fn sq<T: Real>(t: &Tensor) -> candle_core::Result<f64> {
         crate::ops::cpu_slice!(T, t => s);
-        Ok(s.par_chunks(1 << 14).map(|c| c.iter().map(|&x| x.as_f64() * x.as_f64()).sum::<f64>()).sum())
+        // The chunks' sums are added in order: a parallel `sum` would group them as work
+        // stealing falls out, and the norm (so the clipped update) would change with the load.
+        let parts: Vec<f64> = s.par_chunks(1 << 14).map(|c| c.iter().map(|&x| x.as_f64() * x.as_f64()).sum::<f64>()).collect();
+        Ok(parts.iter().sum())
     }
     fn dispatch(t: &Tensor) -> candle_core::Result<f64> {
         crate::ops::by_dtype!(t.dtype(), "grad-norm", sq(t))
