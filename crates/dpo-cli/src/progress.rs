@@ -1,8 +1,8 @@
 //! Progress bars (indicatif) for the library's [`Observer`] reports; plain lines when stderr is
 //! not a terminal.
 
-use dpo::observer::Observer;
-use dpo::train::TrainSummary;
+use dpo_runtime::observer::Observer;
+use dpo_train::trainer::TrainSummary;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -19,7 +19,14 @@ pub struct Bars {
 
 impl Bars {
     pub fn new() -> Self {
-        Self { quiet: !dpo::dist::is_main(), bar: None, tty: std::io::stderr().is_terminal(), name: String::new(), total: 0, last_line: Instant::now() }
+        Self {
+            quiet: !dpo_runtime::dist::is_main(),
+            bar: None,
+            tty: std::io::stderr().is_terminal(),
+            name: String::new(),
+            total: 0,
+            last_line: Instant::now(),
+        }
     }
 
     pub fn finish(&mut self) {
@@ -37,11 +44,16 @@ impl Observer for Bars {
         self.finish();
         self.name = name.to_string();
         self.total = total;
-        let bar = ProgressBar::with_draw_target(Some(total as u64), if self.tty { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
+        let bar = ProgressBar::with_draw_target(
+            Some(total as u64),
+            if self.tty { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
+        );
         bar.set_style(
-            ProgressStyle::with_template(&format!("{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{elapsed_precise}}<{{eta_precise}} {{msg}}"))
-                .unwrap()
-                .progress_chars("=> "),
+            ProgressStyle::with_template(&format!(
+                "{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{elapsed_precise}}<{{eta_precise}} {{msg}}"
+            ))
+            .unwrap()
+            .progress_chars("=> "),
         );
         bar.set_prefix(name.to_string());
         bar.enable_steady_tick(Duration::from_millis(500));
@@ -100,9 +112,9 @@ pub fn summary_text(s: &TrainSummary) -> String {
             s.peak_rss_bytes_per_rank.iter().map(|b| b.map(|b| format!("{:.2} GB", b as f64 / 1e9)).unwrap_or_else(|| "n/a".into())).collect::<Vec<_>>().join(", ")
         );
     }
-    out += &format!("final train: {}\n", dpo::metrics::brief(&s.final_train));
+    out += &format!("final train: {}\n", dpo_train::metrics::brief(&s.final_train));
     if let Some(e) = &s.final_eval {
-        out += &format!("final eval: {}\n", dpo::metrics::brief(e));
+        out += &format!("final eval: {}\n", dpo_train::metrics::brief(e));
     }
     out += &format!("outputs in {} (metrics.jsonl, final/, summary.json)", s.output_dir.display());
     out

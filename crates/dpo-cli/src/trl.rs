@@ -26,7 +26,8 @@ pub struct TrlField {
     pub reason: String,
 }
 
-static FIELDS: LazyLock<Vec<TrlField>> = LazyLock::new(|| serde_json::from_str(include_str!("trl_fields.json")).expect("trl_fields.json is valid"));
+static FIELDS: LazyLock<Vec<TrlField>> =
+    LazyLock::new(|| serde_json::from_str(include_str!("trl_fields.json")).expect("trl_fields.json is valid"));
 
 /// What becomes of a TRL field.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,7 +57,9 @@ const RENAMED: [(&str, &str); 7] = [
 fn same(v: &Value, d: &Value) -> bool {
     match (v, d) {
         (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
-        (Value::Array(a), Value::String(b)) | (Value::String(b), Value::Array(a)) => a.len() == 1 && a[0].as_str() == Some(b),
+        (Value::Array(a), Value::String(b)) | (Value::String(b), Value::Array(a)) => {
+            a.len() == 1 && a[0].as_str() == Some(b)
+        }
         _ => v == d,
     }
 }
@@ -127,15 +130,28 @@ pub fn implied(entries: &[(String, Value)], set: &[String]) -> Vec<(&'static str
     let mut out = Vec::new();
     if get("eval_strategy").and_then(Value::as_str).is_some_and(|s| s != "no") && !given("eval-data") {
         if let Some(Value::String(name)) = get("dataset_name") {
-            out.push(("eval-data", name.clone(), format!("`eval_strategy`: {name}'s --eval-data-split is evaluated, as TRL's script does")));
+            out.push((
+                "eval-data",
+                name.clone(),
+                format!("`eval_strategy`: {name}'s --eval-data-split is evaluated, as TRL's script does"),
+            ));
         }
     }
     if get("use_peft") == Some(&Value::Bool(true)) {
         if !given("lora-target-modules") {
-            out.push(("lora-target-modules", "q_proj,v_proj".into(), "no `lora_target_modules`: PEFT's default for Llama-family models, q_proj,v_proj, as TRL gets it".into()));
+            out.push((
+                "lora-target-modules",
+                "q_proj,v_proj".into(),
+                "no `lora_target_modules`: PEFT's default for Llama-family models, q_proj,v_proj, as TRL gets it"
+                    .into(),
+            ));
         }
         if get("disable_dropout") != Some(&Value::Bool(false)) {
-            out.push(("lora-dropout", "0".into(), "LoRA dropout 0: TRL's disable_dropout (default true) turns it off after wrapping the model".into()));
+            out.push((
+                "lora-dropout",
+                "0".into(),
+                "LoRA dropout 0: TRL's disable_dropout (default true) turns it off after wrapping the model".into(),
+            ));
         }
     }
     out
@@ -149,11 +165,16 @@ mod tests {
     #[test]
     fn trl_fields_are_renamed_noted_or_refused_by_name() {
         assert_eq!(field("loss_type", &json!(["sigmoid"])), Treatment::Flag("loss", json!(["sigmoid"]), None));
-        assert_eq!(field("dataset_name", &json!("trl-lib/ultrafeedback_binarized")), Treatment::Flag("data", json!("trl-lib/ultrafeedback_binarized"), None));
+        assert_eq!(
+            field("dataset_name", &json!("trl-lib/ultrafeedback_binarized")),
+            Treatment::Flag("data", json!("trl-lib/ultrafeedback_binarized"), None)
+        );
         assert!(matches!(field("dataloader_num_workers", &json!(4)), Treatment::Note(n) if n.contains("no effect")));
         assert!(matches!(field("bf16", &json!(true)), Treatment::Note(n) if n.contains("f32")));
         assert!(matches!(field("bf16", &json!(false)), Treatment::Note(n) if n.contains("f32")));
-        assert!(matches!(field("neftune_noise_alpha", &json!(5.0)), Treatment::Refuse(n) if n.contains("neftune_noise_alpha")));
+        assert!(
+            matches!(field("neftune_noise_alpha", &json!(5.0)), Treatment::Refuse(n) if n.contains("neftune_noise_alpha"))
+        );
         assert!(matches!(field("neftune_noise_alpha", &Value::Null), Treatment::Note(_)));
         assert!(matches!(field("optim", &json!("sgd")), Treatment::Refuse(n) if n.contains("AdamW only")));
         assert_eq!(field("betta", &json!(0.1)), Treatment::Unknown);

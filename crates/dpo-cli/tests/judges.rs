@@ -12,7 +12,12 @@ fn reward_fixtures() -> Vec<(String, Value)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reward_models");
     ["llama", "qwen2"]
         .iter()
-        .map(|c| (c.to_string(), serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{c}.json"))).unwrap()).unwrap()))
+        .map(|c| {
+            (
+                c.to_string(),
+                serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{c}.json"))).unwrap()).unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -22,15 +27,18 @@ fn reward_fixtures() -> Vec<(String, Value)> {
 /// within 1e-4 of transformers, one at a time and packed together.
 #[test]
 fn reward_models_score_as_transformers() {
-    let smol = dpo::model::load_tokenizer(&dpo::fetch::ensure_default_model().unwrap()).unwrap();
+    let smol = dpo_model::load_tokenizer(&dpo_runtime::fetch::ensure_default_model().unwrap()).unwrap();
     let home = tempfile::tempdir().unwrap();
     for (case, fx) in reward_fixtures() {
         let dir = model_dir(&fx, &smol, &home.path().join(&case));
         let seqs = fx["sequences"].as_array().unwrap();
-        let ids: Vec<Vec<u32>> = seqs.iter().map(|q| q["ids"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()).collect();
+        let ids: Vec<Vec<u32>> = seqs
+            .iter()
+            .map(|q| q["ids"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect())
+            .collect();
         // packed: every sequence in one forward pass; alone: one per pass
         for max_tokens in [4096, 1] {
-            let rm = dpo::judge::RewardModel::load(&dir, max_tokens).unwrap();
+            let rm = dpo_align::judge::RewardModel::load(&dir, max_tokens).unwrap();
             let got = rm.score_ids(&ids).unwrap();
             let mut worst = 0f64;
             for (i, (q, g)) in seqs.iter().zip(&got).enumerate() {
@@ -41,7 +49,10 @@ fn reward_models_score_as_transformers() {
                     worst = worst.max((g - q[key].as_f64().unwrap()).abs());
                 }
             }
-            eprintln!("{case}: {} sequences, max tokens {max_tokens}: worst |reward - transformers| {worst:.2e}", ids.len());
+            eprintln!(
+                "{case}: {} sequences, max tokens {max_tokens}: worst |reward - transformers| {worst:.2e}",
+                ids.len()
+            );
             assert!(worst < 1e-4, "{case}: {worst}");
         }
         // through the CLI: `dpo label` orders each record's two completions by the reward model
@@ -59,13 +70,22 @@ fn reward_models_score_as_transformers() {
         let o = dpo(home.path(), &["label", "--samples", s(&samples), "--out", s(&out), "--judge", &judge]);
         assert!(o.status.success(), "{case}: dpo label: {}", String::from_utf8_lossy(&o.stderr));
         for (r, l) in lines(&out).iter().enumerate() {
-            let of = |w: &str| seqs.iter().find(|q| q["record"].as_u64() == Some(r as u64) && q["which"] == w).unwrap()["score_single"].as_f64().unwrap();
+            let of = |w: &str| {
+                seqs.iter().find(|q| q["record"].as_u64() == Some(r as u64) && q["which"] == w).unwrap()["score_single"]
+                    .as_f64()
+                    .unwrap()
+            };
             let (hi, lo) = (of("chosen").max(of("rejected")), of("chosen").min(of("rejected")));
-            assert!((l["score_chosen"].as_f64().unwrap() - hi).abs() < 1e-4 && (l["score_rejected"].as_f64().unwrap() - lo).abs() < 1e-4, "{case} record {r}: {l}");
+            assert!(
+                (l["score_chosen"].as_f64().unwrap() - hi).abs() < 1e-4
+                    && (l["score_rejected"].as_f64().unwrap() - lo).abs() < 1e-4,
+                "{case} record {r}: {l}"
+            );
         }
     }
     // A causal LM is not a reward model, and says so.
-    let e = dpo::judge::RewardModel::load(&dpo::fetch::ensure_default_model().unwrap(), 64).err().unwrap();
+    let e =
+        dpo_align::judge::RewardModel::load(&dpo_runtime::fetch::ensure_default_model().unwrap(), 64).err().unwrap();
     assert!(format!("{e:#}").contains("Hugging Face directory") || format!("{e:#}").contains("config.json"), "{e:#}");
 }
 
@@ -74,9 +94,13 @@ fn reward_models_score_as_transformers() {
 /// position bias the averaging cancels). A template without a placeholder is refused by name.
 #[test]
 fn llm_judge_averages_both_orders_and_refuses_a_bad_template() {
-    let model = dpo::fetch::ensure_default_model().unwrap();
-    let judge = dpo::judge::LlmJudge::load(&model, &Default::default(), None, 4096).unwrap();
-    let c = vec!["Keep basil in a glass of water on the counter, like cut flowers.".to_string(), "Basil is green.".to_string(), "I do not know.".to_string()];
+    let model = dpo_runtime::fetch::ensure_default_model().unwrap();
+    let judge = dpo_align::judge::LlmJudge::load(&model, &Default::default(), None, 4096).unwrap();
+    let c = vec![
+        "Keep basil in a glass of water on the counter, like cut flowers.".to_string(),
+        "Basil is green.".to_string(),
+        "I do not know.".to_string(),
+    ];
     let p = judge.preferences("How do I keep basil fresh?", &c).unwrap();
     for a in 0..3 {
         for b in 0..3 {
@@ -85,7 +109,16 @@ fn llm_judge_averages_both_orders_and_refuses_a_bad_template() {
     }
     assert!((0..3).any(|a| (0..3).any(|b| (p[a][b] - 0.5).abs() > 1e-3)), "{p:?}");
     let f = serde_json::Map::new();
-    let scores = dpo::judge::Judge::score(&judge, &dpo::judge::JudgeInput { prompt: "How do I keep basil fresh?", completions: &c, fields: &f, origin: "x:1" }).unwrap();
+    let scores = dpo_align::judge::Judge::score(
+        &judge,
+        &dpo_align::judge::JudgeInput {
+            prompt: "How do I keep basil fresh?",
+            completions: &c,
+            fields: &f,
+            origin: "x:1",
+        },
+    )
+    .unwrap();
     for (a, s) in scores.iter().enumerate() {
         let want = (0..3).filter(|&b| b != a).map(|b| p[a][b]).sum::<f64>() / 2.0;
         assert!((s - want).abs() < 1e-12, "{scores:?}");
@@ -98,9 +131,15 @@ fn llm_judge_averages_both_orders_and_refuses_a_bad_template() {
     std::fs::write(&samples, "{\"prompt\": \"Hi\", \"completions\": [\"a\", \"b\"]}\n").unwrap();
     let out = home.path().join("pairs.jsonl");
     let judge = format!("llm:{}", s(&model));
-    let o = dpo(home.path(), &["label", "--samples", s(&samples), "--out", s(&out), "--judge", &judge, "--judge-template", s(&t)]);
+    let o = dpo(
+        home.path(),
+        &["label", "--samples", s(&samples), "--out", s(&out), "--judge", &judge, "--judge-template", s(&t)],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("template.txt: the judge template has no `{response_b}`") && !out.exists(), "{err}");
+    assert!(
+        !o.status.success() && err.contains("template.txt: the judge template has no `{response_b}`") && !out.exists(),
+        "{err}"
+    );
 }
 
 /// The implicit reward of a policy against itself is zero; a policy trained with DPO on pairs8
@@ -119,17 +158,42 @@ fn implicit_judge_reads_a_trained_policy_and_its_reference() {
     std::fs::write(&samples, text).unwrap();
     let same = format!("implicit:{},{}", s(&model), s(&model));
     let out = home.path().join("same.jsonl");
-    let o = dpo(home.path(), &["label", "--samples", s(&samples), "--out", s(&out), "--judge", &same, "--mode", "ranking"]);
+    let o =
+        dpo(home.path(), &["label", "--samples", s(&samples), "--out", s(&out), "--judge", &same, "--mode", "ranking"]);
     assert!(o.status.success());
     for l in lines(&out) {
         assert!(l["scores"].as_array().unwrap().iter().all(|x| x.as_f64() == Some(0.0)), "{l}");
     }
     let run = home.path().join("run");
-    let o = dpo(home.path(), &["train", "--model", s(&model), "--data", s(&common::pairs8()), "--output-dir", s(&run), "--max-steps", "6", "--per-device-train-batch-size", "8", "--learning-rate", "3e-3", "--warmup-steps", "0", "--beta", "0.5"]);
+    let o = dpo(
+        home.path(),
+        &[
+            "train",
+            "--model",
+            s(&model),
+            "--data",
+            s(&common::pairs8()),
+            "--output-dir",
+            s(&run),
+            "--max-steps",
+            "6",
+            "--per-device-train-batch-size",
+            "8",
+            "--learning-rate",
+            "3e-3",
+            "--warmup-steps",
+            "0",
+            "--beta",
+            "0.5",
+        ],
+    );
     assert!(o.status.success());
     let out = home.path().join("trained.jsonl");
     let judge = format!("implicit:{}", s(&run));
-    let o = dpo(home.path(), &["label", "--samples", s(&samples), "--out", s(&out), "--judge", &judge, "--mode", "ranking"]);
+    let o = dpo(
+        home.path(),
+        &["label", "--samples", s(&samples), "--out", s(&out), "--judge", &judge, "--mode", "ranking"],
+    );
     assert!(o.status.success());
     let got = lines(&out);
     // completions were [rejected, chosen]: ranking [1, 0] puts the chosen first
@@ -145,7 +209,28 @@ fn implicit_judge_reads_a_trained_policy_and_its_reference() {
 fn demo_instruction_task_is_judged_by_the_model_itself() {
     let home = tempfile::tempdir().unwrap();
     let out = home.path().join("demo");
-    let o = dpo(home.path(), &["demo", "--task", "instructions", "--output-dir", s(&out), "--train-prompts", "4", "--eval-prompts", "2", "--eval-samples", "2", "--max-new-tokens", "6", "--betas", "0.1", "--batch", "2"]);
+    let o = dpo(
+        home.path(),
+        &[
+            "demo",
+            "--task",
+            "instructions",
+            "--output-dir",
+            s(&out),
+            "--train-prompts",
+            "4",
+            "--eval-prompts",
+            "2",
+            "--eval-samples",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--betas",
+            "0.1",
+            "--batch",
+            "2",
+        ],
+    );
     assert!(o.status.success());
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["settings"]["task"], "instructions");

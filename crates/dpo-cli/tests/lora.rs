@@ -33,8 +33,26 @@ fn sft_lora_then_dpo_lora_then_merge() {
     let m = s(&model);
     let run = |cmd: &str, out: &str, extra: &[&str]| {
         let out = home.join(out);
-        let mut args = vec![cmd, "--model", m, "--data", s(&pairs8()).to_string().leak(), "--output-dir", s(&out).to_string().leak(), "--use-peft",
-            "--lora-r", "4", "--max-steps", "3", "--per-device-train-batch-size", "4", "--learning-rate", "1e-2", "--seed", "3"];
+        let mut args = vec![
+            cmd,
+            "--model",
+            m,
+            "--data",
+            s(&pairs8()).to_string().leak(),
+            "--output-dir",
+            s(&out).to_string().leak(),
+            "--use-peft",
+            "--lora-r",
+            "4",
+            "--max-steps",
+            "3",
+            "--per-device-train-batch-size",
+            "4",
+            "--learning-rate",
+            "1e-2",
+            "--seed",
+            "3",
+        ];
         args.extend_from_slice(extra);
         let o = dpo(home, &args);
         assert!(o.status.success(), "{cmd} failed");
@@ -43,14 +61,21 @@ fn sft_lora_then_dpo_lora_then_merge() {
     // SFT with an adapter: the checkpoint is a PEFT adapter directory.
     let sft = run("sft", "sft", &[]);
     let cfg = read_json(&sft.join("final/adapter_config.json"));
-    assert_eq!((cfg["peft_type"].as_str(), cfg["r"].as_u64(), cfg["lora_alpha"].as_f64()), (Some("LORA"), Some(4), Some(32.0)));
+    assert_eq!(
+        (cfg["peft_type"].as_str(), cfg["r"].as_u64(), cfg["lora_alpha"].as_f64()),
+        (Some("LORA"), Some(4), Some(32.0))
+    );
     assert_eq!(cfg["target_modules"].as_array().unwrap().len(), 7, "all-linear: q, k, v, o, gate, up, down");
     assert!(sft.join("final/adapter_model.safetensors").exists() && !sft.join("final/model.safetensors").exists());
     // DPO with an adapter on top of the SFT model: its reference is the SFT model, so the first
     // step is at policy == reference (loss log 2).
     let dpo_run = run("train", "dpo", &["--adapter", s(&sft.join("final")).to_string().leak()]);
     let l = lines(&dpo_run.join("metrics.jsonl"));
-    assert!((l[0]["loss"].as_f64().unwrap() - 2f64.ln()).abs() < 1e-6, "step 1 at policy == reference: {}", l[0]["loss"]);
+    assert!(
+        (l[0]["loss"].as_f64().unwrap() - 2f64.ln()).abs() < 1e-6,
+        "step 1 at policy == reference: {}",
+        l[0]["loss"]
+    );
     assert!(l[2]["loss"].as_f64().unwrap() < 2f64.ln(), "the adapter learns");
     // The same command again gives the same metrics (dropout masks are seeded).
     let again = run("train", "dpo-again", &["--adapter", s(&sft.join("final")).to_string().leak()]);
@@ -68,7 +93,10 @@ fn sft_lora_then_dpo_lora_then_merge() {
     assert!(diff < 1e-4, "{diff}");
     assert!(max_diff(&stacked, &base) > 1e-3, "the adapters change the model");
     // A compact base needs an adapter to train.
-    let o = dpo(home, &["train", "--model", m, "--data", s(&pairs8()), "--output-dir", s(&home.join("x")), "--base-dtype", "bf16"]);
+    let o = dpo(
+        home,
+        &["train", "--model", m, "--data", s(&pairs8()), "--output-dir", s(&home.join("x")), "--base-dtype", "bf16"],
+    );
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("add --use-peft"));
 }
@@ -79,15 +107,30 @@ fn reference_log_probs_only_for_the_examples_a_run_reaches() {
         let d = tempfile::tempdir().unwrap();
         let home = d.path();
         let model = tiny_model(home);
-        let mut args = vec!["train", "--model", s(&model).to_string().leak(), "--data", s(&pairs8()).to_string().leak(), "--output-dir",
-            s(&home.join("run")).to_string().leak(), "--max-steps", "1", "--per-device-train-batch-size", "2"];
+        let mut args = vec![
+            "train",
+            "--model",
+            s(&model).to_string().leak(),
+            "--data",
+            s(&pairs8()).to_string().leak(),
+            "--output-dir",
+            s(&home.join("run")).to_string().leak(),
+            "--max-steps",
+            "1",
+            "--per-device-train-batch-size",
+            "2",
+        ];
         if peft {
             args.push("--use-peft");
         }
         assert!(dpo(home, &args).status.success());
         let cache: Vec<_> = std::fs::read_dir(home.join("ref-logps")).unwrap().map(|e| e.unwrap().path()).collect();
         assert_eq!(cache.len(), 1);
-        assert_eq!(lines(&cache[0]).len(), 2, "one step of 2 of the 8 pairs: 2 reference log-probs computed (use_peft {peft})");
+        assert_eq!(
+            lines(&cache[0]).len(),
+            2,
+            "one step of 2 of the 8 pairs: 2 reference log-probs computed (use_peft {peft})"
+        );
     }
 }
 
@@ -95,7 +138,7 @@ fn reference_log_probs_only_for_the_examples_a_run_reaches() {
 fn compact_bases_give_the_numbers_of_their_weights() {
     let d = tempfile::tempdir().unwrap();
     let home = d.path();
-    let gguf = dpo::fetch::ensure_default_model().unwrap();
+    let gguf = dpo_runtime::fetch::ensure_default_model().unwrap();
     let m = s(&gguf);
     let f32 = logps(home, &home.join("f32.jsonl"), &["--model", m]);
     // The GGUF file's own blocks (q/k rows reordered block-wise): the f32 model is their exact
@@ -108,5 +151,8 @@ fn compact_bases_give_the_numbers_of_their_weights() {
     let (e_gg, e_bf, e_q8) = (max_diff(&gg, &f32), max_diff(&bf16, &f32), max_diff(&q8, &f32));
     println!("largest log-prob difference from the f32 model on pairs8: gguf blocks {e_gg:.2e}, bf16 {e_bf:.3}, q8_0 {e_q8:.3} nats");
     assert!(e_gg < 1e-3, "{e_gg}");
-    assert!(e_bf < 1.0 && e_q8 < 1.0, "bf16 {e_bf}, q8_0 {e_q8}: rounding the weights moves a completion's log-prob by a fraction of a nat");
+    assert!(
+        e_bf < 1.0 && e_q8 < 1.0,
+        "bf16 {e_bf}, q8_0 {e_q8}: rounding the weights moves a completion's log-prob by a fraction of a nat"
+    );
 }

@@ -9,8 +9,21 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 fn train(home: &Path, model: &Path, data: &Path, out: &Path, extra: &[&str]) -> (Vec<Value>, String) {
-    let mut args = vec!["train", "--model", s(model), "--data", s(data), "--output-dir", s(out), "--per-device-train-batch-size", "4",
-        "--learning-rate", "1e-3", "--lr-scheduler-type", "constant"];
+    let mut args = vec![
+        "train",
+        "--model",
+        s(model),
+        "--data",
+        s(data),
+        "--output-dir",
+        s(out),
+        "--per-device-train-batch-size",
+        "4",
+        "--learning-rate",
+        "1e-3",
+        "--lr-scheduler-type",
+        "constant",
+    ];
     args.extend_from_slice(extra);
     let o = dpo(home, &args);
     let err = String::from_utf8_lossy(&o.stderr).to_string();
@@ -34,13 +47,32 @@ fn reference_free_losses_compute_no_reference() {
 fn tr_dpo_hard_update_makes_the_reference_the_policy() {
     let d = tempfile::tempdir().unwrap();
     let model = tiny_model(d.path());
-    let (m, err) = train(d.path(), &model, &pairs8(), &d.path().join("tr"),
-        &["--sync-ref-model", "--ref-model-mixup-alpha", "1.0", "--ref-model-sync-steps", "2", "--max-steps", "4", "--per-device-train-batch-size", "8"]);
+    let (m, err) = train(
+        d.path(),
+        &model,
+        &pairs8(),
+        &d.path().join("tr"),
+        &[
+            "--sync-ref-model",
+            "--ref-model-mixup-alpha",
+            "1.0",
+            "--ref-model-sync-steps",
+            "2",
+            "--max-steps",
+            "4",
+            "--per-device-train-batch-size",
+            "8",
+        ],
+    );
     assert!(err.contains("reference cache is not used"), "{err}");
     let loss = |i: usize| m[i]["loss"].as_f64().unwrap();
     assert!((loss(0) - 2f64.ln()).abs() < 1e-6);
     assert!((loss(1) - 2f64.ln()).abs() > 1e-4, "the policy moved at step 1");
-    assert!((loss(2) - 2f64.ln()).abs() < 1e-6, "after the hard update at step 2 the reference is the policy: {}", loss(2));
+    assert!(
+        (loss(2) - 2f64.ln()).abs() < 1e-6,
+        "after the hard update at step 2 the reference is the policy: {}",
+        loss(2)
+    );
 }
 
 #[test]
@@ -48,13 +80,20 @@ fn kto_trains_on_unpaired_conversational_data_and_splits_pairs() {
     let d = tempfile::tempdir().unwrap();
     let model = tiny_model(d.path());
     let kto = shared().join("data/llama-factory/kto_en_demo.json");
-    let (m, err) = train(d.path(), &model, &kto, &d.path().join("kto"), &["--loss", "kto", "--max-steps", "3", "--max-length", "256"]);
+    let (m, err) = train(
+        d.path(),
+        &model,
+        &kto,
+        &d.path().join("kto"),
+        &["--loss", "kto", "--max-steps", "3", "--max-length", "256"],
+    );
     assert!(err.contains("unpaired examples used") && err.contains("conversational"), "{err}");
     for k in ["loss", "kl", "rewards/chosen", "logps/chosen"] {
         assert!(m[2].get(k).is_some_and(Value::is_number), "missing {k} in {}", m[2]);
     }
     // pairs are split into desirable and undesirable examples
-    let (_, err) = train(d.path(), &model, &pairs8(), &d.path().join("kto-pairs"), &["--loss", "kto", "--max-steps", "1"]);
+    let (_, err) =
+        train(d.path(), &model, &pairs8(), &d.path().join("kto-pairs"), &["--loss", "kto", "--max-steps", "1"]);
     assert!(err.contains("16 unpaired examples used"), "{err}");
 }
 
@@ -76,8 +115,20 @@ fn plackett_luce_trains_on_rankings_and_mixtures_add_an_nll_term() {
     let (_, err) = train(d.path(), &model, &rk, &d.path().join("pairs"), &["--loss", "sigmoid", "--max-steps", "1"]);
     assert!(err.contains("24 pairs used"), "{err}");
     // sigmoid + 0.5 * sft: the first step's loss is log 2 + 0.5 * (NLL per token of the chosen)
-    let (m, _) = train(d.path(), &model, &pairs8(), &d.path().join("mix"), &["--loss", "sigmoid,sft", "--loss-weights", "1,0.5", "--max-steps", "1", "--per-device-train-batch-size", "8"]);
-    let (m0, _) = train(d.path(), &model, &pairs8(), &d.path().join("sft-only"), &["--loss", "sft", "--max-steps", "1", "--per-device-train-batch-size", "8"]);
+    let (m, _) = train(
+        d.path(),
+        &model,
+        &pairs8(),
+        &d.path().join("mix"),
+        &["--loss", "sigmoid,sft", "--loss-weights", "1,0.5", "--max-steps", "1", "--per-device-train-batch-size", "8"],
+    );
+    let (m0, _) = train(
+        d.path(),
+        &model,
+        &pairs8(),
+        &d.path().join("sft-only"),
+        &["--loss", "sft", "--max-steps", "1", "--per-device-train-batch-size", "8"],
+    );
     let want = 2f64.ln() + 0.5 * m0[0]["loss"].as_f64().unwrap();
     assert!((m[0]["loss"].as_f64().unwrap() - want).abs() < 1e-6, "{} vs {want}", m[0]["loss"]);
 }
@@ -86,14 +137,40 @@ fn plackett_luce_trains_on_rankings_and_mixtures_add_an_nll_term() {
 fn data_that_does_not_fit_the_loss_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let model = tiny_model(d.path());
-    let o = dpo(d.path(), &["train", "--model", s(&model), "--data", s(&pairs8()), "--output-dir", s(&d.path().join("x")), "--loss", "odpo"]);
+    let o = dpo(
+        d.path(),
+        &[
+            "train",
+            "--model",
+            s(&model),
+            "--data",
+            s(&pairs8()),
+            "--output-dir",
+            s(&d.path().join("x")),
+            "--loss",
+            "odpo",
+        ],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("pairs8.jsonl:1") && err.contains("score_chosen"), "{err}");
-    let o = dpo(d.path(), &["train", "--model", s(&model), "--data", s(&pairs8()), "--output-dir", s(&d.path().join("x")), "--loss", "kto,sigmoid"]);
+    let o = dpo(
+        d.path(),
+        &[
+            "train",
+            "--model",
+            s(&model),
+            "--data",
+            s(&pairs8()),
+            "--output-dir",
+            s(&d.path().join("x")),
+            "--loss",
+            "kto,sigmoid",
+        ],
+    );
     assert!(String::from_utf8_lossy(&o.stderr).contains("need different data"));
     let o = dpo(d.path(), &["train", "--loss-help"]);
     let help = String::from_utf8_lossy(&o.stdout);
-    for n in dpo::loss::NAMES {
+    for n in dpo_train::loss::NAMES {
         assert!(help.contains(&format!("\n{n}\n")), "{n} missing from --loss-help");
     }
 }

@@ -38,18 +38,19 @@ fn run(home: &Path, ranks: usize, args: &[&str]) -> Output {
         c.args(["-np", &ranks.to_string(), BIN]);
         c
     };
-    let out = c.env("DPO_HOME", home).args(args).output().expect("mpirun (Open MPI) must be installed for the mpi tests");
+    let out =
+        c.env("DPO_HOME", home).args(args).output().expect("mpirun (Open MPI) must be installed for the mpi tests");
     assert!(out.status.success(), "dpo {args:?} on {ranks} ranks failed:\n{}", String::from_utf8_lossy(&out.stderr));
     out
 }
 
 fn smollm2() -> PathBuf {
-    dpo::fetch::ensure_default_model().unwrap()
+    dpo_runtime::fetch::ensure_default_model().unwrap()
 }
 
 /// The first `n` HH-RLHF test pairs (helpful-base) as a JSONL file in `dir`.
 fn hh_pairs(dir: &Path, n: usize) -> PathBuf {
-    let f = dpo::io::open_text(&shared().join("data/hh-rlhf/helpful-base/test.jsonl.gz")).unwrap();
+    let f = dpo_runtime::io::open_text(&shared().join("data/hh-rlhf/helpful-base/test.jsonl.gz")).unwrap();
     let text: String = std::io::BufRead::lines(f).take(n).map(|l| l.unwrap() + "\n").collect();
     let p = dir.join(format!("hh{n}.jsonl"));
     std::fs::write(&p, text).unwrap();
@@ -59,7 +60,10 @@ fn hh_pairs(dir: &Path, n: usize) -> PathBuf {
 fn tensors(p: &Path) -> BTreeMap<String, Vec<f32>> {
     let bytes = std::fs::read(p).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors().into_iter().map(|(n, v)| (n, v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())).collect()
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()))
+        .collect()
 }
 
 /// The largest per-tensor `||a - b|| / ||a||` of two safetensors files.
@@ -112,8 +116,25 @@ fn training_on_two_ranks_equals_one_process() {
     // `dpo train` or `dpo sft`, 2 steps of 6 pairs
     let job = |cmd: &str, home: &Path, ranks: usize, out: &str, extra: &[&str]| {
         let out = dir.path().join(out);
-        let mut a = vec![cmd, "--model", s(&model), "--data", s(&data), "--output-dir", s(&out), "--max-steps", "2", "--max-length", "128",
-            "--per-device-train-batch-size", "6", "--max-tokens-per-forward", "512", "--seed", "3"];
+        let mut a = vec![
+            cmd,
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--output-dir",
+            s(&out),
+            "--max-steps",
+            "2",
+            "--max-length",
+            "128",
+            "--per-device-train-batch-size",
+            "6",
+            "--max-tokens-per-forward",
+            "512",
+            "--seed",
+            "3",
+        ];
         a.extend_from_slice(extra);
         run(home, ranks, &a);
         out
@@ -128,7 +149,11 @@ fn training_on_two_ranks_equals_one_process() {
     let two = train(&home2, 2, "dpo2", &[]);
     let zero = train(&home, 2, "dpo2z", &["--zero-stage", "1"]);
     let w = weights_rel_diff(&weights(&one), &weights(&two));
-    let m = metrics_close(&one.join("metrics.jsonl"), &two.join("metrics.jsonl"), |step| if step == 1 { 1e-6 } else { 2e-5 });
+    let m = metrics_close(
+        &one.join("metrics.jsonl"),
+        &two.join("metrics.jsonl"),
+        |step| if step == 1 { 1e-6 } else { 2e-5 },
+    );
     eprintln!("DPO 1 vs 2 ranks: weights {w:.1e} (worst per-tensor relative), metrics per step {m:?}");
     assert!(w < 1e-5, "{w}");
     // the reference cache the ranks filled together equals one process's
@@ -142,11 +167,19 @@ fn training_on_two_ranks_equals_one_process() {
     // ZeRO stage 1: the same arithmetic element by element
     assert_eq!(std::fs::read(weights(&zero)).unwrap(), std::fs::read(weights(&two)).unwrap(), "--zero-stage 1 weights");
     assert_eq!(std::fs::read(zero.join("metrics.jsonl")).unwrap(), std::fs::read(two.join("metrics.jsonl")).unwrap());
-    let summary = |out: &Path| serde_json::from_str::<Value>(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    let (full, sharded) = (summary(&two)["optimizer_state_bytes"].as_u64().unwrap(), summary(&zero)["optimizer_state_bytes"].as_u64().unwrap());
+    let summary = |out: &Path| {
+        serde_json::from_str::<Value>(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
+    };
+    let (full, sharded) = (
+        summary(&two)["optimizer_state_bytes"].as_u64().unwrap(),
+        summary(&zero)["optimizer_state_bytes"].as_u64().unwrap(),
+    );
     assert_eq!(full, 8 * 134_515_008, "two f32 moments of SmolLM2-135M's tensors");
     assert!(sharded.abs_diff(full / 2) <= 8, "rank 0 holds half the moments: {sharded} of {full}");
-    assert!(summary(&two)["comm_bytes_per_step"].as_f64().unwrap() >= 4.0 * 134_515_008.0, "one all-reduce of every gradient per step");
+    assert!(
+        summary(&two)["comm_bytes_per_step"].as_f64().unwrap() >= 4.0 * 134_515_008.0,
+        "one all-reduce of every gradient per step"
+    );
 
     // SFT
     let (one, two) = (job("sft", &home, 1, "sftA", &[]), job("sft", &home, 2, "sftB", &[]));
@@ -159,7 +192,11 @@ fn training_on_two_ranks_equals_one_process() {
     let kto = ["--loss", "kto", "--per-device-train-batch-size", "3", "--gradient-accumulation-steps", "2"];
     let (one, two) = (train(&home, 1, "kto1", &kto), train(&home, 2, "kto2", &kto));
     let w = weights_rel_diff(&weights(&one), &weights(&two));
-    let m = metrics_close(&one.join("metrics.jsonl"), &two.join("metrics.jsonl"), |step| if step == 1 { 1e-6 } else { 1e-3 });
+    let m = metrics_close(
+        &one.join("metrics.jsonl"),
+        &two.join("metrics.jsonl"),
+        |step| if step == 1 { 1e-6 } else { 1e-3 },
+    );
     eprintln!("KTO 1 vs 2 ranks: weights {w:.1e}, metrics per step {m:?}");
     assert!(w < 1e-5, "{w}");
 }
@@ -168,7 +205,11 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
     rd.flat_map(|e| {
         let p = e.unwrap().path();
-        if p.is_dir() { walk(&p) } else { vec![p] }
+        if p.is_dir() {
+            walk(&p)
+        } else {
+            vec![p]
+        }
     })
     .collect()
 }
@@ -179,22 +220,92 @@ fn logps_sample_and_eval_on_two_ranks_write_the_files_of_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let (home, model, data) = (dir.path().join("home"), smollm2(), hh_pairs(dir.path(), 10));
     let prompts = dir.path().join("prompts.jsonl");
-    std::fs::write(&prompts, ["Human: Tell me about the sea.", "The best film I ever saw", "Human: How do I bake bread?", "My neighbour's dog", "Once upon a time"]
+    std::fs::write(
+        &prompts,
+        [
+            "Human: Tell me about the sea.",
+            "The best film I ever saw",
+            "Human: How do I bake bread?",
+            "My neighbour's dog",
+            "Once upon a time",
+        ]
         .iter()
         .map(|p| serde_json::json!({"prompt": p}).to_string() + "\n")
-        .collect::<String>()).unwrap();
+        .collect::<String>(),
+    )
+    .unwrap();
     let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     for ranks in [1, 2] {
         let f = |name: &str| dir.path().join(format!("{name}{ranks}"));
-        run(&home, ranks, &["logps", "--model", s(&model), "--data", s(&data), "--out", s(&f("logps")), "--max-tokens-per-forward", "400", "--max-length", "160"]);
-        run(&home, ranks, &["sample", "--model", s(&model), "--prompts", s(&prompts), "--out", s(&f("samples")), "--n", "2", "--max-new-tokens", "10", "--max-batch", "4"]);
-        run(&home, ranks, &["eval", "--policy", s(&model), "--reference", s(&model), "--data", s(&data), "--prompts", s(&prompts), "--n", "2",
-            "--max-new-tokens", "6", "--max-length", "160", "--max-tokens-per-forward", "400", "--out", s(&f("eval"))]);
+        run(
+            &home,
+            ranks,
+            &[
+                "logps",
+                "--model",
+                s(&model),
+                "--data",
+                s(&data),
+                "--out",
+                s(&f("logps")),
+                "--max-tokens-per-forward",
+                "400",
+                "--max-length",
+                "160",
+            ],
+        );
+        run(
+            &home,
+            ranks,
+            &[
+                "sample",
+                "--model",
+                s(&model),
+                "--prompts",
+                s(&prompts),
+                "--out",
+                s(&f("samples")),
+                "--n",
+                "2",
+                "--max-new-tokens",
+                "10",
+                "--max-batch",
+                "4",
+            ],
+        );
+        run(
+            &home,
+            ranks,
+            &[
+                "eval",
+                "--policy",
+                s(&model),
+                "--reference",
+                s(&model),
+                "--data",
+                s(&data),
+                "--prompts",
+                s(&prompts),
+                "--n",
+                "2",
+                "--max-new-tokens",
+                "6",
+                "--max-length",
+                "160",
+                "--max-tokens-per-forward",
+                "400",
+                "--out",
+                s(&f("eval")),
+            ],
+        );
     }
     for name in ["logps", "samples", "eval"] {
         assert_eq!(read(dir.path().join(format!("{name}1"))), read(dir.path().join(format!("{name}2"))), "{name}");
     }
-    assert_eq!(read(dir.path().join("eval1").with_extension("samples.jsonl")), read(dir.path().join("eval2").with_extension("samples.jsonl")));
+    assert_eq!(
+        read(dir.path().join("eval1").with_extension("samples.jsonl")),
+        read(dir.path().join("eval2").with_extension("samples.jsonl"))
+    );
     assert_eq!(lines(&dir.path().join("logps2")).len(), 10);
 }
 
@@ -213,7 +324,11 @@ fn a_failing_differing_or_killed_rank_ends_the_job_naming_it() {
     let model = tiny_model(dir.path());
     let good = common::pairs8();
     let bad = dir.path().join("bad.jsonl");
-    std::fs::write(&bad, std::fs::read_to_string(&good).unwrap() + "{\"prompt\": \"x\", \"chosen\": \"y\", \"rejected\": 5}\n").unwrap();
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&good).unwrap() + "{\"prompt\": \"x\", \"chosen\": \"y\", \"rejected\": 5}\n",
+    )
+    .unwrap();
 
     // Rank 1's copy of the data is malformed (as on a machine with a corrupt local copy: mpirun's
     // `:` starts each rank in its own directory, with the same command line).
@@ -235,21 +350,66 @@ fn a_failing_differing_or_killed_rank_ends_the_job_naming_it() {
     eprintln!("malformed input on rank 1: job ended in {took:.1?}");
 
     // Rank 1 trains on other (well-formed) data: refused before the first step.
-    std::fs::write(d1.join("data.jsonl"), std::fs::read_to_string(&good).unwrap().lines().rev().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
-    let (status, err, took) = job(&["train", "--model", s(&model), "--data", "data.jsonl", "--output-dir", "out", "--max-steps", "2"]);
+    std::fs::write(
+        d1.join("data.jsonl"),
+        std::fs::read_to_string(&good).unwrap().lines().rev().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let (status, err, took) =
+        job(&["train", "--model", s(&model), "--data", "data.jsonl", "--output-dir", "out", "--max-steps", "2"]);
     assert!(!status.success() && took < Duration::from_secs(30), "{status:?} after {took:?}");
     assert!(err.contains("rank 1 has another run settings or data"), "{err}");
     // ... and another command line, before anything is read.
     let mut c = mpirun();
-    c.env("DPO_HOME", &home).args(["-np", "1", BIN, "logps", "--model", s(&model), "--data", s(&good), "--out", s(&dir.path().join("a.jsonl"))]);
-    c.args([":", "-np", "1", BIN, "logps", "--model", s(&model), "--data", s(&good), "--out", s(&dir.path().join("b.jsonl"))]);
+    c.env("DPO_HOME", &home).args([
+        "-np",
+        "1",
+        BIN,
+        "logps",
+        "--model",
+        s(&model),
+        "--data",
+        s(&good),
+        "--out",
+        s(&dir.path().join("a.jsonl")),
+    ]);
+    c.args([
+        ":",
+        "-np",
+        "1",
+        BIN,
+        "logps",
+        "--model",
+        s(&model),
+        "--data",
+        s(&good),
+        "--out",
+        s(&dir.path().join("b.jsonl")),
+    ]);
     let (status, err, _) = timed(c);
     assert!(!status.success() && err.contains("rank 1 has another command line"), "{err}");
 
     // Rank 1 is killed mid-run: the job ends, naming it; the last checkpoint resumes.
     let out = dir.path().join("killed");
-    let args = ["train", "--model", s(&model), "--data", s(&good), "--output-dir", s(&out), "--max-steps", "400", "--per-device-train-batch-size", "2",
-        "--save-steps", "1", "--save-total-limit", "2", "--learning-rate", "1e-3"];
+    let args = [
+        "train",
+        "--model",
+        s(&model),
+        "--data",
+        s(&good),
+        "--output-dir",
+        s(&out),
+        "--max-steps",
+        "400",
+        "--per-device-train-batch-size",
+        "2",
+        "--save-steps",
+        "1",
+        "--save-total-limit",
+        "2",
+        "--learning-rate",
+        "1e-3",
+    ];
     let mut c = mpirun();
     c.env("DPO_HOME", &home).args(["-np", "2", BIN]).args(args).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut job = c.spawn().unwrap();
@@ -279,6 +439,7 @@ fn rank_pid(rank: usize) -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).find(|pid| {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
         let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        exe.is_some_and(|e| e == Path::new(BIN).canonicalize().unwrap_or_default()) && env.split(|&b| b == 0).any(|v| v == want.as_bytes())
+        exe.is_some_and(|e| e == Path::new(BIN).canonicalize().unwrap_or_default())
+            && env.split(|&b| b == 0).any(|v| v == want.as_bytes())
     })
 }

@@ -1,7 +1,7 @@
 //! Parity with the reference implementation (PyTorch + transformers + TRL 1.16) on SmolLM2-135M-Instruct:
 //! the golden values of `../shared/tools/oracle/golden/` (see its README).
 
-use dpo::data::{tokenize_all, Tokenized, TokenizeSettings};
+use dpo_data::{tokenize_all, TokenizeSettings, Tokenized};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
@@ -27,15 +27,15 @@ const DATASETS: [(usize, &str); 2] = [(0, "pairs8.jsonl"), (1, "hh_harmless32.js
 
 #[test]
 fn logps_command_gives_golden_token_ids_and_logps() {
-    let model = dpo::fetch::ensure_default_model().unwrap();
-    let loaded = dpo::model::load(&model).unwrap();
+    let model = dpo_runtime::fetch::ensure_default_model().unwrap();
+    let loaded = dpo_model::load(&model).unwrap();
     let g = golden();
     let dir = tempfile::tempdir().unwrap();
     for (ds, file) in DATASETS {
         let data = shared().join("tools/oracle/golden").join(file);
         let records = g["datasets"][ds]["records"].as_array().unwrap();
         // token ids, exactly (library path used by every command)
-        let (recs, _) = dpo::data::read(&data).unwrap();
+        let (recs, _) = dpo_data::read(&data).unwrap();
         let set = tokenize_all(&loaded.tokenizer, &recs, TokenizeSettings::default()).unwrap();
         assert_eq!(set.examples.len(), records.len());
         for (ex, r) in set.examples.iter().zip(records) {
@@ -43,7 +43,7 @@ fn logps_command_gives_golden_token_ids_and_logps() {
                 index: ex.index,
                 prompt: ids(&r["prompt_ids"]),
                 completions: vec![ids(&r["chosen_ids"]), ids(&r["rejected_ids"])],
-                kind: dpo::data::ExampleKind::Pair { scores: None },
+                kind: dpo_data::ExampleKind::Pair { scores: None },
             };
             assert_eq!(ex, &want, "{file} record {}", ex.index);
         }
@@ -79,32 +79,49 @@ fn logps_command_gives_golden_token_ids_and_logps() {
 
 #[test]
 fn gradient_norms_against_the_perturbed_reference_match_golden() {
-    let model = dpo::fetch::ensure_default_model().unwrap();
-    let loaded = dpo::model::load(&model).unwrap();
-    let policy = dpo::policy::Policy::new(loaded.config.clone(), &loaded.tensors).unwrap();
+    let model = dpo_runtime::fetch::ensure_default_model().unwrap();
+    let loaded = dpo_model::load(&model).unwrap();
+    let policy = dpo_model::policy::Policy::new(loaded.config.clone(), &loaded.tensors).unwrap();
     let g = golden();
-    let loss = dpo::loss::Loss::Sigmoid { beta: g["meta"]["beta"].as_f64().unwrap(), label_smoothing: 0.0 };
+    let loss = dpo_train::loss::Loss::Sigmoid { beta: g["meta"]["beta"].as_f64().unwrap(), label_smoothing: 0.0 };
     for (ds, file) in DATASETS {
-        let (recs, _) = dpo::data::read(&shared().join("tools/oracle/golden").join(file)).unwrap();
+        let (recs, _) = dpo_data::read(&shared().join("tools/oracle/golden").join(file)).unwrap();
         let set = tokenize_all(&loaded.tokenizer, &recs, TokenizeSettings::default()).unwrap();
         let gd = &g["datasets"][ds];
         let refs: Vec<Vec<f64>> = gd["records"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| vec![r["ref_perturbed_chosen_logp"].as_f64().unwrap(), r["ref_perturbed_rejected_logp"].as_f64().unwrap()])
+            .map(|r| {
+                vec![
+                    r["ref_perturbed_chosen_logp"].as_f64().unwrap(),
+                    r["ref_perturbed_rejected_logp"].as_f64().unwrap(),
+                ]
+            })
             .collect();
         let refs: Vec<&[f64]> = refs.iter().map(Vec::as_slice).collect();
         let examples: Vec<&Tokenized> = set.examples.iter().collect();
-        let res = dpo::step::loss_and_gradients(&policy, &examples, &refs, &dpo::task::Task::Preference(dpo::loss::Objective::single(loss)), 1024, 64).unwrap();
+        let res = dpo_train::step::loss_and_gradients(
+            &policy,
+            &examples,
+            &refs,
+            &dpo_train::task::Task::Preference(dpo_train::loss::Objective::single(loss)),
+            1024,
+            64,
+        )
+        .unwrap();
         let gold = &gd["grad_ref_perturbed"];
         let mean_loss = res.stats.iter().map(|s| s.loss).sum::<f64>() / res.stats.len() as f64;
-        assert!((mean_loss - gold["loss"].as_f64().unwrap()).abs() < 1e-4, "{file}: loss {mean_loss} vs {}", gold["loss"]);
+        assert!(
+            (mean_loss - gold["loss"].as_f64().unwrap()).abs() < 1e-4,
+            "{file}: loss {mean_loss} vs {}",
+            gold["loss"]
+        );
         let per = gold["per_tensor"].as_object().unwrap();
         assert_eq!(per.len(), policy.params.len());
         let mut worst = (0f64, "");
         for ((name, _), grad) in policy.params.iter().zip(&res.grads) {
-            let norm = dpo::optim::tensor_sq_norm(grad).unwrap().sqrt();
+            let norm = dpo_train::optim::tensor_sq_norm(grad).unwrap().sqrt();
             assert!(norm > 0.0, "{name}: no gradient");
             let want = per[name].as_f64().unwrap();
             let rel = (norm - want).abs() / want;
@@ -113,6 +130,11 @@ fn gradient_norms_against_the_perturbed_reference_match_golden() {
                 worst = (rel, name);
             }
         }
-        println!("{file}: loss {mean_loss:.7}; {} gradient norms within {:.2e} relative (worst {})", per.len(), worst.0, worst.1);
+        println!(
+            "{file}: loss {mean_loss:.7}; {} gradient norms within {:.2e} relative (worst {})",
+            per.len(),
+            worst.0,
+            worst.1
+        );
     }
 }

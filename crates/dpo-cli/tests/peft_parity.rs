@@ -16,7 +16,7 @@
 mod common;
 
 use common::{dpo, lines, s, shared};
-use dpo::data::Tokenized;
+use dpo_data::Tokenized;
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -43,7 +43,7 @@ const DATASETS: [(usize, &str); 2] = [(0, "pairs8"), (1, "hh_harmless32")];
 /// adapter on, and without `--adapter` PEFT's with the adapter disabled (the reference).
 #[test]
 fn logps_command_with_and_without_the_adapter_equals_peft() {
-    let model = dpo::fetch::ensure_default_model().unwrap();
+    let model = dpo_runtime::fetch::ensure_default_model().unwrap();
     let adapter = fixtures().join("peft_adapter");
     let peft = peft();
     let golden = read(&shared().join("tools/oracle/golden/golden_smollm2_135m.json"));
@@ -53,7 +53,9 @@ fn logps_command_with_and_without_the_adapter_equals_peft() {
         let golden_records = golden["datasets"][g]["records"].as_array().unwrap();
         assert_eq!(golden["datasets"][g]["name"], name);
         let data = shared().join(format!("tools/oracle/golden/{name}.jsonl"));
-        for (with_adapter, keys) in [(true, ["chosen_logp", "rejected_logp"]), (false, ["ref_chosen_logp", "ref_rejected_logp"])] {
+        for (with_adapter, keys) in
+            [(true, ["chosen_logp", "rejected_logp"]), (false, ["ref_chosen_logp", "ref_rejected_logp"])]
+        {
             let out = d.path().join(format!("{name}-{with_adapter}.jsonl"));
             let mut args = vec!["logps", "--model", s(&model), "--data", s(&data), "--out", s(&out)];
             if with_adapter {
@@ -68,10 +70,17 @@ fn logps_command_with_and_without_the_adapter_equals_peft() {
                 assert_eq!(l["index"], w["index"]);
                 assert_eq!(l["chosen_tokens"], w["n_chosen_tokens"], "{name} record {}", w["index"]);
                 assert_eq!(l["rejected_tokens"], w["n_rejected_tokens"], "{name} record {}", w["index"]);
-                for (ours, theirs, base) in [("chosen_logps", keys[0], "chosen_logp"), ("rejected_logps", keys[1], "rejected_logp")] {
+                for (ours, theirs, base) in
+                    [("chosen_logps", keys[0], "chosen_logp"), ("rejected_logps", keys[1], "rejected_logp")]
+                {
                     let (a, b) = (l[ours].as_f64().unwrap(), w[theirs].as_f64().unwrap());
                     let diff = (a - b).abs();
-                    assert!(diff < 1e-2, "{name} record {} (adapter {}): {ours} {a} vs PEFT {b} ({diff:.2e} nats)", w["index"], if with_adapter { "on" } else { "off" });
+                    assert!(
+                        diff < 1e-2,
+                        "{name} record {} (adapter {}): {ours} {a} vs PEFT {b} ({diff:.2e} nats)",
+                        w["index"],
+                        if with_adapter { "on" } else { "off" }
+                    );
                     worst = worst.max(diff);
                     moved = moved.max((b - gr[base].as_f64().unwrap()).abs());
                 }
@@ -95,18 +104,18 @@ fn logps_command_with_and_without_the_adapter_equals_peft() {
 /// the 1e-4 loss comparison; our adapter-off log-probs are compared with them in the test above.
 #[test]
 fn lora_loss_and_gradient_norms_equal_peft() {
-    let model = dpo::fetch::ensure_default_model().unwrap();
-    let loaded = dpo::model::load(&model).unwrap();
-    let adapter = dpo::model::adapter::Adapter::load(&fixtures().join("peft_adapter"), &loaded.config).unwrap();
+    let model = dpo_runtime::fetch::ensure_default_model().unwrap();
+    let loaded = dpo_model::load(&model).unwrap();
+    let adapter = dpo_model::adapter::Adapter::load(&fixtures().join("peft_adapter"), &loaded.config).unwrap();
     assert_eq!(adapter.modules.len(), 7 * loaded.config.num_hidden_layers, "all seven projections of every layer");
     for m in &adapter.modules {
         let b = m.b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(b > 0.0, "layer {} {:?}: B is zero", m.layer, m.proj);
     }
-    let policy = dpo::policy::Policy::lora(&loaded.model().unwrap(), &adapter).unwrap();
+    let policy = dpo_model::policy::Policy::lora(&loaded.model().unwrap(), &adapter).unwrap();
     let peft = peft();
     let beta = peft["meta"]["beta"].as_f64().unwrap();
-    let task = dpo::task::Task::dpo(beta);
+    let task = dpo_train::task::Task::dpo(beta);
     let golden = read(&shared().join("tools/oracle/golden/golden_smollm2_135m.json"));
     let (mut worst_all, mut worst_loss) = ((0f64, String::new()), 0f64);
     for (g, name) in DATASETS {
@@ -121,21 +130,30 @@ fn lora_loss_and_gradient_norms_equal_peft() {
                 index: r["index"].as_u64().unwrap() as usize,
                 prompt: ids(&r["prompt_ids"]),
                 completions: vec![ids(&r["chosen_ids"]), ids(&r["rejected_ids"])],
-                kind: dpo::data::ExampleKind::Pair { scores: None },
+                kind: dpo_data::ExampleKind::Pair { scores: None },
             })
             .collect();
         assert_eq!(examples.len(), records.len());
-        let refs: Vec<Vec<f64>> = records.iter().map(|r| vec![r["ref_chosen_logp"].as_f64().unwrap(), r["ref_rejected_logp"].as_f64().unwrap()]).collect();
+        let refs: Vec<Vec<f64>> = records
+            .iter()
+            .map(|r| vec![r["ref_chosen_logp"].as_f64().unwrap(), r["ref_rejected_logp"].as_f64().unwrap()])
+            .collect();
         let refs: Vec<&[f64]> = refs.iter().map(Vec::as_slice).collect();
         let examples: Vec<&Tokenized> = examples.iter().collect();
-        let res = dpo::step::loss_and_gradients(&policy, &examples, &refs, &task, 1024, 64).unwrap();
+        let res = dpo_train::step::loss_and_gradients(&policy, &examples, &refs, &task, 1024, 64).unwrap();
 
         // the policy's log-probs through the unmerged adapter, and how far the adapter moves them
         let (mut worst_logp, mut moved) = (0f64, 0f64);
         for (st, r) in res.stats.iter().zip(records) {
             for (k, key) in ["chosen_logp", "rejected_logp"].into_iter().enumerate() {
                 let diff = (st.policy[k] - r[key].as_f64().unwrap()).abs();
-                assert!(diff < 1e-2, "{name} record {}: policy {key} {} vs PEFT {} ({diff:.2e} nats)", r["index"], st.policy[k], r[key]);
+                assert!(
+                    diff < 1e-2,
+                    "{name} record {}: policy {key} {} vs PEFT {} ({diff:.2e} nats)",
+                    r["index"],
+                    st.policy[k],
+                    r[key]
+                );
                 worst_logp = worst_logp.max(diff);
                 moved = moved.max((st.policy[k] - st.reference[k]).abs());
             }
@@ -152,8 +170,12 @@ fn lora_loss_and_gradient_norms_equal_peft() {
         assert_eq!(norms.len(), policy.params.len(), "{name}: one gradient norm per A and B");
         let mut worst = (0f64, String::new());
         for ((pname, _), grad) in policy.params.iter().zip(&res.grads) {
-            let norm = dpo::optim::tensor_sq_norm(grad).unwrap().sqrt();
-            let theirs = norms.get(pname).unwrap_or_else(|| panic!("{name}: PEFT has no gradient for `{pname}`")).as_f64().unwrap();
+            let norm = dpo_train::optim::tensor_sq_norm(grad).unwrap().sqrt();
+            let theirs = norms
+                .get(pname)
+                .unwrap_or_else(|| panic!("{name}: PEFT has no gradient for `{pname}`"))
+                .as_f64()
+                .unwrap();
             assert!(theirs > 0.0, "{name}: PEFT's gradient of {pname} is zero");
             let rel = (norm - theirs).abs() / theirs;
             assert!(rel < 1e-3, "{name}: {pname} gradient norm {norm} vs PEFT {theirs} ({rel:.2e} relative)");
@@ -171,5 +193,8 @@ fn lora_loss_and_gradient_norms_equal_peft() {
             worst_all = worst;
         }
     }
-    println!("overall: worst gradient-norm relative error {:.2e} ({}), worst loss difference {worst_loss:.1e}", worst_all.0, worst_all.1);
+    println!(
+        "overall: worst gradient-norm relative error {:.2e} ({}), worst loss difference {worst_loss:.1e}",
+        worst_all.0, worst_all.1
+    );
 }

@@ -11,9 +11,31 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn train_args<'a>(model: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec!["train", "--model", s(model), "--data", s(&PAIRS), "--eval-data", s(&PAIRS), "--output-dir", s(out),
-        "--max-steps", "12", "--per-device-train-batch-size", "2", "--learning-rate", "1e-3", "--save-steps", "2",
-        "--save-total-limit", "2", "--eval-steps", "5", "--seed", "7"];
+    let mut a = vec![
+        "train",
+        "--model",
+        s(model),
+        "--data",
+        s(&PAIRS),
+        "--eval-data",
+        s(&PAIRS),
+        "--output-dir",
+        s(out),
+        "--max-steps",
+        "12",
+        "--per-device-train-batch-size",
+        "2",
+        "--learning-rate",
+        "1e-3",
+        "--save-steps",
+        "2",
+        "--save-total-limit",
+        "2",
+        "--eval-steps",
+        "5",
+        "--seed",
+        "7",
+    ];
     a.extend_from_slice(extra);
     a
 }
@@ -28,9 +50,15 @@ fn outcome(out: &Path, weights: &str) -> (Vec<u8>, Vec<u8>) {
 /// The command that goes on with the run in `out`: from its latest checkpoint if it has one,
 /// else from the start.
 fn go_on<'a>(model: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let resume = out.read_dir().is_ok_and(|mut r| r.any(|e| e.unwrap().file_name().to_string_lossy().starts_with("checkpoint-")));
+    let resume = out
+        .read_dir()
+        .is_ok_and(|mut r| r.any(|e| e.unwrap().file_name().to_string_lossy().starts_with("checkpoint-")));
     let mut args = train_args(model, out, extra);
-    args.extend_from_slice(if resume { &["--resume-from-checkpoint", "latest"][..] } else { &["--overwrite-output-dir"][..] });
+    args.extend_from_slice(if resume {
+        &["--resume-from-checkpoint", "latest"][..]
+    } else {
+        &["--overwrite-output-dir"][..]
+    });
     args
 }
 
@@ -51,8 +79,13 @@ fn killed_and_resumed_equals_whole(extra: &[&str], weights: &str, kills: usize) 
     while done < kills {
         let args = go_on(&model, &out, extra);
         resumed += args.contains(&"latest") as usize;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dpo")).env("DPO_HOME", d.path()).args(&args)
-            .stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dpo"))
+            .env("DPO_HOME", d.path())
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         starts += 1;
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -80,13 +113,27 @@ fn killed_and_resumed_equals_whole(extra: &[&str], weights: &str, kills: usize) 
     let o = dpo(d.path(), &go_on(&model, &out, extra));
     assert!(o.status.success());
     let got = outcome(&out, weights);
-    assert!(got.0 == want.0, "metrics.jsonl differs after {kills} kills:\n{}\nvs\n{}", String::from_utf8_lossy(&got.0), String::from_utf8_lossy(&want.0));
+    assert!(
+        got.0 == want.0,
+        "metrics.jsonl differs after {kills} kills:\n{}\nvs\n{}",
+        String::from_utf8_lossy(&got.0),
+        String::from_utf8_lossy(&want.0)
+    );
     assert!(got.1 == want.1, "final/{weights} differs after {kills} kills");
     // --save-total-limit 2: two checkpoints at most (the one resumed from may be a third).
-    let n = std::fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("checkpoint-")).count();
+    let n = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("checkpoint-"))
+        .count();
     assert!(n <= 3, "{n} checkpoints kept");
-    eprintln!("{kills} kills over {starts} starts, {resumed} of them resumed; uninterrupted run {:.2} s", span.as_secs_f64());
-    assert!(resumed >= kills / 2, "only {resumed} of {starts} starts resumed from a checkpoint: the kills came too early to test resuming");
+    eprintln!(
+        "{kills} kills over {starts} starts, {resumed} of them resumed; uninterrupted run {:.2} s",
+        span.as_secs_f64()
+    );
+    assert!(
+        resumed >= kills / 2,
+        "only {resumed} of {starts} starts resumed from a checkpoint: the kills came too early to test resuming"
+    );
 }
 
 #[test]
@@ -96,7 +143,11 @@ fn full_fine_tuning_survives_kill_9() {
 
 #[test]
 fn lora_survives_kill_9() {
-    killed_and_resumed_equals_whole(&["--use-peft", "--lora-r", "4", "--learning-rate", "1e-2"], "adapter_model.safetensors", 20);
+    killed_and_resumed_equals_whole(
+        &["--use-peft", "--lora-r", "4", "--learning-rate", "1e-2"],
+        "adapter_model.safetensors",
+        20,
+    );
 }
 
 #[test]
@@ -110,7 +161,8 @@ fn resume_checks_the_checkpoint_against_the_command() {
     for f in ["model.safetensors", "config.json", "optimizer.safetensors", "trainer_state.json", "metrics.jsonl"] {
         assert!(ckpt.join(f).is_file(), "checkpoint-2/{f}");
     }
-    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(ckpt.join("trainer_state.json")).unwrap()).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ckpt.join("trainer_state.json")).unwrap()).unwrap();
     assert_eq!(state["global_step"], 2);
     assert_eq!(state["optimizer_step"], 2);
     let before = std::fs::read(out.join("metrics.jsonl")).unwrap();
@@ -122,7 +174,11 @@ fn resume_checks_the_checkpoint_against_the_command() {
     assert!(err.contains("checkpoint-2/trainer_state.json"), "{err}");
     assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), before);
     // A directory that is not a complete checkpoint (the final model) is refused.
-    let o = dpo(d.path(), &[&train_args(&model, &out, &["--max-steps", "4"])[..], &["--resume-from-checkpoint", s(&out.join("final"))]].concat());
+    let o = dpo(
+        d.path(),
+        &[&train_args(&model, &out, &["--max-steps", "4"])[..], &["--resume-from-checkpoint", s(&out.join("final"))]]
+            .concat(),
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("not a complete checkpoint (no trainer_state.json"), "{err}");
     // Nothing to resume from.
@@ -131,7 +187,10 @@ fn resume_checks_the_checkpoint_against_the_command() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("holds no complete checkpoint-STEP/ directory"));
     // Resuming from checkpoint-2 of the 4-step run gives its metrics and final weights again.
     let want = outcome(&out, "model.safetensors");
-    let o = dpo(d.path(), &[&train_args(&model, &out, &["--max-steps", "4"])[..], &["--resume-from-checkpoint", s(&ckpt)]].concat());
+    let o = dpo(
+        d.path(),
+        &[&train_args(&model, &out, &["--max-steps", "4"])[..], &["--resume-from-checkpoint", s(&ckpt)]].concat(),
+    );
     assert!(o.status.success());
     assert!(outcome(&out, "model.safetensors") == want);
 }
@@ -155,8 +214,30 @@ fn non_finite_steps_are_skipped_then_stop_the_run() {
     std::fs::write(&bad, huge.join("\n")).unwrap();
     let run = |name: &str, limit: &str| {
         let out = d.path().join(name);
-        let o = dpo(d.path(), &["train", "--model", s(&model), "--data", s(&PAIRS), "--output-dir", s(&out), "--ref-logps", s(&bad),
-            "--max-steps", "4", "--per-device-train-batch-size", "2", "--learning-rate", "1e-3", "--save-steps", "1", "--max-nonfinite-steps", limit]);
+        let o = dpo(
+            d.path(),
+            &[
+                "train",
+                "--model",
+                s(&model),
+                "--data",
+                s(&PAIRS),
+                "--output-dir",
+                s(&out),
+                "--ref-logps",
+                s(&bad),
+                "--max-steps",
+                "4",
+                "--per-device-train-batch-size",
+                "2",
+                "--learning-rate",
+                "1e-3",
+                "--save-steps",
+                "1",
+                "--max-nonfinite-steps",
+                limit,
+            ],
+        );
         (out, o)
     };
     // Under the limit: every step is skipped and the weights stay the initial ones.
@@ -170,7 +251,12 @@ fn non_finite_steps_are_skipped_then_stop_the_run() {
     // At the limit: the run stops, naming the step and its records.
     let (out, o) = run("stopped", "3");
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("step 3: loss") && err.contains("3 steps in a row were not finite (--max-nonfinite-steps 3)"), "{err}");
+    assert!(
+        !o.status.success()
+            && err.contains("step 3: loss")
+            && err.contains("3 steps in a row were not finite (--max-nonfinite-steps 3)"),
+        "{err}"
+    );
     assert!(err.contains("pairs8.jsonl: ["), "{err}");
     assert!(!out.join("final").exists());
     assert_eq!(lines(&out.join("metrics.jsonl")).len(), 3);
@@ -179,7 +265,7 @@ fn non_finite_steps_are_skipped_then_stop_the_run() {
 /// A safetensors file's tensors by name, as f32 values.
 fn read_tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
     let mut out = std::collections::BTreeMap::new();
-    dpo::model::for_each_safetensor(path, |name, t| {
+    dpo_model::for_each_safetensor(path, |name, t| {
         out.insert(name, t.flatten_all()?.to_vec1::<f32>()?);
         Ok(())
     })
@@ -199,8 +285,12 @@ fn a_full_disk_fails_clearly_and_keeps_the_last_checkpoint() {
     assert!(dpo(d.path(), &train_args(&model, &whole, &["--max-steps", "6"])).status.success());
     let out = d.path().join("run");
     // Steps 1-2 and checkpoint-2 with room enough, then stopped.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dpo")).env("DPO_HOME", d.path()).args(train_args(&model, &out, &["--max-steps", "6"]))
-        .stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dpo"))
+        .env("DPO_HOME", d.path())
+        .args(train_args(&model, &out, &["--max-steps", "6"]))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     while !out.join("checkpoint-2").exists() {
         assert!(child.try_wait().unwrap().is_none(), "the run ended before checkpoint-2");
         std::thread::sleep(Duration::from_millis(2));

@@ -12,9 +12,32 @@ fn training_is_deterministic_logs_every_metric_and_writes_checkpoints() {
     let model = tiny_model(d.path());
     let run = |name: &str| {
         let out = d.path().join(name);
-        let o = dpo(d.path(), &["train", "--model", s(&model), "--data", s(&pairs8()), "--eval-data", s(&pairs8()),
-            "--output-dir", s(&out), "--max-steps", "4", "--per-device-train-batch-size", "2",
-            "--learning-rate", "1e-3", "--save-steps", "2", "--eval-steps", "2", "--seed", "7"]);
+        let o = dpo(
+            d.path(),
+            &[
+                "train",
+                "--model",
+                s(&model),
+                "--data",
+                s(&pairs8()),
+                "--eval-data",
+                s(&pairs8()),
+                "--output-dir",
+                s(&out),
+                "--max-steps",
+                "4",
+                "--per-device-train-batch-size",
+                "2",
+                "--learning-rate",
+                "1e-3",
+                "--save-steps",
+                "2",
+                "--eval-steps",
+                "2",
+                "--seed",
+                "7",
+            ],
+        );
         assert!(o.status.success());
         out
     };
@@ -25,13 +48,28 @@ fn training_is_deterministic_logs_every_metric_and_writes_checkpoints() {
     let eval: Vec<&Value> = la.iter().filter(|l| l.get("eval_loss").is_some()).collect();
     assert_eq!(train.len(), 4);
     assert_eq!(eval.len(), 2, "at step 2 and at the end");
-    for k in ["step", "epoch", "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-        "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "grad_norm", "learning_rate", "num_tokens"] {
+    for k in [
+        "step",
+        "epoch",
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "logits/chosen",
+        "logits/rejected",
+        "grad_norm",
+        "learning_rate",
+        "num_tokens",
+    ] {
         assert!(train[0][k].is_number(), "missing {k}");
     }
     assert!((train[0]["loss"].as_f64().unwrap() - 2f64.ln()).abs() < 1e-6, "policy == reference at step 1");
     assert_eq!(train[3]["epoch"].as_f64().unwrap(), 1.0);
-    for k in ["eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/chosen", "eval_logits/chosen"] {
+    for k in ["eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/chosen", "eval_logits/chosen"]
+    {
         assert!(eval[1][k].is_number(), "missing {k}");
     }
     for ck in ["checkpoint-2", "final"] {
@@ -40,12 +78,15 @@ fn training_is_deterministic_logs_every_metric_and_writes_checkpoints() {
         }
     }
     // the final checkpoint is the trained policy, loadable as a model
-    let reloaded = dpo::model::load(&a.join("final")).unwrap();
-    assert_eq!(reloaded.tensors.len(), dpo::model::tensor_names(&reloaded.config).len());
+    let reloaded = dpo_model::load(&a.join("final")).unwrap();
+    assert_eq!(reloaded.tensors.len(), dpo_model::tensor_names(&reloaded.config).len());
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(a.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["steps"], 4);
     // a second run into the same directory is refused
-    let o = dpo(d.path(), &["train", "--model", s(&model), "--data", s(&pairs8()), "--output-dir", s(&a), "--max-steps", "1"]);
+    let o = dpo(
+        d.path(),
+        &["train", "--model", s(&model), "--data", s(&pairs8()), "--output-dir", s(&a), "--max-steps", "1"],
+    );
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--overwrite-output-dir"));
 }
@@ -55,8 +96,26 @@ fn dpo_fits_the_training_pairs() {
     let d = tempfile::tempdir().unwrap();
     let model = tiny_model(d.path());
     let out = d.path().join("run");
-    let o = dpo(d.path(), &["train", "--model", s(&model), "--data", s(&pairs8()), "--output-dir", s(&out),
-        "--max-steps", "40", "--per-device-train-batch-size", "8", "--learning-rate", "3e-3", "--lr-scheduler-type", "constant"]);
+    let o = dpo(
+        d.path(),
+        &[
+            "train",
+            "--model",
+            s(&model),
+            "--data",
+            s(&pairs8()),
+            "--output-dir",
+            s(&out),
+            "--max-steps",
+            "40",
+            "--per-device-train-batch-size",
+            "8",
+            "--learning-rate",
+            "3e-3",
+            "--lr-scheduler-type",
+            "constant",
+        ],
+    );
     assert!(o.status.success());
     let l = lines(&out.join("metrics.jsonl"));
     let (first, last) = (&l[0], &l[l.len() - 1]);
@@ -71,7 +130,9 @@ fn reference_logps_files_are_used_and_checked() {
     let d = tempfile::tempdir().unwrap();
     let model = tiny_model(d.path());
     let refs = d.path().join("ref.jsonl");
-    assert!(dpo(d.path(), &["logps", "--model", s(&model), "--data", s(&pairs8()), "--out", s(&refs)]).status.success());
+    assert!(dpo(d.path(), &["logps", "--model", s(&model), "--data", s(&pairs8()), "--out", s(&refs)])
+        .status
+        .success());
     let r = lines(&refs);
     assert_eq!(r.len(), 8);
     // shift the reference: the first step's loss is then the offset loss, not log 2
@@ -86,17 +147,52 @@ fn reference_logps_files_are_used_and_checked() {
     let sref = d.path().join("shifted.jsonl");
     std::fs::write(&sref, shifted.join("\n")).unwrap();
     let out = d.path().join("run");
-    let o = dpo(d.path(), &["train", "--model", s(&model), "--data", s(&pairs8()), "--output-dir", s(&out),
-        "--ref-logps", s(&sref), "--max-steps", "1", "--per-device-train-batch-size", "8"]);
+    let o = dpo(
+        d.path(),
+        &[
+            "train",
+            "--model",
+            s(&model),
+            "--data",
+            s(&pairs8()),
+            "--output-dir",
+            s(&out),
+            "--ref-logps",
+            s(&sref),
+            "--max-steps",
+            "1",
+            "--per-device-train-batch-size",
+            "8",
+        ],
+    );
     assert!(o.status.success());
     let first = &lines(&out.join("metrics.jsonl"))[0];
     let want = (1.0 + (-0.1f64 * 2.0).exp()).ln(); // -log sigma(beta * 2)
     assert!((first["loss"].as_f64().unwrap() - want).abs() < 1e-5, "{} vs {want}", first["loss"]);
     // a file made with other tokenization settings is refused, naming the record
     let short = d.path().join("short.jsonl");
-    assert!(dpo(d.path(), &["logps", "--model", s(&model), "--data", s(&pairs8()), "--out", s(&short), "--max-length", "14"]).status.success());
-    let o = dpo(d.path(), &["train", "--model", s(&model), "--data", s(&pairs8()), "--output-dir", s(&d.path().join("run2")),
-        "--ref-logps", s(&short), "--max-steps", "1"]);
+    assert!(dpo(
+        d.path(),
+        &["logps", "--model", s(&model), "--data", s(&pairs8()), "--out", s(&short), "--max-length", "14"]
+    )
+    .status
+    .success());
+    let o = dpo(
+        d.path(),
+        &[
+            "train",
+            "--model",
+            s(&model),
+            "--data",
+            s(&pairs8()),
+            "--output-dir",
+            s(&d.path().join("run2")),
+            "--ref-logps",
+            s(&short),
+            "--max-steps",
+            "1",
+        ],
+    );
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("short.jsonl") && err.contains("token counts"), "{err}");
@@ -121,7 +217,11 @@ fn bad_input_names_file_line_and_field_and_writes_nothing() {
     let d = tempfile::tempdir().unwrap();
     let model = tiny_model(d.path());
     let bad = d.path().join("bad.jsonl");
-    std::fs::write(&bad, "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}\n\n{\"prompt\":\"a\",\"chosen\":\"b\"}\n").unwrap();
+    std::fs::write(
+        &bad,
+        "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}\n\n{\"prompt\":\"a\",\"chosen\":\"b\"}\n",
+    )
+    .unwrap();
     let out = d.path().join("out.jsonl");
     let o = dpo(d.path(), &["logps", "--model", s(&model), "--data", s(&bad), "--out", s(&out)]);
     assert!(!o.status.success());
@@ -132,6 +232,9 @@ fn bad_input_names_file_line_and_field_and_writes_nothing() {
     let o = dpo(d.path(), &["train", "--model", s(&model), "--data", s(&bad), "--output-dir", s(&run)]);
     assert!(!o.status.success());
     assert!(!run.exists(), "nothing written for a run that could not start");
-    let o = dpo(d.path(), &["train", "--model", s(&d.path().join("nope.gguf")), "--data", s(&pairs8()), "--output-dir", s(&run)]);
+    let o = dpo(
+        d.path(),
+        &["train", "--model", s(&d.path().join("nope.gguf")), "--data", s(&pairs8()), "--output-dir", s(&run)],
+    );
     assert!(String::from_utf8_lossy(&o.stderr).contains("nope.gguf does not exist"));
 }

@@ -44,7 +44,7 @@ fn read(p: &Path) -> Value {
 fn cache_with_smollm2(dir: &Path) -> PathBuf {
     let hub = dir.join("hub");
     assert!(Command::new("cp").args(["-a", s(&fixtures().join("hf_cache")), s(&hub)]).status().unwrap().success());
-    let gguf = dpo::fetch::ensure_default_model().unwrap();
+    let gguf = dpo_runtime::fetch::ensure_default_model().unwrap();
     let repo = hub.join("models--HuggingFaceTB--SmolLM2-135M-Instruct");
     let commit = "0123456789abcdef0123456789abcdef01234567";
     std::fs::create_dir_all(repo.join("snapshots").join(commit)).unwrap();
@@ -101,10 +101,17 @@ fn a_trl_yaml_config_runs_as_it_is_and_unknown_fields_are_refused_by_name() {
         assert!(!d.path().join("refused").exists());
     }
     // the command line wins over the file
-    let o = dpo_in(d.path(), &hub, &["train", "--config", s(&config), "--output-dir", "cli-wins", "--max-steps", "1", "--loss", "ipo"]);
+    let o = dpo_in(
+        d.path(),
+        &hub,
+        &["train", "--config", s(&config), "--output-dir", "cli-wins", "--max-steps", "1", "--loss", "ipo"],
+    );
     assert!(o.status.success());
     let args = read(&d.path().join("cli-wins/train_args.json"));
-    assert_eq!((args["max_steps"].as_u64(), args["task"]["objective"]["terms"][0][0]["loss"].as_str()), (Some(1), Some("ipo")));
+    assert_eq!(
+        (args["max_steps"].as_u64(), args["task"]["objective"]["terms"][0][0]["loss"].as_str()),
+        (Some(1), Some("ipo"))
+    );
 }
 
 #[test]
@@ -113,7 +120,19 @@ fn hub_names_resolve_in_a_cache_written_by_huggingface_hub() {
     let d = tempfile::tempdir().unwrap();
     let hub = fixtures().join("hf_cache");
     let run = |name: &str, extra: &[&str]| -> Output {
-        let mut args = vec!["train", "--model", "dpo-rs/tiny-llama", "--data", "dpo-rs/tiny-pairs", "--output-dir", name, "--max-steps", "1", "--per-device-train-batch-size", "4"];
+        let mut args = vec![
+            "train",
+            "--model",
+            "dpo-rs/tiny-llama",
+            "--data",
+            "dpo-rs/tiny-pairs",
+            "--output-dir",
+            name,
+            "--max-steps",
+            "1",
+            "--per-device-train-batch-size",
+            "4",
+        ];
         args.extend(extra);
         dpo_in(d.path(), &hub, &args)
     };
@@ -143,8 +162,17 @@ fn hub_names_resolve_in_a_cache_written_by_huggingface_hub() {
         let o = run("refused", extra);
         assert!(!o.status.success() && stderr(&o).contains(named), "{extra:?}: {}", stderr(&o));
     }
-    let o = dpo_in(d.path(), &hub, &["train", "--model", "dpo-rs/not-there", "--data", "dpo-rs/tiny-pairs", "--output-dir", "x"]);
-    assert!(!o.status.success() && stderr(&o).contains("model dpo-rs/not-there: no file of that name, and not in the Hugging Face cache"), "{}", stderr(&o));
+    let o = dpo_in(
+        d.path(),
+        &hub,
+        &["train", "--model", "dpo-rs/not-there", "--data", "dpo-rs/tiny-pairs", "--output-dir", "x"],
+    );
+    assert!(
+        !o.status.success()
+            && stderr(&o).contains("model dpo-rs/not-there: no file of that name, and not in the Hugging Face cache"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -157,8 +185,30 @@ fn datasets_saved_to_disk_train() {
         ("conversational", "saved_dataset_conversational", &[][..]),
     ] {
         let data = fixtures().join(data);
-        let mut args = vec!["train", "--model", "dpo-rs/tiny-llama", "--data", s(&data), "--output-dir", name, "--max-steps", "1", "--per-device-train-batch-size", "4"];
-        let eval: Vec<String> = extra.iter().map(|e| if e.starts_with("saved") { fixtures().join(e).to_string_lossy().into_owned() } else { e.to_string() }).collect();
+        let mut args = vec![
+            "train",
+            "--model",
+            "dpo-rs/tiny-llama",
+            "--data",
+            s(&data),
+            "--output-dir",
+            name,
+            "--max-steps",
+            "1",
+            "--per-device-train-batch-size",
+            "4",
+        ];
+        let eval: Vec<String> =
+            extra
+                .iter()
+                .map(|e| {
+                    if e.starts_with("saved") {
+                        fixtures().join(e).to_string_lossy().into_owned()
+                    } else {
+                        e.to_string()
+                    }
+                })
+                .collect();
         args.extend(eval.iter().map(String::as_str));
         let o = dpo_in(d.path(), &hub, &args);
         assert!(o.status.success(), "{name}");
@@ -166,7 +216,21 @@ fn datasets_saved_to_disk_train() {
         assert!(m[0]["loss"].as_f64().unwrap().is_finite(), "{name}");
         assert!(stderr(&o).contains("16 records") || stderr(&o).contains("8 records"), "{name}: {}", stderr(&o));
     }
-    let o = dpo_in(d.path(), &hub, &["train", "--model", "dpo-rs/tiny-llama", "--data", s(&fixtures().join("saved_dataset")), "--data-split", "dev", "--output-dir", "x"]);
+    let o = dpo_in(
+        d.path(),
+        &hub,
+        &[
+            "train",
+            "--model",
+            "dpo-rs/tiny-llama",
+            "--data",
+            s(&fixtures().join("saved_dataset")),
+            "--data-split",
+            "dev",
+            "--output-dir",
+            "x",
+        ],
+    );
     assert!(!o.status.success() && stderr(&o).contains("no split `dev` (it has: train, test)"), "{}", stderr(&o));
 }
 
@@ -175,15 +239,21 @@ fn datasets_saved_to_disk_train() {
 /// the first time; a fresh machine has Python 3 and pip).
 fn tensorboard_python() -> String {
     let has = |p: &str| Command::new(p).args(["-c", "import tensorboard"]).output().is_ok_and(|o| o.status.success());
-    let candidates = [std::env::var("DPO_TB_PYTHON").ok(), Some("/tmp/oracle/venv/bin/python".into()), Some("python3".into())];
+    let candidates =
+        [std::env::var("DPO_TB_PYTHON").ok(), Some("/tmp/oracle/venv/bin/python".into()), Some("python3".into())];
     if let Some(p) = candidates.into_iter().flatten().find(|p| has(p)) {
         return p;
     }
     let venv = std::env::temp_dir().join("dpo-rs-tensorboard-venv");
     let python = venv.join("bin/python").to_string_lossy().into_owned();
     if !has(&python) {
-        assert!(Command::new("python3").args(["-m", "venv", s(&venv)]).status().unwrap().success(), "python3 -m venv {}", venv.display());
-        let pip = Command::new(venv.join("bin/pip")).args(["install", "--quiet", "tensorboard==2.21.0"]).status().unwrap();
+        assert!(
+            Command::new("python3").args(["-m", "venv", s(&venv)]).status().unwrap().success(),
+            "python3 -m venv {}",
+            venv.display()
+        );
+        let pip =
+            Command::new(venv.join("bin/pip")).args(["install", "--quiet", "tensorboard==2.21.0"]).status().unwrap();
         assert!(pip.success() && has(&python), "pip install tensorboard==2.21.0 into {}", venv.display());
     }
     python
@@ -194,10 +264,29 @@ fn tensorboard_reads_every_scalar_and_step_of_metrics_jsonl() {
     let python = tensorboard_python();
     let d = tempfile::tempdir().unwrap();
     let hub = fixtures().join("hf_cache");
-    let o = dpo_in(d.path(), &hub, &[
-        "train", "--model", "dpo-rs/tiny-llama", "--data", "dpo-rs/tiny-pairs", "--eval-data", "dpo-rs/tiny-pairs", "--output-dir", "out", "--max-steps", "3",
-        "--per-device-train-batch-size", "4", "--eval-steps", "2", "--report-to", "tensorboard",
-    ]);
+    let o = dpo_in(
+        d.path(),
+        &hub,
+        &[
+            "train",
+            "--model",
+            "dpo-rs/tiny-llama",
+            "--data",
+            "dpo-rs/tiny-pairs",
+            "--eval-data",
+            "dpo-rs/tiny-pairs",
+            "--output-dir",
+            "out",
+            "--max-steps",
+            "3",
+            "--per-device-train-batch-size",
+            "4",
+            "--eval-steps",
+            "2",
+            "--report-to",
+            "tensorboard",
+        ],
+    );
     assert!(o.status.success());
     let out = d.path().join("out");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/oracle/tb_scalars.py");
@@ -213,12 +302,18 @@ fn tensorboard_reads_every_scalar_and_step_of_metrics_jsonl() {
         let step = line["step"].as_i64().unwrap();
         for (k, v) in line.as_object().unwrap() {
             if let (false, Some(x)) = (k == "step", v.as_f64()) {
-                want.entry(dpo::tensorboard::tag(k)).or_default().push((step, x));
+                want.entry(dpo_train::tensorboard::tag(k)).or_default().push((step, x));
             }
         }
     }
     let scalars = run["scalars"].as_object().unwrap();
-    assert_eq!(scalars.len(), want.len(), "tags: {:?} vs {:?}", scalars.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    assert_eq!(
+        scalars.len(),
+        want.len(),
+        "tags: {:?} vs {:?}",
+        scalars.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
     let mut n = 0;
     for (tag, points) in &want {
         let got = scalars[tag].as_array().unwrap_or_else(|| panic!("no {tag}"));
@@ -226,11 +321,18 @@ fn tensorboard_reads_every_scalar_and_step_of_metrics_jsonl() {
         for (g, (step, x)) in got.iter().zip(points) {
             assert_eq!(g[0].as_i64(), Some(*step), "{tag}");
             let v = g[1].as_f64().unwrap();
-            assert!((v - x).abs() <= 1e-6 * x.abs().max(1e-30) || v == *x as f32 as f64, "{tag} at step {step}: {v} vs {x}");
+            assert!(
+                (v - x).abs() <= 1e-6 * x.abs().max(1e-30) || v == *x as f32 as f64,
+                "{tag} at step {step}: {v} vs {x}"
+            );
             n += 1;
         }
     }
-    assert!(want.contains_key("train/loss") && want.contains_key("eval/rewards/margins") && want.contains_key("train/learning_rate"));
+    assert!(
+        want.contains_key("train/loss")
+            && want.contains_key("eval/rewards/margins")
+            && want.contains_key("train/learning_rate")
+    );
     assert!(run["text"].as_array().unwrap().iter().any(|t| t["tag"] == "args/text_summary"));
     println!("{n} scalars of {} tags read back by TensorBoard's EventAccumulator", want.len());
 }

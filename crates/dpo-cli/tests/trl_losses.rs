@@ -28,17 +28,24 @@ const LOSSES: [(&str, &[&str]); 13] = [
     ("sigmoid_norm", &["--loss", "sigmoid_norm"]),
     ("sigmoid@f=forward_kl", &["--f-divergence-type", "forward_kl"]),
     ("sigmoid@f=js_divergence", &["--f-divergence-type", "js_divergence"]),
-    ("sigmoid@f=alpha_divergence,alpha=0.5", &["--f-divergence-type", "alpha_divergence", "--f-alpha-divergence-coef", "0.5"]),
+    (
+        "sigmoid@f=alpha_divergence,alpha=0.5",
+        &["--f-divergence-type", "alpha_divergence", "--f-alpha-divergence-coef", "0.5"],
+    ),
     ("sigmoid@use_weighting", &["--use-weighting"]),
     ("sigmoid@ld_alpha=0.5", &["--ld-alpha", "0.5"]),
 ];
 
 #[test]
 fn first_step_losses_equal_trl() {
-    let trl = read(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trl_first_step_losses.json"));
+    let trl =
+        read(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trl_first_step_losses.json"));
     let golden = read(&shared().join("tools/oracle/golden/golden_smollm2_135m.json"));
-    let per_record = read(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/oracle/trl_1.16_per_record_options.json"));
-    let model = dpo::fetch::ensure_default_model().unwrap();
+    let per_record = read(
+        &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../scripts/oracle/trl_1.16_per_record_options.json"),
+    );
+    let model = dpo_runtime::fetch::ensure_default_model().unwrap();
     let d = tempfile::tempdir().unwrap();
     let mut worst = 0f64;
     for (ds, name, n) in [(0, "pairs8", 8), (1, "hh_harmless32", 32)] {
@@ -62,7 +69,10 @@ fn first_step_losses_equal_trl() {
             .iter()
             .zip(per_record[name]["records"].as_array().unwrap())
             .map(|(r, p)| {
-                let v = |side: &str| p[format!("{side}_ref_shared_logp")].as_f64().unwrap() + 0.5 * p[format!("{side}_ref_tail_logp")].as_f64().unwrap();
+                let v = |side: &str| {
+                    p[format!("{side}_ref_shared_logp")].as_f64().unwrap()
+                        + 0.5 * p[format!("{side}_ref_tail_logp")].as_f64().unwrap()
+                };
                 json!({"index": r["index"], "chosen_logps": v("chosen"), "rejected_logps": v("rejected"),
                        "chosen_tokens": r["n_chosen_tokens"], "rejected_tokens": r["n_rejected_tokens"]})
                 .to_string()
@@ -77,8 +87,26 @@ fn first_step_losses_equal_trl() {
             // A rank-1 adapter on q_proj starts at B = 0: the first step's policy is the model itself
             // (the same log-probs and loss, bit for bit), and the backward pass skips the weight
             // gradients of the full model (a third of the time of these 26 runs).
-            let mut args = vec!["train", "--model", s(&model), "--data", s(&data), "--output-dir", s(&out), "--ref-logps", s(refs), "--max-steps", "1",
-                "--use-peft", "--lora-r", "1", "--lora-target-modules", "q_proj", "--lora-dropout", "0"];
+            let mut args = vec![
+                "train",
+                "--model",
+                s(&model),
+                "--data",
+                s(&data),
+                "--output-dir",
+                s(&out),
+                "--ref-logps",
+                s(refs),
+                "--max-steps",
+                "1",
+                "--use-peft",
+                "--lora-r",
+                "1",
+                "--lora-target-modules",
+                "q_proj",
+                "--lora-dropout",
+                "0",
+            ];
             let n = n.to_string();
             args.extend(["--per-device-train-batch-size", &n]);
             args.extend(flags.iter().copied());
@@ -100,18 +128,26 @@ fn first_step_losses_equal_trl() {
 /// point, `scripts/oracle/trl_1.16_per_record_options.json`), and the plain sums without it.
 #[test]
 fn ld_dpo_log_probs_equal_trl() {
-    let per_record = read(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/oracle/trl_1.16_per_record_options.json"));
-    let model = dpo::fetch::ensure_default_model().unwrap();
+    let per_record = read(
+        &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../scripts/oracle/trl_1.16_per_record_options.json"),
+    );
+    let model = dpo_runtime::fetch::ensure_default_model().unwrap();
     let d = tempfile::tempdir().unwrap();
     let data = shared().join("tools/oracle/golden/pairs8.jsonl");
     let (plain, ld) = (d.path().join("plain.jsonl"), d.path().join("ld.jsonl"));
     assert!(dpo(d.path(), &["logps", "--model", s(&model), "--data", s(&data), "--out", s(&plain)]).status.success());
-    assert!(dpo(d.path(), &["logps", "--model", s(&model), "--data", s(&data), "--out", s(&ld), "--ld-alpha", "0.5"]).status.success());
+    assert!(dpo(d.path(), &["logps", "--model", s(&model), "--data", s(&data), "--out", s(&ld), "--ld-alpha", "0.5"])
+        .status
+        .success());
     let mut worst = 0f64;
     let mut tails = 0;
     for ((p, l), r) in lines(&plain).iter().zip(lines(&ld)).zip(per_record["pairs8"]["records"].as_array().unwrap()) {
         for side in ["chosen", "rejected"] {
-            let (shared, tail) = (r[format!("{side}_policy_shared_logp")].as_f64().unwrap(), r[format!("{side}_policy_tail_logp")].as_f64().unwrap());
+            let (shared, tail) = (
+                r[format!("{side}_policy_shared_logp")].as_f64().unwrap(),
+                r[format!("{side}_policy_tail_logp")].as_f64().unwrap(),
+            );
             let ours = l[format!("{side}_logps")].as_f64().unwrap();
             let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1.0);
             worst = worst.max(rel(ours, shared + 0.5 * tail));
@@ -122,5 +158,7 @@ fn ld_dpo_log_probs_equal_trl() {
     }
     assert!(tails >= 4, "only {tails} completions with a tail: the test does not test LD");
     assert!(worst < 1e-5, "LD log-probs differ from TRL's by {worst:.1e} relative");
-    println!("LD-DPO log-probs of pairs8 ({tails} completions with a tail): worst relative difference from TRL {worst:.1e}");
+    println!(
+        "LD-DPO log-probs of pairs8 ({tails} completions with a tail): worst relative difference from TRL {worst:.1e}"
+    );
 }

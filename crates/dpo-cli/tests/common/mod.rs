@@ -17,14 +17,20 @@ pub fn pairs8() -> PathBuf {
 
 /// A Hugging Face directory holding a tiny random Llama with SmolLM2's tokenizer.
 pub fn tiny_model(dir: &Path) -> PathBuf {
-    let loaded = dpo::model::load(&dpo::fetch::ensure_default_model().unwrap()).unwrap();
+    let loaded = dpo_model::load(&dpo_runtime::fetch::ensure_default_model().unwrap()).unwrap();
     let mut c = loaded.config.clone();
-    (c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim) =
-        (16, 32, 2, 4, 2, 4);
-    let t = dpo::model::random_tensors(&c, 3, 5.0, dpo::candle_core::DType::F32).unwrap();
-    let model = dpo::model::Llama::from_tensors(c, &t).unwrap();
+    (
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_hidden_layers,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+    ) = (16, 32, 2, 4, 2, 4);
+    let t = dpo_model::random_tensors(&c, 3, 5.0, candle_core::DType::F32).unwrap();
+    let model = dpo_model::Llama::from_tensors(c, &t).unwrap();
     let out = dir.join("tiny");
-    dpo::model::save_hf_dir(&model, &loaded.tokenizer, &out).unwrap();
+    dpo_model::save_hf_dir(&model, &loaded.tokenizer, &out).unwrap();
     out
 }
 
@@ -61,14 +67,15 @@ fn fnv1a64(s: &str) -> u64 {
 
 /// The fixture's weights: `center + scale * u(name, i)` in f64, rounded to f32, with
 /// `u = (splitmix64(fnv1a64(name) ^ i) >> 11) * 2^-53 * 2 - 1` (see the script).
-pub fn weights(fx: &Value) -> Vec<(String, dpo::model::Weight)> {
+pub fn weights(fx: &Value) -> Vec<(String, dpo_model::Weight)> {
     fx["tensors"]
         .as_array()
         .unwrap()
         .iter()
         .map(|t| {
             let name = t["name"].as_str().unwrap().to_string();
-            let shape: Vec<usize> = t["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+            let shape: Vec<usize> =
+                t["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
             let (center, scale) = (t["center"].as_f64().unwrap(), t["scale"].as_f64().unwrap());
             let h = fnv1a64(&name);
             let n: usize = shape.iter().product();
@@ -81,20 +88,22 @@ pub fn weights(fx: &Value) -> Vec<(String, dpo::model::Weight)> {
             for (k, want) in t["first"].as_array().unwrap().iter().enumerate() {
                 assert_eq!(v[k] as f64, want.as_f64().unwrap(), "{name}[{k}]: the fill differs from the script's");
             }
-            (name, dpo::model::Weight::Tensor(dpo::candle_core::Tensor::from_vec(v, shape, &dpo::candle_core::Device::Cpu).unwrap()))
+            (
+                name,
+                dpo_model::Weight::Tensor(candle_core::Tensor::from_vec(v, shape, &candle_core::Device::Cpu).unwrap()),
+            )
         })
         .collect()
 }
 
 /// A Hugging Face directory as transformers saved the fixture's model, with SmolLM2's tokenizer.
-pub fn model_dir(fx: &Value, tokenizer: &dpo::tokenizer::Tokenizer, dir: &Path) -> PathBuf {
+pub fn model_dir(fx: &Value, tokenizer: &dpo_model::tokenizer::Tokenizer, dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&fx["config"]).unwrap()).unwrap();
     if !fx["generation_config"].is_null() {
         std::fs::write(dir.join("generation_config.json"), fx["generation_config"].to_string()).unwrap();
     }
-    dpo::model::write_safetensors(&dir.join("model.safetensors"), &weights(fx), ::safetensors::Dtype::F32).unwrap();
+    dpo_model::write_safetensors(&dir.join("model.safetensors"), &weights(fx), ::safetensors::Dtype::F32).unwrap();
     tokenizer.save(dir).unwrap();
     dir.to_path_buf()
 }
-

@@ -1,0 +1,213 @@
+//! Configuration files as flags: `--config FILE` (YAML, TRL's format, or TOML) with dpo-rs's
+//! flag names or TRL's field names ([`crate::trl`]).
+
+use crate::args::Cli;
+use anyhow::{bail, Context, Result};
+use clap::{CommandFactory, Parser};
+
+/// Parses the command line; a subcommand's `--config FILE` contributes its keys as flags placed
+/// before the command line's own, so that flags given explicitly win. `dpo train --loss-help`
+/// prints the losses without needing the flags a run requires. Exits (status 2) on bad input.
+pub fn parse() -> Cli {
+    let argv: Vec<String> = std::env::args().collect();
+    if subcommand_index(&argv).is_some_and(|i| argv[i] == "train") && argv.iter().any(|a| a == "--loss-help") {
+        print!("{}", dpo_train::loss::help_text());
+        std::process::exit(0);
+    }
+    match expand_config(&argv) {
+        Ok(expanded) => Cli::parse_from(expanded),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Where the subcommand is in `argv`: the first word that is neither a flag nor the value of the
+/// global `--threads`.
+pub fn subcommand_index(argv: &[String]) -> Option<usize> {
+    let mut i = 1;
+    while i < argv.len() {
+        match argv[i].as_str() {
+            "--threads" => i += 2,
+            a if a.starts_with('-') => i += 1,
+            _ => return Some(i),
+        }
+    }
+    None
+}
+
+/// The keys and values of a configuration file: YAML (`.yaml`, `.yml`; TRL's format) or TOML,
+/// in file order. TRL's `env:` mapping sets environment variables (as TRL's parser does).
+fn read_config(path: &str) -> Result<Vec<(String, serde_json::Value)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let yaml = path.ends_with(".yaml") || path.ends_with(".yml");
+    let value: serde_json::Value = if yaml {
+        serde_yaml_ng::from_str(&text).with_context(|| format!("{path}: invalid YAML"))?
+    } else {
+        serde_json::to_value(toml::from_str::<toml::Table>(&text).with_context(|| format!("{path}: invalid TOML"))?)?
+    };
+    let serde_json::Value::Object(map) = value else { bail!("{path}: expected a mapping of option names to values") };
+    let mut out = Vec::new();
+    for (k, v) in map {
+        if k == "env" && yaml {
+            let serde_json::Value::Object(env) = v else {
+                bail!("{path}: `env` must be a mapping of variable names to values")
+            };
+            for (name, val) in env {
+                let val = match val {
+                    serde_json::Value::String(s) => s,
+                    v => v.to_string(),
+                };
+                std::env::set_var(name, val);
+            }
+            continue;
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// The command-line words of `--flag value` (`value` a string, number, boolean or list; a list
+/// is comma-joined; `null` and `false` give nothing).
+fn flag_words(path: &str, key: &str, long: &str, value: &serde_json::Value) -> Result<Vec<String>> {
+    use serde_json::Value;
+    let scalar = |v: &Value| -> Result<String> {
+        Ok(match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            v => bail!("{path}: `{key}` must be a string, number, boolean or a list of them, found {v}"),
+        })
+    };
+    Ok(match value {
+        Value::Null | Value::Bool(false) => vec![],
+        Value::Bool(true) => vec![format!("--{long}")],
+        Value::Array(items) => {
+            vec![format!("--{long}"), items.iter().map(scalar).collect::<Result<Vec<_>>>()?.join(",")]
+        }
+        v => vec![format!("--{long}"), scalar(v)?],
+    })
+}
+
+/// `argv` with the keys of `--config FILE` inserted as flags right after the subcommand. Keys
+/// are this command's flags (`beta`, `learning_rate`), or TRL's field names ([`crate::trl`]):
+/// renamed, noted (printed on stderr) or refused by name.
+pub fn expand_config(argv: &[String]) -> Result<Vec<String>> {
+    let Some(pos) = argv.iter().position(|a| a == "--config" || a.starts_with("--config=")) else {
+        return Ok(argv.to_vec());
+    };
+    let path = match argv[pos].strip_prefix("--config=") {
+        Some(p) => p.to_string(),
+        None => argv.get(pos + 1).context("--config needs a file")?.clone(),
+    };
+    let entries = read_config(&path)?;
+    let sub = subcommand_index(argv).context("no subcommand")?;
+    let cmd = Cli::command();
+    let sub_cmd = cmd.find_subcommand(&argv[sub]).with_context(|| format!("unknown subcommand {}", argv[sub]))?;
+    let known = |long: &str| long != "config" && sub_cmd.get_arguments().any(|a| a.get_long() == Some(long));
+    let mut flags = Vec::new();
+    let mut set = Vec::new();
+    let mut trl_config = false;
+    for (key, value) in &entries {
+        let long = key.replace('_', "-");
+        // TRL's `max_steps: -1` (its default) means no limit
+        if key == "max_steps" && value.as_i64().is_some_and(|v| v < 0) {
+            eprintln!("note: {path}: `max_steps: {value}`: no limit (--num-train-epochs decides), as in TRL");
+            continue;
+        }
+        if known(&long) {
+            flags.extend(flag_words(&path, key, &long, value)?);
+            set.push(long);
+            continue;
+        }
+        trl_config = true;
+        match crate::trl::field(key, value) {
+            crate::trl::Treatment::Flag(long, v, note) if known(long) => {
+                flags.extend(flag_words(&path, key, long, &v)?);
+                set.push(long.to_string());
+                if let Some(n) = note {
+                    eprintln!("note: {path}: {n}");
+                }
+            }
+            crate::trl::Treatment::Flag(long, ..) => bail!("{path}: `{key}` (TRL's name of --{long}) is not an option of `dpo {}`", argv[sub]),
+            crate::trl::Treatment::Note(n) => eprintln!("note: {path}: {n}"),
+            crate::trl::Treatment::Refuse(r) => bail!("{path}: {r}"),
+            crate::trl::Treatment::Unknown => bail!("{path}: `{key}` is not an option of `dpo {}` nor a field of TRL's DPOConfig, ModelConfig or ScriptArguments", argv[sub]),
+        }
+    }
+    if trl_config {
+        for (flag, value, note) in crate::trl::implied(&entries, &set) {
+            if known(flag) {
+                flags.extend([format!("--{flag}"), value]);
+                eprintln!("note: {path}: {note}");
+            }
+        }
+    }
+    let mut out = argv[..=sub].to_vec();
+    out.extend(flags);
+    out.extend(argv[sub + 1..].iter().cloned());
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Command;
+    use std::path::PathBuf;
+
+    #[test]
+    fn config_file_keys_become_flags_and_the_command_line_wins() {
+        let d = tempfile_dir();
+        let p = d.join("run.toml");
+        std::fs::write(&p, "beta = 0.5\ndata = \"a.jsonl\"\noutput_dir = \"out\"\nlearning_rate = 5e-7\n").unwrap();
+        let argv: Vec<String> =
+            ["dpo", "train", "--config", p.to_str().unwrap(), "--beta", "0.2"].map(String::from).to_vec();
+        let cli = Cli::parse_from(expand_config(&argv).unwrap());
+        let Command::Train(t) = cli.command else { panic!() };
+        assert_eq!(
+            (t.loss.params.beta, t.common.optimizer.learning_rate, t.common.inputs.data),
+            (0.2, 5e-7, PathBuf::from("a.jsonl"))
+        );
+        std::fs::write(&p, "betta = 0.5\n").unwrap();
+        let e = expand_config(&argv).unwrap_err().to_string();
+        assert!(e.contains("`betta` is not an option"), "{e}");
+    }
+
+    #[test]
+    fn a_trl_yaml_config_becomes_flags() {
+        let d = tempfile_dir();
+        let p = d.join("trl.yaml");
+        std::fs::write(
+            &p,
+            "env:\n  DPO_ARGS_TEST_ENV: 1\nmodel_name_or_path: m.gguf\ndataset_name: d.jsonl\noutput_dir: out\nloss_type: [sigmoid, sft]\nloss_weights: [1.0, 0.2]\n\
+             max_steps: -1\nbf16: false\nlearning_rate: 5e-7\nwarmup_ratio: 0.1\nreport_to: [tensorboard]\nuse_peft: true\nlora_target_modules: [q_proj, k_proj]\n",
+        )
+        .unwrap();
+        let argv: Vec<String> = ["dpo", "train", "--config", p.to_str().unwrap()].map(String::from).to_vec();
+        let cli = Cli::parse_from(expand_config(&argv).unwrap());
+        let Command::Train(t) = cli.command else { panic!() };
+        assert_eq!(std::env::var("DPO_ARGS_TEST_ENV").as_deref(), Ok("1"));
+        assert_eq!(
+            (t.common.inputs.model.to_str(), t.common.inputs.data.to_str(), t.common.run.max_steps),
+            (Some("m.gguf"), Some("d.jsonl"), None)
+        );
+        assert_eq!(
+            (t.loss.loss.clone(), t.loss.loss_weights.clone()),
+            (vec!["sigmoid".to_string(), "sft".to_string()], vec![1.0, 0.2])
+        );
+        assert_eq!((t.common.optimizer.learning_rate, t.common.optimizer.warmup_ratio), (5e-7, 0.1));
+        assert!(t.common.run.reports_to_tensorboard());
+        // TRL's LoRA: the named modules, and dropout off (disable_dropout's default)
+        assert_eq!(
+            (t.common.setup.lora.lora_target_modules.clone(), t.common.setup.lora.lora_dropout),
+            (vec!["q_proj".to_string(), "k_proj".to_string()], 0.0)
+        );
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("dpo-args-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
