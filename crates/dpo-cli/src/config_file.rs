@@ -15,7 +15,7 @@ pub fn parse() -> Cli {
         std::process::exit(0);
     }
     match expand_config(&argv) {
-        Ok(expanded) => Cli::parse_from(expanded),
+        Ok(expanded) => Cli::parse_from(with_bf16_base(expanded)),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::exit(2);
@@ -35,6 +35,25 @@ pub fn subcommand_index(argv: &[String]) -> Option<usize> {
         }
     }
     None
+}
+
+/// `argv` with `--base-dtype bf16` added when it asks for `--bf16` and `--use-peft` without a
+/// `--base-dtype`: under mixed precision a LoRA run's frozen base is kept in bf16, as TRL + PEFT
+/// hold a bf16 checkpoint under autocast (`--base-dtype f32` keeps it in f32). Printed as a note.
+pub fn with_bf16_base(mut argv: Vec<String>) -> Vec<String> {
+    let has = |f: &str| argv.iter().any(|a| a == f || a.strip_prefix(f).is_some_and(|r| r.starts_with('=')));
+    if !has("--bf16") || !has("--use-peft") || has("--base-dtype") {
+        return argv;
+    }
+    let Some(sub) = subcommand_index(&argv) else { return argv };
+    let cmd = Cli::command();
+    let takes =
+        cmd.find_subcommand(&argv[sub]).is_some_and(|c| c.get_arguments().any(|a| a.get_long() == Some("base-dtype")));
+    if takes {
+        eprintln!("note: --bf16 with --use-peft: the frozen base is kept in bf16 (--base-dtype bf16; --base-dtype f32 keeps it in f32)");
+        argv.splice(sub + 1..sub + 1, ["--base-dtype".to_string(), "bf16".to_string()]);
+    }
+    argv
 }
 
 /// The keys and values of a configuration file: YAML (`.yaml`, `.yml`; TRL's format) or TOML,

@@ -75,11 +75,14 @@ pub fn field(key: &str, value: &Value) -> Treatment {
         v => v.to_string(),
     };
     match key {
-        "bf16" | "fp16" | "tf32" | "bf16_full_eval" | "fp16_full_eval" if value.is_boolean() => {
-            return Treatment::Note(if truthy {
-                format!("`{key}: true`: dpo-rs trains in f32 (a LoRA run can keep its frozen base in bf16 or 4/8 bits: --base-dtype bf16|q8_0|q4_0); its numbers are TRL's in f32")
+        "fp16" | "fp16_full_eval" if truthy => {
+            return Treatment::Refuse(format!("`{key}: true`: dpo-rs has no fp16 mixed precision (it needs loss scaling); use `bf16: true` (--bf16), the same autocast with bf16 operands"))
+        }
+        "fp16" | "fp16_full_eval" | "tf32" | "bf16_full_eval" if value.is_boolean() => {
+            return Treatment::Note(if key == "bf16_full_eval" {
+                format!("`{key}: {shown}`: evaluation computes as training does (--bf16 or f32)")
             } else {
-                format!("`{key}: false`: dpo-rs computes in f32")
+                format!("`{key}: {shown}`: no effect on a CPU; --bf16 sets mixed precision")
             })
         }
         "load_in_4bit" | "load_in_8bit" if truthy => {
@@ -170,8 +173,9 @@ mod tests {
             Treatment::Flag("data", json!("trl-lib/ultrafeedback_binarized"), None)
         );
         assert!(matches!(field("dataloader_num_workers", &json!(4)), Treatment::Note(n) if n.contains("no effect")));
-        assert!(matches!(field("bf16", &json!(true)), Treatment::Note(n) if n.contains("f32")));
-        assert!(matches!(field("bf16", &json!(false)), Treatment::Note(n) if n.contains("f32")));
+        assert!(matches!(field("fp16", &json!(true)), Treatment::Refuse(n) if n.contains("bf16: true")));
+        assert!(matches!(field("fp16", &json!(false)), Treatment::Note(_)));
+        assert!(matches!(field("tf32", &json!(true)), Treatment::Note(_)));
         assert!(
             matches!(field("neftune_noise_alpha", &json!(5.0)), Treatment::Refuse(n) if n.contains("neftune_noise_alpha"))
         );

@@ -77,64 +77,122 @@ fn logps_command_gives_golden_token_ids_and_logps() {
     }
 }
 
+/// The mean sigmoid DPO loss of golden data set `ds` (`file`) against its perturbed reference,
+/// and the per-tensor L2 norms of its gradient, as dpo-rs computes them for `policy`.
+fn loss_and_grad_norms(
+    policy: &dpo_model::policy::Policy,
+    tokenizer: &dpo_model::tokenizer::Tokenizer,
+    g: &Value,
+    (ds, file): (usize, &str),
+) -> (f64, Vec<(String, f64)>) {
+    let loss = dpo_train::loss::Loss::Sigmoid { beta: g["meta"]["beta"].as_f64().unwrap(), label_smoothing: 0.0 };
+    let (recs, _) = dpo_data::read(&shared().join("tools/oracle/golden").join(file)).unwrap();
+    let set = tokenize_all(tokenizer, &recs, TokenizeSettings::default()).unwrap();
+    let refs: Vec<Vec<f64>> = g["datasets"][ds]["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            vec![r["ref_perturbed_chosen_logp"].as_f64().unwrap(), r["ref_perturbed_rejected_logp"].as_f64().unwrap()]
+        })
+        .collect();
+    let refs: Vec<&[f64]> = refs.iter().map(Vec::as_slice).collect();
+    let examples: Vec<&Tokenized> = set.examples.iter().collect();
+    let task = dpo_train::task::Task::Preference(dpo_train::loss::Objective::single(loss));
+    let res = dpo_train::step::loss_and_gradients(policy, &examples, &refs, &task, 1024, 64).unwrap();
+    let mean_loss = res.stats.iter().map(|s| s.loss).sum::<f64>() / res.stats.len() as f64;
+    let norms = policy
+        .params
+        .iter()
+        .zip(&res.grads)
+        .map(|((name, _), grad)| (name.clone(), dpo_train::optim::tensor_sq_norm(grad).unwrap().sqrt()))
+        .collect();
+    (mean_loss, norms)
+}
+
+/// The largest relative difference of `norms` from `want` (every tensor named there, non-zero),
+/// and the tensor it is on.
+fn worst_relative(norms: &[(String, f64)], want: &serde_json::Map<String, Value>) -> (f64, String) {
+    assert_eq!(want.len(), norms.len());
+    let mut worst = (0f64, String::new());
+    for (name, norm) in norms {
+        assert!(*norm > 0.0, "{name}: no gradient");
+        let w = want[name].as_f64().unwrap();
+        let rel = (norm - w).abs() / w;
+        if rel > worst.0 {
+            worst = (rel, name.clone());
+        }
+    }
+    worst
+}
+
 #[test]
 fn gradient_norms_against_the_perturbed_reference_match_golden() {
     let model = dpo_runtime::fetch::ensure_default_model().unwrap();
     let loaded = dpo_model::load(&model).unwrap();
     let policy = dpo_model::policy::Policy::new(loaded.config.clone(), &loaded.tensors).unwrap();
     let g = golden();
-    let loss = dpo_train::loss::Loss::Sigmoid { beta: g["meta"]["beta"].as_f64().unwrap(), label_smoothing: 0.0 };
     for (ds, file) in DATASETS {
-        let (recs, _) = dpo_data::read(&shared().join("tools/oracle/golden").join(file)).unwrap();
-        let set = tokenize_all(&loaded.tokenizer, &recs, TokenizeSettings::default()).unwrap();
-        let gd = &g["datasets"][ds];
-        let refs: Vec<Vec<f64>> = gd["records"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                vec![
-                    r["ref_perturbed_chosen_logp"].as_f64().unwrap(),
-                    r["ref_perturbed_rejected_logp"].as_f64().unwrap(),
-                ]
-            })
-            .collect();
-        let refs: Vec<&[f64]> = refs.iter().map(Vec::as_slice).collect();
-        let examples: Vec<&Tokenized> = set.examples.iter().collect();
-        let res = dpo_train::step::loss_and_gradients(
-            &policy,
-            &examples,
-            &refs,
-            &dpo_train::task::Task::Preference(dpo_train::loss::Objective::single(loss)),
-            1024,
-            64,
-        )
-        .unwrap();
-        let gold = &gd["grad_ref_perturbed"];
-        let mean_loss = res.stats.iter().map(|s| s.loss).sum::<f64>() / res.stats.len() as f64;
+        let (mean_loss, norms) = loss_and_grad_norms(&policy, &loaded.tokenizer, &g, (ds, file));
+        let gold = &g["datasets"][ds]["grad_ref_perturbed"];
         assert!(
             (mean_loss - gold["loss"].as_f64().unwrap()).abs() < 1e-4,
             "{file}: loss {mean_loss} vs {}",
             gold["loss"]
         );
-        let per = gold["per_tensor"].as_object().unwrap();
-        assert_eq!(per.len(), policy.params.len());
-        let mut worst = (0f64, "");
-        for ((name, _), grad) in policy.params.iter().zip(&res.grads) {
-            let norm = dpo_train::optim::tensor_sq_norm(grad).unwrap().sqrt();
-            assert!(norm > 0.0, "{name}: no gradient");
-            let want = per[name].as_f64().unwrap();
-            let rel = (norm - want).abs() / want;
-            assert!(rel < 1e-3, "{file}: {name} gradient norm {norm} vs golden {want} ({rel:.2e} relative)");
-            if rel > worst.0 {
-                worst = (rel, name);
-            }
-        }
+        let (worst, name) = worst_relative(&norms, gold["per_tensor"].as_object().unwrap());
+        assert!(worst < 1e-3, "{file}: {name} gradient norm {worst:.2e} relative from golden");
         println!(
-            "{file}: loss {mean_loss:.7}; {} gradient norms within {:.2e} relative (worst {})",
-            per.len(),
-            worst.0,
-            worst.1
+            "{file}: loss {mean_loss:.7}; {} gradient norms within {worst:.2e} relative (worst {name})",
+            norms.len()
         );
     }
+}
+
+/// `--bf16` against transformers' bf16 mixed precision (f32 weights under
+/// `torch.autocast("cpu", dtype=torch.bfloat16)`: `scripts/oracle/bf16_grad_norms.py`, values in
+/// tests/fixtures/bf16_autocast_grad_norms.json): the first-step loss and every per-tensor
+/// gradient norm. The tolerances are bf16's: autocast also rounds every product's *output* to
+/// bf16 (8 significant bits) and runs the element-wise ops between them in bf16, where dpo-rs
+/// keeps f32 outside the products, so the two differ by about as much as either differs from f32.
+#[test]
+fn bf16_gradient_norms_match_torch_autocast() {
+    let model = dpo_runtime::fetch::ensure_default_model().unwrap();
+    let loaded = dpo_model::load(&model).unwrap();
+    let setup = dpo_model::policy::ModelSetup { bf16: true, ..Default::default() };
+    let policy =
+        dpo_model::policy::Policy::new(loaded.config.clone(), &loaded.tensors).unwrap().in_precision(&setup).unwrap();
+    let g = golden();
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bf16_autocast_grad_norms.json");
+    let autocast: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    for (ds, file) in DATASETS {
+        let name = g["datasets"][ds]["name"].as_str().unwrap();
+        let want = &autocast["datasets"][name];
+        let (mean_loss, norms) = loss_and_grad_norms(&policy, &loaded.tokenizer, &g, (ds, file));
+        let (loss_want, loss_f32) =
+            (want["loss"].as_f64().unwrap(), g["datasets"][ds]["grad_ref_perturbed"]["loss"].as_f64().unwrap());
+        let (worst, tensor) = worst_relative(&norms, want["per_tensor"].as_object().unwrap());
+        let (f32_worst, _) = worst_relative(
+            &per_tensor_of(&g["datasets"][ds]["grad_ref_perturbed"]["per_tensor"]),
+            want["per_tensor"].as_object().unwrap(),
+        );
+        println!(
+            "{file}: loss --bf16 {mean_loss:.6}, autocast {loss_want:.6}, f32 {loss_f32:.6}; gradient norms within {worst:.2e} of autocast's (worst {tensor}; f32's: {f32_worst:.2e})"
+        );
+        assert!(
+            (mean_loss - loss_want).abs() < BF16_LOSS_TOLERANCE,
+            "{file}: loss {mean_loss} vs autocast {loss_want}"
+        );
+        assert!(worst < BF16_NORM_TOLERANCE, "{file}: {tensor} gradient norm {worst:.2e} relative from autocast's");
+    }
+}
+
+/// How far `--bf16`'s first-step loss (nats) and per-tensor gradient norms (relative) may be from
+/// autocast's: see `bf16_gradient_norms_match_torch_autocast`.
+const BF16_LOSS_TOLERANCE: f64 = 1.0;
+const BF16_NORM_TOLERANCE: f64 = 1.0;
+
+/// The golden f32 per-tensor norms as `(name, norm)`.
+fn per_tensor_of(v: &Value) -> Vec<(String, f64)> {
+    v.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_f64().unwrap())).collect()
 }

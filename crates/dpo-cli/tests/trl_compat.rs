@@ -62,7 +62,7 @@ fn a_trl_yaml_config_runs_as_it_is_and_unknown_fields_are_refused_by_name() {
     let o = dpo_in(d.path(), &hub, &["train", "--config", s(&config)]);
     assert!(o.status.success());
     let err = stderr(&o);
-    for noted in ["`bf16: true`", "`remove_unused_columns`", "`logging_steps`", "`eval_strategy: steps`"] {
+    for noted in ["--bf16 with --use-peft", "`remove_unused_columns`", "`logging_steps`", "`eval_strategy: steps`"] {
         assert!(err.contains(noted), "no note on {noted}: {err}");
     }
     let out = d.path().join("trl-dpo-out");
@@ -73,6 +73,9 @@ fn a_trl_yaml_config_runs_as_it_is_and_unknown_fields_are_refused_by_name() {
     assert_eq!(args["setup"]["lora"]["lora_r"], 32);
     assert_eq!(args["setup"]["lora"]["lora_alpha"], 16.0);
     assert_eq!(args["setup"]["gradient_checkpointing"], true);
+    // `bf16: true` is --bf16 (mixed precision), and a LoRA run's base is then kept in bf16
+    assert_eq!(args["setup"]["bf16"], true);
+    assert_eq!(args["setup"]["load"]["base_dtype"], "bf16");
     // LoRA as TRL builds it from this config: PEFT's default modules, dropout off (disable_dropout)
     assert_eq!(args["setup"]["lora"]["lora_target_modules"], serde_json::json!(["q_proj", "v_proj"]));
     assert_eq!(args["setup"]["lora"]["lora_dropout"], 0.0);

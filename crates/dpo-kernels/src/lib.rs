@@ -19,9 +19,9 @@ mod rope;
 pub use attention::{attention, decode_attention, Attention, AttentionLayout, AttentionParams, Group};
 pub use glu::{Activation, Glu};
 pub use log_sigmoid::{log1mexp, log1mexp_f64, log_sigmoid, log_sigmoid_f64, sigmoid, Elementwise};
-pub use logp_head::{logp_head, logp_head_frozen, LogpHead, LogpHeadStats};
+pub use logp_head::{logp_head, logp_head_frozen, logp_head_mixed, LogpHead, LogpHeadStats};
 pub use lora::{apply_dropout, lora_linear, LoraLinear};
-pub use qmatmul::{frozen_linear, BaseDType, FrozenDType, FrozenLinear, FrozenMatrix, Kernel};
+pub use qmatmul::{frozen_linear, mixed_linear, BaseDType, Bf16Copy, FrozenDType, FrozenLinear, FrozenMatrix, Kernel};
 pub use rmsnorm::{rms_norm, RmsNorm};
 pub use rope::{Llama3Scaling, Rope, RopeParams, RopeScaling, RopeTable};
 

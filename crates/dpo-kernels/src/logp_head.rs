@@ -1,6 +1,6 @@
 //! The output projection fused with log-softmax and the gather of the target token.
 
-use super::qmatmul::FrozenMatrix;
+use super::qmatmul::{bf16_weight_grad, Bf16Copy, FrozenMatrix};
 use super::{by_dtype, cpu_slice, dispatch_float, gemm, num_threads, slice_of, tensor_of, Output, Real, SendPtr};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -152,39 +152,46 @@ impl LogpHead {
             });
             w.input_grad(&buf, c, &mut dh[r0 * hidden..(r0 + c) * hidden])?;
             if let Some(dw) = &mut dw {
-                // SAFETY: dw is vocab x hidden, buf c x vocab, hc c x hidden.
-                unsafe {
-                    gemm(
-                        vocab,
-                        hidden,
-                        c,
-                        dw.as_mut_ptr(),
-                        hidden,
-                        1,
-                        true,
-                        buf.as_ptr(),
-                        1,
-                        vocab,
-                        hc.as_ptr(),
-                        hidden,
-                        1,
-                        T::one(),
-                        num_threads(),
-                    );
-                }
+                w.add_weight_grad(&buf, hc, c, dw)?;
             }
         }
         Ok((dh, dw))
     }
 }
 
-/// The output projection as the head's kernels read it: `logits = h W^T` and `dh = dlogits W`.
+/// The output projection as the head's kernels read it: `logits = h W^T`, `dh = dlogits W` and
+/// `dW += dlogits^T h`.
 trait HeadWeight<T: Real> {
     fn vocab(&self) -> usize;
     /// `buf[c, vocab] = h[c, hidden] W^T`.
     fn logits(&self, h: &[T], c: usize, buf: &mut Vec<T>) -> Result<()>;
     /// `dh[c, hidden] = dlogits[c, vocab] W`.
     fn input_grad(&self, dlogits: &[T], c: usize, dh: &mut [T]) -> Result<()>;
+    /// `dw[vocab, hidden] += dlogits[c, vocab]^T h[c, hidden]`, in `T` (the f32 or f64 GEMM).
+    fn add_weight_grad(&self, dlogits: &[T], h: &[T], c: usize, dw: &mut [T]) -> Result<()> {
+        let (vocab, hidden) = (self.vocab(), h.len() / c.max(1));
+        // SAFETY: dw is vocab x hidden, dlogits c x vocab (read transposed), h c x hidden.
+        unsafe {
+            gemm(
+                vocab,
+                hidden,
+                c,
+                dw.as_mut_ptr(),
+                hidden,
+                1,
+                true,
+                dlogits.as_ptr(),
+                1,
+                vocab,
+                h.as_ptr(),
+                hidden,
+                1,
+                T::one(),
+                num_threads(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// A dense row-major `[vocab, hidden]` weight (trainable: its gradient is formed too).
@@ -360,6 +367,83 @@ fn frozen_bwd_t<T: Real>(op: &FrozenLogpHead, h: &Tensor, g: &Tensor) -> Result<
     tensor_of(dh, h.shape())
 }
 
+/// The output projection in mixed precision (`--bf16`): logits and `dh` from the bf16 copy,
+/// `dW` by the bf16 weight-gradient kernel (bf16 operands, f32 accumulation).
+struct MixedHead<'a>(&'a FrozenMatrix);
+
+impl HeadWeight<f32> for MixedHead<'_> {
+    fn vocab(&self) -> usize {
+        self.0.rows()
+    }
+
+    fn logits(&self, h: &[f32], c: usize, buf: &mut Vec<f32>) -> Result<()> {
+        HeadWeight::<f32>::logits(self.0, h, c, buf)
+    }
+
+    fn input_grad(&self, dlogits: &[f32], c: usize, dh: &mut [f32]) -> Result<()> {
+        HeadWeight::<f32>::input_grad(self.0, dlogits, c, dh)
+    }
+
+    fn add_weight_grad(&self, dlogits: &[f32], h: &[f32], c: usize, dw: &mut [f32]) -> Result<()> {
+        bf16_weight_grad(dlogits, h, c, dw, Output::Add)
+    }
+}
+
+/// [`LogpHead`] over a trainable output projection in mixed precision: the master `W` is the
+/// op's second argument (so that its gradient is formed), the products read its bf16 copy.
+struct MixedLogpHead {
+    head: LogpHead,
+    copy: Arc<Bf16Copy>,
+}
+
+impl CustomOp2 for MixedLogpHead {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, _: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let w = self.copy.read();
+        let (rows, hidden) = l1.shape().dims2()?;
+        if l2.dims() != [w.rows(), w.cols()] || hidden != w.cols() || rows != self.head.targets.len() {
+            candle_core::bail!(
+                "{OP}: h {:?}, w {:?}, {} targets do not fit",
+                l1.dims(),
+                l2.dims(),
+                self.head.targets.len()
+            );
+        }
+        if let Some(t) = self.head.targets.iter().find(|&&t| t as usize >= w.rows()) {
+            candle_core::bail!("{OP}: target token {t} is outside the vocabulary of {}", w.rows());
+        }
+        let o = self.head.forward::<f32>(slice_of(s1, l1, OP)?, &MixedHead(&w), hidden)?;
+        Ok((f32::to_cpu_storage_owned(o), Shape::from(rows)))
+    }
+
+    fn bwd(&self, h: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        cpu_slice!(f32, h => hs);
+        cpu_slice!(f32, g => gs);
+        let copy = self.copy.read();
+        let (dh, dw) = self.head.backward(hs, &MixedHead(&copy), gs, h.dim(1)?, true)?;
+        let dw = dw.expect("asked for dW");
+        Ok((Some(tensor_of(dh, h.shape())?), Some(tensor_of(dw, w.shape())?)))
+    }
+}
+
+/// [`logp_head`] in mixed precision: `w` the trainable f32 output projection `[vocab, hidden]`,
+/// `copy` its bf16 copy ([`Bf16Copy`]); `h` f32. The log-softmax, its sums and the gradient of
+/// the logits stay in f32 (f64 sums), as under bf16 autocast, where log-softmax runs in f32.
+pub fn logp_head_mixed(
+    h: &Tensor,
+    w: &Tensor,
+    copy: &Arc<Bf16Copy>,
+    targets: Arc<Vec<u32>>,
+    softcap: Option<f64>,
+) -> Result<(Tensor, Arc<Mutex<LogpHeadStats>>)> {
+    let head = LogpHead::new(targets, softcap);
+    let stats = head.stats.clone();
+    Ok((h.contiguous()?.apply_op2(&w.contiguous()?, MixedLogpHead { head, copy: copy.clone() })?, stats))
+}
+
 /// [`logp_head`] with a frozen output projection `w` `[vocab, hidden]`.
 pub fn logp_head_frozen(
     h: &Tensor,
@@ -418,6 +502,49 @@ mod tests {
         }
         check_grad(std::slice::from_ref(&h), &|t| Ok(logp_head_frozen(&t[0], &frozen, targets.clone(), None)?.0), 1e-6);
         check_grad(&[h], &|t| Ok(logp_head_frozen(&t[0], &frozen, targets.clone(), Some(0.8))?.0), 1e-6);
+    }
+
+    /// The mixed-precision head gives the log-probs of the bf16-rounded operands (to f32
+    /// logits), and gradients within bf16's rounding of the f64 ones.
+    #[test]
+    fn a_mixed_precision_head_computes_with_bf16_operands() {
+        let targets = Arc::new((0..150).map(|i| (i * 5 % 40) as u32).collect::<Vec<_>>());
+        let (h, w) = (rand_t(&[150, 33], 27), rand_t(&[40, 33], 28));
+        // bf16 of the f32 values, rounded to nearest (candle's f64 -> bf16 conversion is not the
+        // kernels' rounding)
+        let round = |t: &Tensor| {
+            let v = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let r: Vec<f64> = v.iter().map(|&x| half::bf16::from_f32(x as f32).to_f64()).collect();
+            Tensor::from_vec(r, t.dims(), &candle_core::Device::Cpu).unwrap()
+        };
+        let (want, _) = logp_head(&round(&h), &round(&w), targets.clone(), None).unwrap();
+        let f32t = |t: &Tensor| t.to_dtype(candle_core::DType::F32).unwrap();
+        let (hv, wv) =
+            (candle_core::Var::from_tensor(&f32t(&h)).unwrap(), candle_core::Var::from_tensor(&f32t(&w)).unwrap());
+        let copy =
+            Arc::new(Bf16Copy::new(&wv.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(), 40, 33).unwrap());
+        let (got, _) = logp_head_mixed(hv.as_tensor(), wv.as_tensor(), &copy, targets.clone(), None).unwrap();
+        let (want_v, got_v) = (want.to_vec1::<f64>().unwrap(), got.to_vec1::<f32>().unwrap());
+        for (a, b) in got_v.iter().zip(&want_v) {
+            assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        let probe = rand_t(&[150], 6);
+        let (hx, wx) = (candle_core::Var::from_tensor(&h).unwrap(), candle_core::Var::from_tensor(&w).unwrap());
+        let exact = logp_head(hx.as_tensor(), wx.as_tensor(), targets.clone(), None).unwrap().0;
+        let g_exact = (exact * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_mixed = (got * f32t(&probe)).unwrap().sum_all().unwrap().backward().unwrap();
+        for (mixed, exact) in [
+            (g_mixed.get(&hv).unwrap(), g_exact.get(&hx).unwrap()),
+            (g_mixed.get(&wv).unwrap(), g_exact.get(&wx).unwrap()),
+        ] {
+            let (a, b) = (
+                mixed.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                exact.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            );
+            let err: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 - y).powi(2)).sum::<f64>().sqrt();
+            let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+            assert!(err < 1e-2 * norm, "gradient off by {err} of {norm}");
+        }
     }
 
     #[test]

@@ -6,8 +6,8 @@ use super::{LlamaConfig, Weight};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use dpo_kernels::{
-    attention, decode_attention, logp_head, logp_head_frozen, lora_linear, rms_norm, AttentionLayout, AttentionParams,
-    Glu, Group, LogpHeadStats, Rope, RopeTable,
+    attention, decode_attention, logp_head, logp_head_frozen, logp_head_mixed, lora_linear, rms_norm, AttentionLayout,
+    AttentionParams, Glu, Group, LogpHeadStats, Rope, RopeTable,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -458,6 +458,38 @@ impl Llama {
         m
     }
 
+    /// The same model computing in mixed precision (`--bf16`): every trainable f32 weight
+    /// matrix that takes part in a product (the projections, the output head, and the embedding
+    /// when tied to it) becomes [`Weight::Mixed`], sharing its tensor's storage, with a bf16 copy
+    /// for the products; norms, biases, embedding lookups and frozen matrices are unchanged.
+    pub fn with_bf16_products(&self) -> Result<Self> {
+        let mut m = self.clone();
+        if m.config.tie_word_embeddings {
+            m.embed = m.embed.with_bf16_products()?;
+        }
+        m.lm_head = m.lm_head.as_ref().map(Weight::with_bf16_products).transpose()?;
+        for l in &mut m.layers {
+            for p in &mut l.projs {
+                p.w = p.w.with_bf16_products()?;
+            }
+        }
+        Ok(m)
+    }
+
+    /// Re-rounds the bf16 copies of a mixed-precision model from their masters: after an
+    /// optimizer step or a restore changed the weights in place. Nothing for other models.
+    pub fn refresh_bf16_copies(&self) -> Result<()> {
+        self.embed.refresh()?;
+        self.lm_head.as_ref().map(Weight::refresh).transpose()?;
+        self.layers.iter().flat_map(|l| &l.projs).try_for_each(|p| p.w.refresh())
+    }
+
+    /// Whether the model's products run in mixed precision ([`Llama::with_bf16_products`]).
+    pub fn has_bf16_products(&self) -> bool {
+        matches!(self.output_weight(), Weight::Mixed { .. })
+            || self.layers.iter().flat_map(|l| &l.projs).any(|p| matches!(p.w, Weight::Mixed { .. }))
+    }
+
     /// The model without its adapters (a LoRA run's reference: the frozen base).
     pub fn without_adapters(&self) -> Self {
         let mut m = self.clone();
@@ -713,6 +745,7 @@ impl Llama {
         Ok(match self.output_weight() {
             Weight::Tensor(w) => logp_head(&h, w, targets, cap)?,
             Weight::Frozen(w) => logp_head_frozen(&h, w, targets, cap)?,
+            Weight::Mixed { master, copy } => logp_head_mixed(&h, master, copy, targets, cap)?,
         })
     }
 

@@ -27,6 +27,10 @@ pub struct ModelSetup {
     /// Keep each decoder layer's input only and recompute the layer in the backward pass (less activation memory, one more forward of compute; same gradients).
     #[cfg_attr(feature = "cli", arg(long))]
     pub gradient_checkpointing: bool,
+    /// Mixed precision as transformers' `bf16=True` (TRL's name): f32 master weights and AdamW moments, every matrix product of the trained weights with bf16 operands and f32 accumulation (forward, input and weight gradients), norms, softmax, log-probs and losses in f32; the reference pass too.
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bf16: bool,
 }
 
 impl ModelSetup {
@@ -38,6 +42,16 @@ impl ModelSetup {
             bail!("--base-dtype {} keeps the weights frozen: add --use-peft to train an adapter on it (full fine-tuning trains every weight in f32)", self.load.base_dtype)
         } else {
             Ok(())
+        }
+    }
+
+    /// `model` as `--bf16` computes it: with bf16 products ([`Llama::with_bf16_products`]), or
+    /// as it is.
+    pub fn in_precision(&self, model: Llama) -> Result<Llama> {
+        if self.bf16 {
+            model.with_bf16_products()
+        } else {
+            Ok(model)
         }
     }
 }
@@ -118,6 +132,19 @@ impl Policy {
             params.push((peft_name(family, m.layer, m.proj, 'B'), b));
         }
         Ok(Self { model, params, lora: Some(adapter.config.clone()) })
+    }
+
+    /// The policy with its model's products in mixed precision when `setup` says `--bf16`
+    /// ([`ModelSetup::in_precision`]); the trainable `Var`s are the same.
+    pub fn in_precision(mut self, setup: &ModelSetup) -> Result<Self> {
+        self.model = setup.in_precision(self.model)?;
+        Ok(self)
+    }
+
+    /// After the trainable weights changed in place (an optimizer step, a restored checkpoint):
+    /// the bf16 copies of a mixed-precision model follow ([`Llama::refresh_bf16_copies`]).
+    pub fn weights_changed(&self) -> Result<()> {
+        self.model.refresh_bf16_copies()
     }
 
     pub fn vars(&self) -> Vec<Var> {

@@ -217,10 +217,11 @@ fn policy_and_references(
         ));
         Ok((policy, references))
     } else {
-        let mut references = References::prepare(&cfg.reference, &cfg.task, loaded.model()?, sets, obs)?;
+        let reference = cfg.setup.in_precision(loaded.model()?)?;
+        let mut references = References::prepare(&cfg.reference, &cfg.task, reference, sets, obs)?;
         references.prefetch(sets, visited, max_tokens, obs)?;
         references.release_model();
-        Ok((Policy::new(loaded.config.clone(), &loaded.tensors)?, references))
+        Ok((Policy::new(loaded.config.clone(), &loaded.tensors)?.in_precision(&cfg.setup)?, references))
     }
 }
 
@@ -287,7 +288,8 @@ fn online_policy(cfg: &TrainConfig, loaded: &Loaded) -> Result<(Policy, Llama)> 
         let reference = policy.model.without_adapters();
         Ok((policy, reference))
     } else {
-        Ok((Policy::new(loaded.config.clone(), &loaded.tensors)?, loaded.model()?))
+        let policy = Policy::new(loaded.config.clone(), &loaded.tensors)?.in_precision(&cfg.setup)?;
+        Ok((policy, cfg.setup.in_precision(loaded.model()?)?))
     }
 }
 

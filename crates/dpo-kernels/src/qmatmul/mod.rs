@@ -24,9 +24,11 @@
 
 mod bf16;
 mod blocks;
+mod mixed;
 mod op;
 mod tiled;
 
+pub use mixed::{bf16_weight_grad, bf16_weight_grad_with, mixed_linear, Bf16Copy, MixedLinear};
 pub use op::{frozen_linear, FrozenLinear};
 
 use super::{gemm, num_threads, Real, SendPtr};

@@ -240,7 +240,9 @@ impl References {
                 for (name, r) in model.named_tensors()? {
                     mixed.insert(name.clone(), ((r * (1.0 - sync.alpha))? + (p[&name].detach() * sync.alpha)?)?);
                 }
-                *model = Llama::from_tensors(model.config.clone(), &mixed)?;
+                let synced = Llama::from_tensors(model.config.clone(), &mixed)?;
+                // A `--bf16` reference keeps computing in bf16.
+                *model = if model.has_bf16_products() { synced.with_bf16_products()? } else { synced };
                 obs.message(&format!(
                     "step {done}: reference <- {:.2} * reference + {:.2} * policy",
                     1.0 - sync.alpha,

@@ -269,6 +269,7 @@ impl<'a> Loop<'a> {
         let (_, comm_before_update) = dist::traffic();
         if loss.is_finite() && grad_norm.is_finite() {
             self.opt.step(&self.vars, &res.grads, lr, clip_coefficient(grad_norm, self.p.optimizer.max_grad_norm))?;
+            self.p.policy.weights_changed()?;
             self.nonfinite_in_a_row = 0;
         } else {
             self.skipped_nonfinite += 1;
@@ -428,6 +429,7 @@ fn open_metrics(
                 checkpoint::remove_leftovers(out)?;
             }
             checkpoint::restore(dir, state, &p.policy, opt, main.then_some(path.as_path()))?;
+            p.policy.weights_changed()?;
             for _ in 0..state.global_step * p.settings.gradient_accumulation_steps {
                 order.next_batch(p.settings.per_device_train_batch_size);
             }

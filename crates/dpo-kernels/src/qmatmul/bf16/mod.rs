@@ -53,7 +53,7 @@ fn words_mut(v: &mut [Line]) -> &mut [u32] {
 }
 
 /// Whether the AVX512-BF16 path can run here (detected once).
-pub(super) fn simd_available() -> bool {
+pub(in crate::qmatmul) fn simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -74,12 +74,27 @@ fn bf16_bits_to_f32(b: u32) -> f32 {
     f32::from_bits(b << 16)
 }
 
+/// The bits of `x` rounded to bf16, to nearest with ties to even; a NaN stays a NaN (quieted):
+/// bit for bit `half::bf16::from_f32`, written without branches on the value so that loops over
+/// it vectorise (a weight refresh converts every parameter each step).
+#[inline(always)]
+pub(super) fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    let nan = ((b >> 16) as u16) | 0x40;
+    if b & 0x7fff_ffff > 0x7f80_0000 {
+        nan
+    } else {
+        rounded
+    }
+}
+
 /// `x` rounded to bf16 (nearest, ties to even) and back to f32.
-fn round_to_bf16(x: &[f32]) -> Vec<f32> {
+pub(super) fn round_to_bf16(x: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(o, x)| {
         for (o, &x) in o.iter_mut().zip(x) {
-            *o = half::bf16::from_f32(x).to_f32();
+            *o = bf16_bits_to_f32(bf16_bits(x) as u32);
         }
     });
     out
@@ -110,6 +125,57 @@ impl PackedBf16 {
             }
         });
         Self { rows, cols, kpad, data }
+    }
+
+    /// Packs the transpose of the row-major f32 matrix `x` `[m, cols]`, each value rounded to
+    /// bf16 (nearest, ties to even): the matrix `[cols, m]` whose forward product
+    /// `y = a · (x^T)^T = a · x` is the weight gradient `dW = dY^T X` of a linear layer with
+    /// `a = dY^T`. The panels' 32 lanes are 32 consecutive columns of `x`, their k-pairs two
+    /// consecutive rows, so each panel row reads two runs of 32 floats.
+    pub(super) fn transposed_from_f32(x: &[f32], m: usize, cols: usize) -> Self {
+        debug_assert_eq!(x.len(), m * cols);
+        let panels = cols.div_ceil(NR);
+        let kpad = m.div_ceil(2 * GROUP) * GROUP;
+        let mut data = lines(panels * kpad * NR);
+        let bits = |v: f32| bf16_bits(v) as u32;
+        words_mut(&mut data).par_chunks_mut(kpad * NR).enumerate().for_each(|(p, panel)| {
+            let (c0, c1) = (p * NR, cols.min((p + 1) * NR));
+            for (j, out) in panel.chunks_exact_mut(NR).take(m.div_ceil(2)).enumerate() {
+                let lo = &x[2 * j * cols + c0..2 * j * cols + c1];
+                if 2 * j + 1 < m {
+                    let hi = &x[(2 * j + 1) * cols + c0..(2 * j + 1) * cols + c1];
+                    for ((o, &a), &b) in out.iter_mut().zip(lo).zip(hi) {
+                        *o = bits(a) | bits(b) << 16;
+                    }
+                } else {
+                    for (o, &a) in out.iter_mut().zip(lo) {
+                        *o = bits(a);
+                    }
+                }
+            }
+        });
+        Self { rows: cols, cols: m, kpad, data }
+    }
+
+    /// Re-packs the matrix in place from row-major f32 `data` `[rows, cols]` (same shape), each
+    /// value rounded to bf16: the refresh of a mixed-precision copy after an optimizer step,
+    /// without allocating (and faulting in) a new buffer.
+    pub(super) fn repack_from_f32(&mut self, data: &[f32]) {
+        debug_assert_eq!(data.len(), self.rows * self.cols);
+        let (rows, cols) = (self.rows, self.cols);
+        let bits = |v: f32| bf16_bits(v) as u32;
+        words_mut(&mut self.data).par_chunks_mut(self.kpad * NR).enumerate().for_each(|(p, panel)| {
+            for (l, r) in (p * NR..rows.min((p + 1) * NR)).enumerate() {
+                let row = &data[r * cols..(r + 1) * cols];
+                let mut pairs = row.chunks_exact(2);
+                for (j, pair) in (&mut pairs).enumerate() {
+                    panel[j * NR + l] = bits(pair[0]) | bits(pair[1]) << 16;
+                }
+                if let [last] = pairs.remainder() {
+                    panel[cols / 2 * NR + l] = bits(*last);
+                }
+            }
+        });
     }
 
     /// The bf16 bits of `W[r, c]`.
