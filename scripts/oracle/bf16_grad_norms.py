@@ -9,6 +9,10 @@ unpadded sequence per forward, tied lm_head counted once), so that dpo-rs's `--b
 against it (crates/dpo-cli/tests/parity.rs).
 
 Usage: python bf16_grad_norms.py --model DIR --golden GOLDEN.json --out OUT.json [--threads 2]
+       [--datasets pairs8,hh_harmless32]
+
+On a CPU without AVX512-BF16, PyTorch's bf16 products are slow: pairs8 takes minutes there,
+hh_harmless32 most of an hour.
 """
 import argparse
 import json
@@ -54,6 +58,7 @@ def main():
     ap.add_argument("--golden", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--datasets", default="", help="comma-separated names (default: every golden data set)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from transformers import AutoModelForCausalLM
@@ -63,14 +68,15 @@ def main():
     beta = golden["meta"]["beta"]
     out = {"meta": {"beta": beta, "torch": torch.__version__, "autocast": "cpu bfloat16, f32 weights",
                     "reference": "golden ref_perturbed_*_logp (f32)"}, "datasets": {}}
-    for ds in golden["datasets"]:
-        name = ds["name"] if isinstance(ds, dict) else ds
-        d = ds if isinstance(ds, dict) else golden["datasets"][ds]
+    wanted = [n for n in a.datasets.split(",") if n]
+    for d in golden["datasets"]:
+        if wanted and d["name"] not in wanted:
+            continue
         res = grad_norms(model, beta, d["records"])
-        out["datasets"][name] = res
-        print(f"{name}: loss {res['loss']:.6f}, total gradient norm {res['total_grad_norm']:.6f}", flush=True)
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=1)
+        out["datasets"][d["name"]] = res
+        print(f"{d['name']}: loss {res['loss']:.6f}, total gradient norm {res['total_grad_norm']:.6f}", flush=True)
+        with open(a.out, "w") as f:  # after each data set: a long one may be cut short
+            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -167,7 +167,12 @@ fn bf16_gradient_norms_match_torch_autocast() {
     let autocast: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
     for (ds, file) in DATASETS {
         let name = g["datasets"][ds]["name"].as_str().unwrap();
-        let want = &autocast["datasets"][name];
+        // pairs8 always; hh_harmless32 where the fixture has it (PyTorch's bf16 products take
+        // most of an hour for it on a CPU without AVX512-BF16)
+        let Some(want) = autocast["datasets"].get(name) else {
+            assert_ne!(name, "pairs8", "the fixture must hold pairs8");
+            continue;
+        };
         let (mean_loss, norms) = loss_and_grad_norms(&policy, &loaded.tokenizer, &g, (ds, file));
         let (loss_want, loss_f32) =
             (want["loss"].as_f64().unwrap(), g["datasets"][ds]["grad_ref_perturbed"]["loss"].as_f64().unwrap());
@@ -188,9 +193,11 @@ fn bf16_gradient_norms_match_torch_autocast() {
 }
 
 /// How far `--bf16`'s first-step loss (nats) and per-tensor gradient norms (relative) may be from
-/// autocast's: see `bf16_gradient_norms_match_torch_autocast`.
-const BF16_LOSS_TOLERANCE: f64 = 1.0;
-const BF16_NORM_TOLERANCE: f64 = 1.0;
+/// autocast's (`bf16_gradient_norms_match_torch_autocast`). Measured on pairs8: loss 1.8e-3 nats
+/// from autocast's (whose per-sequence log-probs are themselves 0.01-0.3 nats from f32's, as
+/// dpo-rs's bf16 ones are), gradient norms within 5.8e-2 (f32's are 6.3e-2 from autocast's).
+const BF16_LOSS_TOLERANCE: f64 = 5e-3;
+const BF16_NORM_TOLERANCE: f64 = 0.1;
 
 /// The golden f32 per-tensor norms as `(name, norm)`.
 fn per_tensor_of(v: &Value) -> Vec<(String, f64)> {
