@@ -339,18 +339,19 @@ impl<'a> Rounds<'a> {
         train(&tc, obs)
     }
 
-    /// The initial model's log-probs of round `r`'s `pairs`, written as `dpo logps` writes them
-    /// to `dir/ref_logps.jsonl`.
+    /// The initial model's log-probs of round `r`'s `pairs` (in the training's precision), written
+    /// as `dpo logps` writes them to `dir/ref_logps.jsonl`.
     fn initial_logps(&self, r: usize, pairs: &Path, dir: &Path, obs: &mut dyn Observer) -> Result<PathBuf> {
         let (p, l) = self.policy(0, self.cfg.setup.load.base_dtype);
         let initial = dpo_model::load_with(&p, &l)?;
         let set = dpo_data::load_pairs(pairs, &initial.tokenizer, TokenizeSettings::default(), obs)?;
         let ex: Vec<_> = set.examples.iter().collect();
         obs.phase(&format!("round {r}: initial model's log-probs"), ex.len(), "pairs");
-        let logps =
-            dpo_train::logps::example_logps(&initial.model()?, &ex, self.cfg.max_tokens_per_forward, None, |d| {
-                obs.advance(d, "")
-            })?;
+        // computed as the policy is trained (`--bf16`: bf16 products)
+        let model = self.cfg.setup.in_precision(initial.model()?)?;
+        let logps = dpo_train::logps::example_logps(&model, &ex, self.cfg.max_tokens_per_forward, None, |d| {
+            obs.advance(d, "")
+        })?;
         let path = dir.join("ref_logps.jsonl");
         dpo_train::reference::write_file(&path, &set, &logps)?;
         Ok(path)
