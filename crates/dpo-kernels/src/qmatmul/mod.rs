@@ -241,13 +241,7 @@ impl FrozenMatrix {
     /// padded to multiples of 32 (the micro-kernel's panel layout, packed once here).
     pub fn bf16_from_f32(data: &[f32], rows: usize, cols: usize) -> Result<Self> {
         check_shape(rows, cols, data.len(), "values")?;
-        Ok(Self {
-            rows,
-            cols,
-            storage: Storage::Bf16(PackedBf16::from_fn(rows, cols, |r, c| {
-                half::bf16::from_f32(data[r * cols + c]).to_bits()
-            })),
-        })
+        Ok(Self { rows, cols, storage: Storage::Bf16(PackedBf16::from_f32(data, rows, cols)) })
     }
 
     /// bf16 storage of bf16 values `data` `[rows, cols]` row-major (a bf16 checkpoint, a GGUF BF16

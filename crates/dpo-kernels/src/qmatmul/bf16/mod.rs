@@ -110,11 +110,15 @@ pub(super) struct PackedBf16 {
 }
 
 impl PackedBf16 {
+    /// The all-zero `[rows, cols]` matrix in the panel layout (padding included).
+    fn zeroed(rows: usize, cols: usize) -> Self {
+        let kpad = cols.div_ceil(2 * GROUP) * GROUP;
+        Self { rows, cols, kpad, data: lines(rows.div_ceil(NR) * kpad * NR) }
+    }
+
     /// Packs the matrix whose bf16 bits at `(r, c)` are `bits(r, c)`.
     pub(super) fn from_fn(rows: usize, cols: usize, bits: impl Fn(usize, usize) -> u16 + Sync) -> Self {
-        let panels = rows.div_ceil(NR);
-        let kpad = cols.div_ceil(2 * GROUP) * GROUP;
-        let mut data = lines(panels * kpad * NR);
+        let Self { kpad, mut data, .. } = Self::zeroed(rows, cols);
         words_mut(&mut data).par_chunks_mut(kpad * NR).enumerate().for_each(|(p, panel)| {
             for (l, r) in (p * NR..rows.min((p + 1) * NR)).enumerate() {
                 for j in 0..cols.div_ceil(2) {
@@ -134,9 +138,7 @@ impl PackedBf16 {
     /// consecutive rows, so each panel row reads two runs of 32 floats.
     pub(super) fn transposed_from_f32(x: &[f32], m: usize, cols: usize) -> Self {
         debug_assert_eq!(x.len(), m * cols);
-        let panels = cols.div_ceil(NR);
-        let kpad = m.div_ceil(2 * GROUP) * GROUP;
-        let mut data = lines(panels * kpad * NR);
+        let Self { kpad, mut data, .. } = Self::zeroed(cols, m);
         let bits = |v: f32| bf16_bits(v) as u32;
         words_mut(&mut data).par_chunks_mut(kpad * NR).enumerate().for_each(|(p, panel)| {
             let (c0, c1) = (p * NR, cols.min((p + 1) * NR));
@@ -155,6 +157,14 @@ impl PackedBf16 {
             }
         });
         Self { rows: cols, cols: m, kpad, data }
+    }
+
+    /// Packs row-major f32 `data` `[rows, cols]`, each value rounded to bf16 (nearest, ties to
+    /// even).
+    pub(super) fn from_f32(data: &[f32], rows: usize, cols: usize) -> Self {
+        let mut p = Self::zeroed(rows, cols);
+        p.repack_from_f32(data);
+        p
     }
 
     /// Re-packs the matrix in place from row-major f32 `data` `[rows, cols]` (same shape), each
