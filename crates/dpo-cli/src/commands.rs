@@ -84,6 +84,17 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         100.0 * r.optimizer_share
     );
     println!("peak RSS MB: {:.0}", r.peak_rss_bytes.unwrap_or(0) as f64 / (1u64 << 20) as f64);
+    if let Some(b) = r.busy {
+        println!(
+            "threads busy: utilisation {:.3} (CPU time / (wall x {})), serial share of wall {:.1}%, Amdahl speed-up over one core: 16 cores x{:.1}, 32 x{:.1}, 64 x{:.1}",
+            b.utilisation(),
+            b.threads,
+            100.0 * b.serial_share(),
+            b.amdahl_speedup(16),
+            b.amdahl_speedup(32),
+            b.amdahl_speedup(64)
+        );
+    }
     if let Some(p) = a.json_out {
         dpo_runtime::io::write_atomic(&p, |w| Ok(serde_json::to_writer_pretty(w, &r)?))?;
     }

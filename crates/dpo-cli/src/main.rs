@@ -26,11 +26,17 @@ fn main() {
         .threads
         .unwrap_or_else(|| (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) / local_ranks).max(1));
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    // candle's element-wise ops run on a pool of spinning threads of their own; beside rayon's
-    // (our kernels, gemm) they compete for the same cores and spin while waiting (measured here:
-    // 15 % of a LoRA step in candle's barrier wait, 25-35 % slower steps). One thread for them.
+    // candle's element-wise ops (the residual adds, and the gradient sums of its backward pass)
+    // run on a barrier pool of their own, as many threads as rayon's. Its workers spin 25,000
+    // rounds after each op by default, stealing the cores from rayon's (our kernels, gemm): a
+    // short spin lets them sleep while the kernels run. On one thread instead, every such op is
+    // serial: a third of a full fine-tuning step on 2 threads had one thread at work (dpo bench's
+    // "threads busy" line), which caps the speed-up at x4-5 on any number of cores.
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
+        std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+    }
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "200");
     }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

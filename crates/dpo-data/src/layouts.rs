@@ -114,7 +114,19 @@ impl<'a> Fields<'a> {
                 None => bail!("{}: {what}: missing field `{key}`", self.origin),
             }
         };
-        if m.contains_key("from") || m.contains_key("value") {
+        let sharegpt = m.contains_key("from") || m.contains_key("value");
+        let known: [&str; 2] = if sharegpt { ["from", "value"] } else { ["role", "content"] };
+        if let Some(key) = m.keys().find(|k| !known.contains(&k.as_str())) {
+            bail!(
+                "{}: {what}: field `{key}` is not read by dpo-rs (a message is {{\"{}\", \"{}\"}} only; `tool_calls`, \
+                 `reasoning_content` and other message fields change what the chat template renders, so a record \
+                 carrying one is refused rather than trained as other text)",
+                self.origin,
+                known[0],
+                known[1]
+            );
+        }
+        if sharegpt {
             let from = text("from")?;
             let role = match from.as_str() {
                 "human" | "user" => "user",
@@ -361,8 +373,22 @@ fn layout(f: &Fields) -> Result<Draft> {
     )
 }
 
+/// Record fields that change what transformers' `apply_chat_template(messages, tools=…,
+/// documents=…, **chat_template_kwargs)` renders, or that carry inputs other than text: dpo-rs
+/// does not render them, so a record with one is refused by name instead of trained as other text.
+const UNREAD_RECORD_FIELDS: [&str; 8] =
+    ["tools", "chat_template_kwargs", "documents", "images", "image", "videos", "audios", "audio"];
+
 /// Reads one record: its layout, and for a conversational one its rendering by the chat template.
+/// Errors: a field of [`UNREAD_RECORD_FIELDS`], a message field other than its role and content,
+/// a record that fits no layout, a template that fails.
 pub(crate) fn parse_record(obj: &Map<String, Value>, origin: &Origin, chat: &Chat) -> Result<Parsed> {
+    if let Some(key) = UNREAD_RECORD_FIELDS.iter().find(|k| obj.contains_key(**k)) {
+        bail!(
+            "{origin}: field `{key}` is not read by dpo-rs: it would change the text TRL trains on (the chat \
+             template's rendering, or a non-text input), so the record is refused rather than trained without it"
+        );
+    }
     let f = Fields { obj, origin };
     match layout(&f)? {
         Draft::Ready(example) => Ok(Parsed { example, conversational: false, prompt_not_prefix: false }),
@@ -620,6 +646,31 @@ mod tests {
         assert!(e.contains("d.jsonl:7: the record fits no layout (its fields: text, id)"), "{e}");
         let e = err(json!({"prompt": [{"role": "user"}], "completion": [{"role": "assistant", "content": "A"}]}));
         assert!(e.contains("d.jsonl:7: `prompt`[0]: missing field `content`"), "{e}");
+    }
+
+    #[test]
+    fn fields_that_change_the_rendering_are_refused_by_name() {
+        // TRL renders these through the chat template; dropping them would train other text.
+        let msgs = json!([{"role": "user", "content": "Q"}]);
+        for key in ["tools", "chat_template_kwargs", "documents", "images"] {
+            let e = err(json!({"prompt": msgs, "chosen": "a", "rejected": "b", key: []}));
+            assert!(e.starts_with(&format!("d.jsonl:7: field `{key}` is not read by dpo-rs")), "{e}");
+        }
+        let call = json!({"role": "assistant", "content": "", "tool_calls": [{"type": "function"}]});
+        let e = err(json!({"prompt": msgs, "chosen": [call], "rejected": [{"role": "assistant", "content": "b"}]}));
+        assert!(e.starts_with("d.jsonl:7: `chosen`[0]: field `tool_calls` is not read by dpo-rs"), "{e}");
+        let think = json!({"role": "assistant", "content": "a", "reasoning_content": "hmm"});
+        let e = err(json!({"messages": [{"role": "user", "content": "Q"}, think]}));
+        assert!(e.starts_with("d.jsonl:7: `messages`[1]: field `reasoning_content` is not read"), "{e}");
+        let e = err(
+            json!({"conversations": [{"from": "human", "value": "Q", "weight": 0}, {"from": "gpt", "value": "A"}]}),
+        );
+        assert!(
+            e.contains(
+                "`conversations`[0]: field `weight` is not read by dpo-rs (a message is {\"from\", \"value\"} only"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use super::{train, TrainConfig};
 use anyhow::{ensure, Result};
 use dpo_data::{read_objects, read_with, ExampleKind, ReadOptions, TokenizeSettings};
 use dpo_model::policy::ModelSetup;
+use dpo_runtime::cpu::{Busy, BusyMeter};
 use dpo_runtime::io::write_jsonl_atomic;
 use dpo_runtime::observer::Observer;
 use dpo_train::optim::ScheduleKind;
@@ -73,6 +74,40 @@ pub struct BenchResult {
     pub optimizer_share: f64,
     pub step_seconds: Vec<f64>,
     pub step_tokens: Vec<usize>,
+    /// How busy the threads were in the timed steps (Linux only): utilisation and serial share.
+    pub busy: Option<Busy>,
+}
+
+/// Passes progress on, and measures how busy the threads are from the end of the warm-up step
+/// to the end of the last timed step.
+struct MeteredSteps<'a> {
+    inner: &'a mut dyn Observer,
+    warmup: usize,
+    last: usize,
+    threads: usize,
+    meter: Option<BusyMeter>,
+    busy: Option<Busy>,
+}
+
+impl Observer for MeteredSteps<'_> {
+    fn phase(&mut self, name: &str, total: usize, unit: &str) {
+        if name == "training" && self.warmup == 0 {
+            self.meter = BusyMeter::start(self.threads);
+        }
+        self.inner.phase(name, total, unit)
+    }
+    fn advance(&mut self, done: usize, info: &str) {
+        if done == self.warmup && self.meter.is_none() {
+            self.meter = BusyMeter::start(self.threads);
+        }
+        if done == self.last {
+            self.busy = self.meter.take().map(BusyMeter::stop);
+        }
+        self.inner.advance(done, info)
+    }
+    fn message(&mut self, msg: &str) {
+        self.inner.message(msg)
+    }
 }
 
 /// Runs the benchmark; the training run itself goes to a temporary directory. The data file is
@@ -104,14 +139,17 @@ pub fn run(cfg: &BenchConfig, obs: &mut dyn Observer) -> Result<BenchResult> {
     // Reference log-probs before the timed steps (full fine-tuning always; LoRA as TRL's
     // precompute_ref_log_probs): the steps measure training only.
     tc.reference.precompute_ref_log_probs = true;
-    let s = train(&tc, obs)?;
+    let threads = candle_core::utils::get_num_threads();
+    let mut metered =
+        MeteredSteps { inner: obs, warmup: cfg.warmup, last: cfg.warmup + cfg.steps, threads, meter: None, busy: None };
+    let s = train(&tc, &mut metered)?;
     let t = |v: &[f64]| v[cfg.warmup..].iter().sum::<f64>();
     let secs = t(&s.step_seconds);
     let tokens: usize = s.step_tokens[cfg.warmup..].iter().sum();
     let packed_share = s.packed_tokens_per_second / s.train_tokens_per_second;
     Ok(BenchResult {
         config: cfg.clone(),
-        threads: candle_core::utils::get_num_threads(),
+        threads,
         seconds_per_step: secs / cfg.steps as f64,
         tokens_per_step: tokens as f64 / cfg.steps as f64,
         tokens_per_second: tokens as f64 / secs,
@@ -122,5 +160,6 @@ pub fn run(cfg: &BenchConfig, obs: &mut dyn Observer) -> Result<BenchResult> {
         optimizer_share: t(&s.step_optimizer_seconds) / secs,
         step_seconds: s.step_seconds,
         step_tokens: s.step_tokens,
+        busy: metered.busy,
     })
 }
