@@ -14,7 +14,7 @@ pub fn parse() -> Cli {
         print!("{}", dpo_train::loss::help_text());
         std::process::exit(0);
     }
-    match expand_config(&argv) {
+    match expand_config(&argv).and_then(|a| expand_trl_flags(&a)) {
         Ok(expanded) => Cli::parse_from(with_bf16_base(expanded)),
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -122,50 +122,135 @@ pub fn expand_config(argv: &[String]) -> Result<Vec<String>> {
     };
     let entries = read_config(&path)?;
     let sub = subcommand_index(argv).context("no subcommand")?;
+    let flags = entries_to_flags(&path, &entries, &argv[sub])?;
+    let mut out = argv[..=sub].to_vec();
+    out.extend(flags);
+    out.extend(argv[sub + 1..].iter().cloned());
+    Ok(out)
+}
+
+/// The flags of `entries` (keys and values of a configuration file, or TRL-spelled words of the
+/// command line; `source` names them in notes and errors) for `dpo SUBCOMMAND`.
+fn entries_to_flags(source: &str, entries: &[(String, serde_json::Value)], subcommand: &str) -> Result<Vec<String>> {
     let cmd = Cli::command();
-    let sub_cmd = cmd.find_subcommand(&argv[sub]).with_context(|| format!("unknown subcommand {}", argv[sub]))?;
+    let sub_cmd = cmd.find_subcommand(subcommand).with_context(|| format!("unknown subcommand {subcommand}"))?;
     let known = |long: &str| long != "config" && sub_cmd.get_arguments().any(|a| a.get_long() == Some(long));
-    let mut flags = Vec::new();
-    let mut set = Vec::new();
-    let mut trl_config = false;
-    for (key, value) in &entries {
+    let (mut flags, mut set, mut trl_config) = (Vec::new(), Vec::new(), false);
+    for (key, value) in entries {
         let long = key.replace('_', "-");
         // TRL's `max_steps: -1` (its default) means no limit
         if key == "max_steps" && value.as_i64().is_some_and(|v| v < 0) {
-            eprintln!("note: {path}: `max_steps: {value}`: no limit (--num-train-epochs decides), as in TRL");
+            eprintln!("note: {source}: `max_steps: {value}`: no limit (--num-train-epochs decides), as in TRL");
             continue;
         }
         if known(&long) {
-            flags.extend(flag_words(&path, key, &long, value)?);
+            flags.extend(flag_words(source, key, &long, value)?);
             set.push(long);
             continue;
         }
         trl_config = true;
         match crate::trl::field(key, value) {
             crate::trl::Treatment::Flag(long, v, note) if known(long) => {
-                flags.extend(flag_words(&path, key, long, &v)?);
+                flags.extend(flag_words(source, key, long, &v)?);
                 set.push(long.to_string());
                 if let Some(n) = note {
-                    eprintln!("note: {path}: {n}");
+                    eprintln!("note: {source}: {n}");
                 }
             }
-            crate::trl::Treatment::Flag(long, ..) => bail!("{path}: `{key}` (TRL's name of --{long}) is not an option of `dpo {}`", argv[sub]),
-            crate::trl::Treatment::Note(n) => eprintln!("note: {path}: {n}"),
-            crate::trl::Treatment::Refuse(r) => bail!("{path}: {r}"),
-            crate::trl::Treatment::Unknown => bail!("{path}: `{key}` is not an option of `dpo {}` nor a field of TRL's DPOConfig, ModelConfig or ScriptArguments", argv[sub]),
+            crate::trl::Treatment::Flag(long, ..) => bail!("{source}: `{key}` (TRL's name of --{long}) is not an option of `dpo {subcommand}`"),
+            crate::trl::Treatment::Note(n) => eprintln!("note: {source}: {n}"),
+            crate::trl::Treatment::Refuse(r) => bail!("{source}: {r}"),
+            crate::trl::Treatment::Unknown => bail!("{source}: `{key}` is not an option of `dpo {subcommand}` nor a field of TRL's DPOConfig, ModelConfig or ScriptArguments"),
         }
     }
     if trl_config {
-        for (flag, value, note) in crate::trl::implied(&entries, &set) {
+        for (flag, value, note) in crate::trl::implied(entries, &set) {
             if known(flag) {
                 flags.extend([format!("--{flag}"), value]);
-                eprintln!("note: {path}: {note}");
+                eprintln!("note: {source}: {note}");
             }
         }
     }
+    Ok(flags)
+}
+
+/// A word of TRL's command line as its parser (`HfArgumentParser`) reads it: `true`/`false`
+/// (`yes`/`no`, any case) a boolean, a number a number, anything else a string.
+fn trl_word(word: &str) -> serde_json::Value {
+    use serde_json::Value;
+    match word.to_ascii_lowercase().as_str() {
+        "true" | "yes" => return Value::Bool(true),
+        "false" | "no" => return Value::Bool(false),
+        _ => {}
+    }
+    if let Ok(i) = word.parse::<i64>() {
+        return Value::from(i);
+    }
+    match word.parse::<f64>() {
+        Ok(f) if f.is_finite() => Value::from(f),
+        _ => Value::String(word.to_string()),
+    }
+}
+
+/// `dpo train` with TRL's command line (`trl dpo --model_name_or_path M --dataset_name D
+/// --lora_target_modules q_proj v_proj --bf16 ...`): every `--name` that is not a flag of `dpo
+/// train` but is spelled as TRL spells its fields (with `_`, or a TRL field's name) is read as
+/// TRL's parser reads it — `--name value`, `--name=value`, several values for a list, a bare
+/// boolean meaning true — and goes through the same table as a TRL config file ([`crate::trl`]):
+/// renamed, noted or refused by name. The other words stay as they are, after these flags.
+/// Errors: a TRL field refused by name, or a name neither dpo-rs nor TRL has.
+pub fn expand_trl_flags(argv: &[String]) -> Result<Vec<String>> {
+    let Some(sub) = subcommand_index(argv).filter(|&i| argv[i] == "train") else { return Ok(argv.to_vec()) };
+    let cmd = Cli::command();
+    let sub_cmd = cmd.find_subcommand("train").context("no train subcommand")?;
+    let native = |name: &str| sub_cmd.get_arguments().any(|a| a.get_long() == Some(name)) || name == "help";
+    let trl_spelled = |name: &str| {
+        name.contains('_') || crate::trl::field(name, &serde_json::Value::Null) != crate::trl::Treatment::Unknown
+    };
+    let (mut entries, mut rest) = (Vec::new(), Vec::new());
+    let mut i = sub + 1;
+    while i < argv.len() {
+        let word = &argv[i];
+        let Some(name) = word.strip_prefix("--").map(|n| n.split('=').next().unwrap_or(n)) else {
+            rest.push(word.clone());
+            i += 1;
+            continue;
+        };
+        if native(name) || !trl_spelled(name) {
+            // TRL's `--bf16 true` / `--use_peft false` of a flag of ours that takes no value
+            let switch = sub_cmd.get_arguments().any(|a| a.get_long() == Some(name) && !a.get_action().takes_values());
+            match argv.get(i + 1).map(|v| trl_word(v)) {
+                Some(serde_json::Value::Bool(on)) if switch && !word.contains('=') => {
+                    rest.extend(on.then(|| word.clone()));
+                    i += 2;
+                }
+                _ => {
+                    rest.push(word.clone());
+                    i += 1;
+                }
+            }
+            continue;
+        }
+        // `--name=value` is one value; `--name v1 v2 ...` takes every word up to the next flag.
+        let (mut values, inline) = match word.split_once('=') {
+            Some((_, v)) => (vec![trl_word(v)], true),
+            None => (Vec::new(), false),
+        };
+        i += 1;
+        while let Some(v) = argv.get(i).filter(|v| !inline && !v.starts_with("--")) {
+            values.push(trl_word(v));
+            i += 1;
+        }
+        let value = match values.len() {
+            0 => serde_json::Value::Bool(true),
+            1 => values.remove(0),
+            _ => serde_json::Value::Array(values),
+        };
+        entries.push((name.to_string(), value));
+    }
     let mut out = argv[..=sub].to_vec();
-    out.extend(flags);
-    out.extend(argv[sub + 1..].iter().cloned());
+    out.extend(entries_to_flags("command line", &entries, "train")?);
+    out.extend(rest);
     Ok(out)
 }
 
@@ -222,6 +307,64 @@ mod tests {
             (t.common.setup.lora.lora_target_modules.clone(), t.common.setup.lora.lora_dropout),
             (vec!["q_proj".to_string(), "k_proj".to_string()], 0.0)
         );
+    }
+
+    #[test]
+    fn trls_command_line_becomes_flags() {
+        let words = "dpo train --model_name_or_path m.gguf --dataset_name d.jsonl --per_device_train_batch_size 2 \
+                     --learning_rate=5e-7 --lora_target_modules q_proj v_proj --use_peft --gradient_checkpointing true \
+                     --max_steps -1 --beta 0.2 --output_dir out --logging_steps 25 --loss_type sigmoid sft --seed 3 \
+                     --bf16 false --use-rslora true";
+        let argv: Vec<String> = words.split_whitespace().map(String::from).collect();
+        let expanded = expand_trl_flags(&argv).unwrap();
+        let cli = Cli::parse_from(expanded);
+        let Command::Train(t) = cli.command else { panic!() };
+        assert_eq!(
+            (t.common.inputs.model.to_str(), t.common.inputs.data.to_str(), t.common.run.max_steps),
+            (Some("m.gguf"), Some("d.jsonl"), None)
+        );
+        assert_eq!((t.common.run.per_device_train_batch_size, t.common.optimizer.learning_rate), (2, 5e-7));
+        assert_eq!((t.loss.params.beta, t.common.run.seed), (0.2, 3));
+        assert_eq!(t.loss.loss, vec!["sigmoid".to_string(), "sft".to_string()]);
+        assert!(
+            t.common.setup.lora.use_peft && t.common.setup.gradient_checkpointing && t.common.setup.lora.use_rslora
+        );
+        assert!(!t.common.setup.bf16);
+        assert_eq!(
+            (t.common.setup.lora.lora_target_modules.clone(), t.common.setup.lora.lora_dropout),
+            (vec!["q_proj".to_string(), "v_proj".to_string()], 0.0)
+        );
+        // refusals and unknown names as in a config file; other subcommands untouched
+        let bad = |w: &str| {
+            expand_trl_flags(&w.split_whitespace().map(String::from).collect::<Vec<_>>()).unwrap_err().to_string()
+        };
+        assert!(bad("dpo train --fp16").contains("`fp16: true`"), "{}", bad("dpo train --fp16"));
+        assert!(bad("dpo train --learnin_rate 1").contains("`learnin_rate` is not an option of `dpo train`"));
+        let logps: Vec<String> = "dpo logps --some_name x".split_whitespace().map(String::from).collect();
+        assert_eq!(expand_trl_flags(&logps).unwrap(), logps);
+        let native: Vec<String> =
+            "dpo train --data d --bf16 false --beta 0.3".split_whitespace().map(String::from).collect();
+        assert_eq!(expand_trl_flags(&native).unwrap(), ["dpo", "train", "--data", "d", "--beta", "0.3"]);
+    }
+
+    #[test]
+    fn trls_documented_run_is_the_same_as_a_yaml_file_or_a_command_line() {
+        // tests/trl_compat.rs's TRL config, key by key as `trl dpo --key value ...` words.
+        let yaml = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/trl_dpo_config.yaml");
+        let mut words: Vec<String> = ["dpo", "train"].map(String::from).to_vec();
+        for (key, value) in read_config(yaml).unwrap() {
+            words.push(format!("--{key}"));
+            match value {
+                serde_json::Value::Bool(true) => {}
+                serde_json::Value::Array(items) => words.extend(items.iter().map(|v| v.as_str().unwrap().to_string())),
+                serde_json::Value::String(v) => words.push(v),
+                v => words.push(v.to_string()),
+            }
+        }
+        let from_yaml = expand_config(&["dpo", "train", "--config", yaml].map(String::from)).unwrap();
+        let (a, b) = (Cli::parse_from(from_yaml), Cli::parse_from(expand_trl_flags(&words).unwrap()));
+        let a = format!("{a:?}").replace(&format!("config: Some({yaml:?})"), "config: None");
+        assert_eq!(a, format!("{b:?}"), "{words:?}");
     }
 
     fn tempfile_dir() -> PathBuf {

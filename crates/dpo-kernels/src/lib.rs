@@ -9,6 +9,7 @@
 
 mod attention;
 mod glu;
+mod linear;
 mod log_sigmoid;
 mod logp_head;
 mod lora;
@@ -18,6 +19,7 @@ mod rope;
 
 pub use attention::{attention, decode_attention, Attention, AttentionLayout, AttentionParams, Group};
 pub use glu::{Activation, Glu};
+pub use linear::{linear, DenseLinear};
 pub use log_sigmoid::{log1mexp, log1mexp_f64, log_sigmoid, log_sigmoid_f64, sigmoid, Elementwise};
 pub use logp_head::{logp_head, logp_head_frozen, logp_head_mixed, LogpHead, LogpHeadStats};
 pub use lora::{apply_dropout, lora_linear, LoraLinear};

@@ -48,7 +48,7 @@ impl Weight {
     /// `y = x W^T` for `x` `[rows, in]`: `[rows, out]`.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Weight::Tensor(w) => x.matmul(&w.t()?)?,
+            Weight::Tensor(w) => dpo_kernels::linear(x, w)?,
             Weight::Frozen(m) => frozen_linear(x, m)?,
             Weight::Mixed { master, copy } => mixed_linear(x, master, copy)?,
         })
