@@ -203,7 +203,7 @@ pub fn expand_trl_flags(argv: &[String]) -> Result<Vec<String>> {
     let Some(sub) = subcommand_index(argv).filter(|&i| argv[i] == "train") else { return Ok(argv.to_vec()) };
     let cmd = Cli::command();
     let sub_cmd = cmd.find_subcommand("train").context("no train subcommand")?;
-    let native = |name: &str| sub_cmd.get_arguments().any(|a| a.get_long() == Some(name)) || name == "help";
+    let ours = |name: &str| sub_cmd.get_arguments().find(|a| a.get_long() == Some(name));
     let trl_spelled = |name: &str| {
         name.contains('_') || crate::trl::field(name, &serde_json::Value::Null) != crate::trl::Treatment::Unknown
     };
@@ -216,9 +216,10 @@ pub fn expand_trl_flags(argv: &[String]) -> Result<Vec<String>> {
             i += 1;
             continue;
         };
-        if native(name) || !trl_spelled(name) {
+        let arg = ours(name);
+        if arg.is_some() || name == "help" || !trl_spelled(name) {
             // TRL's `--bf16 true` / `--use_peft false` of a flag of ours that takes no value
-            let switch = sub_cmd.get_arguments().any(|a| a.get_long() == Some(name) && !a.get_action().takes_values());
+            let switch = arg.is_some_and(|a| !a.get_action().takes_values());
             match argv.get(i + 1).map(|v| trl_word(v)) {
                 Some(serde_json::Value::Bool(on)) if switch && !word.contains('=') => {
                     rest.extend(on.then(|| word.clone()));

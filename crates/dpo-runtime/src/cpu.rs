@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The sampling interval: short beside a kernel call (tens of milliseconds), long beside the cost
-/// of one sample (reading a few small files, ~20 µs).
+/// of one sample (listing `/proc/self/task` and one clock read per thread, tens of µs).
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(2);
 
 /// What a [`BusyMeter`] measured.
