@@ -37,6 +37,8 @@ VARIANTS = [
      dict(loss_type="sigmoid", f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.5), "mean_of_batches_of_4"),
     ("sigmoid@use_weighting", dict(loss_type="sigmoid", use_weighting=True), "mean_of_batches_of_4"),
     ("sigmoid@ld_alpha=0.5", dict(loss_type="sigmoid", ld_alpha=0.5), "mean_of_batches_of_4"),
+    # TRL's `sft` term is the token mean of the chosen NLL over the batch (here the whole dataset)
+    ("sigmoid+0.5*sft", dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5]), "one_batch"),
 ]
 ORIGINAL_KEYS = ["sigmoid", "ipo", "hinge", "robust@eps=0.1"]
 
@@ -64,6 +66,9 @@ def recompute(key, recs, beta):
     lengths), wc, wr (WPO weights, optional)."""
     cl = [r["pc"] - r["rc"] for r in recs]
     rl = [r["pr"] - r["rr"] for r in recs]
+    if key == "sigmoid+0.5*sft":  # the NLL term: token mean over the batch (the whole dataset)
+        nll = -sum(r["pc"] for r in recs) / sum(r["nc"] for r in recs)
+        return recompute("sigmoid", recs, beta) + 0.5 * nll
     if key in ("aot", "aot_unpaired"):
         if key == "aot":
             a = sorted(r["pc"] - r["pr"] for r in recs)

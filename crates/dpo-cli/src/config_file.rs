@@ -259,6 +259,7 @@ pub fn expand_trl_flags(argv: &[String]) -> Result<Vec<String>> {
 mod tests {
     use super::*;
     use crate::args::Command;
+    use dpo_train::optim::OptimKind;
     use std::path::PathBuf;
 
     #[test]
@@ -277,6 +278,34 @@ mod tests {
         std::fs::write(&p, "betta = 0.5\n").unwrap();
         let e = expand_config(&argv).unwrap_err().to_string();
         assert!(e.contains("`betta` is not an option"), "{e}");
+    }
+
+    #[test]
+    fn trl_optim_names_choose_the_optimizer_or_are_refused() {
+        let d = tempfile_dir();
+        let p = d.join("optim.yaml");
+        for (optim, want) in [
+            ("lion_32bit", Some(OptimKind::Lion32bit)),
+            ("adafactor", Some(OptimKind::Adafactor)),
+            ("sgd", Some(OptimKind::Sgd)),
+            ("adamw_torch_fused", Some(OptimKind::AdamwTorch)),
+            ("adamw_8bit", None),
+        ] {
+            std::fs::write(
+                &p,
+                format!("model_name_or_path: m.gguf\ndataset_name: d.jsonl\noutput_dir: out\noptim: {optim}\n"),
+            )
+            .unwrap();
+            let argv: Vec<String> = ["dpo", "train", "--config", p.to_str().unwrap()].map(String::from).to_vec();
+            match (Cli::try_parse_from(expand_config(&argv).unwrap()), want) {
+                (Ok(cli), Some(kind)) => {
+                    let Command::Train(t) = cli.command else { panic!() };
+                    assert_eq!(t.common.optimizer.optim, kind);
+                }
+                (Err(e), None) => assert!(e.to_string().contains("adamw_8bit"), "{e}"),
+                (r, _) => panic!("optim: {optim}: {:?}", r.map(|_| ())),
+            }
+        }
     }
 
     #[test]

@@ -89,12 +89,6 @@ pub fn field(key: &str, value: &Value) -> Treatment {
             let (bits, dtype) = if key == "load_in_4bit" { ("4", "q4_0") } else { ("8", "q8_0") };
             return Treatment::Flag("base-dtype", Value::String(dtype.into()), Some(format!("`{key}`: the frozen base in GGML {dtype} ({bits} bits, llama.cpp's format), not bitsandbytes'")));
         }
-        "optim" => {
-            return match value.as_str() {
-                Some("adamw_torch" | "adamw_torch_fused" | "adamw_hf") => Treatment::Note(format!("`optim: {shown}`: dpo-rs's AdamW is torch's (decoupled weight decay)")),
-                _ => Treatment::Refuse(format!("`optim: {shown}`: dpo-rs has AdamW only (adamw_torch); set --adam-beta1/2, --adam-epsilon, --weight-decay")),
-            }
-        }
         "logging_steps" | "logging_strategy" | "logging_first_step" => {
             return Treatment::Note(format!("`{key}`: dpo-rs logs every step to metrics.jsonl (and TensorBoard with --report-to tensorboard); TRL averages over the logging window"))
         }
@@ -176,11 +170,8 @@ mod tests {
         assert!(matches!(field("fp16", &json!(true)), Treatment::Refuse(n) if n.contains("bf16: true")));
         assert!(matches!(field("fp16", &json!(false)), Treatment::Note(_)));
         assert!(matches!(field("tf32", &json!(true)), Treatment::Note(_)));
-        assert!(
-            matches!(field("neftune_noise_alpha", &json!(5.0)), Treatment::Refuse(n) if n.contains("neftune_noise_alpha"))
-        );
-        assert!(matches!(field("neftune_noise_alpha", &Value::Null), Treatment::Note(_)));
-        assert!(matches!(field("optim", &json!("sgd")), Treatment::Refuse(n) if n.contains("AdamW only")));
+        assert!(matches!(field("use_dora", &json!(true)), Treatment::Refuse(n) if n.contains("use_dora")));
+        assert!(matches!(field("use_dora", &json!(false)), Treatment::Note(_)));
         assert_eq!(field("betta", &json!(0.1)), Treatment::Unknown);
         assert!(FIELDS.len() > 150);
     }

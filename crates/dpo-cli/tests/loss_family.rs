@@ -35,7 +35,7 @@ fn train(home: &Path, model: &Path, data: &Path, out: &Path, extra: &[&str]) -> 
 fn reference_free_losses_compute_no_reference() {
     let d = tempfile::tempdir().unwrap();
     let model = tiny_model(d.path());
-    for loss in ["simpo", "orpo"] {
+    for loss in ["simpo", "orpo", "simper", "cpo", "cpo_hinge", "cpo_ipo", "cpo_simpo"] {
         let (m, err) = train(d.path(), &model, &pairs8(), &d.path().join(loss), &["--loss", loss, "--max-steps", "3"]);
         assert!(!err.contains("reference log-probs"), "{loss}: {err}");
         assert!(m[0]["loss"].is_number() && m[2]["rewards/margins"].is_number());
@@ -131,6 +131,18 @@ fn plackett_luce_trains_on_rankings_and_mixtures_add_an_nll_term() {
     );
     let want = 2f64.ln() + 0.5 * m0[0]["loss"].as_f64().unwrap();
     assert!((m[0]["loss"].as_f64().unwrap() - want).abs() < 1e-6, "{} vs {want}", m[0]["loss"]);
+}
+
+#[test]
+fn dpop_starts_at_log_2_and_alphapo_trains() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_model(d.path());
+    // at policy == reference DPOP's penalty is 0: DPO's log 2
+    let (m, _) = train(d.path(), &model, &pairs8(), &d.path().join("dpop"), &["--loss", "dpop", "--max-steps", "2"]);
+    assert!((m[0]["loss"].as_f64().unwrap() - 2f64.ln()).abs() < 1e-6, "{}", m[0]["loss"]);
+    let flags = ["--loss", "alphapo", "--alphapo-alpha", "0.25", "--beta", "2.0", "--max-steps", "3"];
+    let (m, _) = train(d.path(), &model, &pairs8(), &d.path().join("alphapo"), &flags);
+    assert!(m.iter().all(|r| r["loss"].as_f64().unwrap().is_finite()));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Durable runs on a tiny random model: `dpo train` killed with SIGKILL at random moments and
 //! resumed with `--resume-from-checkpoint latest` ends byte-identical to the uninterrupted run
-//! (full fine-tuning and LoRA); a resume with other settings is refused by name; non-finite steps
+//! (full fine-tuning and LoRA, with AdamW, Adafactor, Lion and 8-bit AdamW, and β-DPO's running
+//! statistics); a resume with other settings is refused by name; non-finite steps
 //! are skipped, then stop the run.
 
 mod common;
@@ -148,6 +149,23 @@ fn lora_survives_kill_9() {
         "adapter_model.safetensors",
         20,
     );
+}
+
+#[test]
+fn adafactor_lion_and_8bit_adamw_survive_kill_9() {
+    killed_and_resumed_equals_whole(&["--optim", "adafactor"], "model.safetensors", 8);
+    killed_and_resumed_equals_whole(&["--optim", "adamw_8bit"], "model.safetensors", 8);
+    killed_and_resumed_equals_whole(
+        &["--optim", "lion_32bit", "--use-peft", "--lora-r", "4", "--learning-rate", "1e-4"],
+        "adapter_model.safetensors",
+        8,
+    );
+}
+
+#[test]
+fn beta_dpo_survives_kill_9() {
+    // its running margin statistics are in trainer_state.json
+    killed_and_resumed_equals_whole(&["--loss", "beta_dpo"], "model.safetensors", 8);
 }
 
 #[test]

@@ -92,8 +92,8 @@ fn a_trl_yaml_config_runs_as_it_is_and_unknown_fields_are_refused_by_name() {
     let base = std::fs::read_to_string(&config).unwrap();
     for (extra, named) in [
         ("betta: 0.1\n", "`betta` is not an option of `dpo train` nor a field of TRL"),
-        ("neftune_noise_alpha: 5.0\n", "`neftune_noise_alpha` (DPOConfig) is TRL's"),
-        ("optim: sgd\n", "`optim: sgd`: dpo-rs has AdamW only"),
+        ("use_dora: true\n", "`use_dora` (ModelConfig) is TRL's"),
+        ("optim: adamw_apex_fused\n", "invalid value 'adamw_apex_fused' for '--optim"),
         ("report_to: wandb\n", "invalid value 'wandb' for '--report-to"),
     ] {
         let bad = d.path().join("bad.yaml");

@@ -17,7 +17,7 @@ fn read(p: &std::path::Path) -> Value {
 
 /// (fixture key, dpo-rs flags). Every dataset is one batch (AOT sorts across it; TRL's values of
 /// the other losses are means over batches of 4 pairs, which is the mean over the pairs).
-const LOSSES: [(&str, &[&str]); 13] = [
+const LOSSES: [(&str, &[&str]); 14] = [
     ("sigmoid", &["--loss", "sigmoid"]),
     ("ipo", &["--loss", "ipo"]),
     ("hinge", &["--loss", "hinge"]),
@@ -34,6 +34,8 @@ const LOSSES: [(&str, &[&str]); 13] = [
     ),
     ("sigmoid@use_weighting", &["--use-weighting"]),
     ("sigmoid@ld_alpha=0.5", &["--ld-alpha", "0.5"]),
+    // TRL's `sft` term is a token mean over the batch (not a mean of per-sequence means)
+    ("sigmoid+0.5*sft", &["--loss", "sigmoid,sft", "--loss-weights", "1,0.5"]),
 ];
 
 #[test]

@@ -17,8 +17,8 @@ mod weight;
 
 pub use config::{Family, Features, LayerAttention, LlamaConfig};
 pub use llama::{
-    check_weights, hf_module, tensor_names, tensor_specs, Block, KvCache, Linear, Llama, Proj, RopeTables, TensorRole,
-    TensorSpec,
+    check_weights, hf_module, tensor_names, tensor_specs, Block, EmbeddingNoise, KvCache, Linear, Llama, Proj,
+    RopeTables, TensorRole, TensorSpec,
 };
 pub use load::{
     load, load_sequence_classifier, load_tokenizer, load_with, read_hf_config, save_hf_dir, save_hf_dir_as,

@@ -366,6 +366,33 @@ pub struct Llama {
     /// Training mode: `Some(seed)` draws the LoRA dropout masks of a forward pass from `seed`
     /// (one mask per layer and projection); `None` (evaluation, reference passes): no dropout.
     pub dropout_seed: Option<u64>,
+    /// Training mode with NEFTune ([`Llama::with_neftune`]): the noise added to the embeddings of
+    /// a forward pass; `None`: none.
+    pub neftune: Option<EmbeddingNoise>,
+}
+
+/// NEFTune's noise on the input embeddings (Jain et al. 2023, "NEFTune: Noisy Embeddings Improve
+/// Instruction Finetuning", arXiv 2310.05914, Algorithm 1; transformers'
+/// `neftune_post_forward_hook`): each element of `[rows, hidden]` gets `U(-magnitude, magnitude)`,
+/// `magnitude = alpha / sqrt(L * hidden)` for sequences of length `L`, drawn from `seed`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EmbeddingNoise {
+    pub magnitude: f64,
+    pub seed: u64,
+}
+
+/// `U(-magnitude, magnitude)` noise of `shape` (`[rows, hidden]`), element `k` drawn from
+/// `mix_seed(seed, k)`: the same values for the same seed, whatever the thread count.
+fn uniform_noise(n: EmbeddingNoise, shape: (usize, usize), dtype: DType) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let v: Vec<f64> = (0..shape.0 * shape.1)
+        .into_par_iter()
+        .map(|k| {
+            let u = (dpo_kernels::mix_seed(n.seed, k as u64) >> 11) as f64 / (1u64 << 53) as f64;
+            (2.0 * u - 1.0) * n.magnitude
+        })
+        .collect();
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)?)
 }
 
 impl Llama {
@@ -408,7 +435,7 @@ impl Llama {
         }
         let norm = tensor(next()?)?;
         let lm_head = if config.tie_word_embeddings { None } else { Some(next()?) };
-        Ok(Self { config, embed, layers, norm, lm_head, dropout_seed: None })
+        Ok(Self { config, embed, layers, norm, lm_head, dropout_seed: None, neftune: None })
     }
 
     /// The model's weights with their Hugging Face names, in [`tensor_specs`] order (adapters
@@ -455,6 +482,7 @@ impl Llama {
             }
         }
         m.dropout_seed = None;
+        m.neftune = None;
         m
     }
 
@@ -504,6 +532,11 @@ impl Llama {
     /// The same model in training mode, its LoRA dropout masks drawn from `seed`.
     pub fn with_dropout(&self, seed: u64) -> Self {
         Self { dropout_seed: Some(seed), ..self.clone() }
+    }
+
+    /// The same model with NEFTune's `noise` added to the embeddings of its forward passes.
+    pub fn with_neftune(&self, noise: EmbeddingNoise) -> Self {
+        Self { neftune: Some(noise), ..self.clone() }
     }
 
     pub fn dtype(&self) -> DType {
@@ -642,13 +675,16 @@ impl Llama {
         if let Some(&t) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
             bail!("token id {t} is outside the vocabulary of {}", self.config.vocab_size);
         }
-        let x = self.embed.rows(ids)?;
-        if !self.config.features.scale_embeddings {
-            return Ok(x);
+        let mut x = self.embed.rows(ids)?;
+        if self.config.features.scale_embeddings {
+            let s = (self.config.hidden_size as f64).sqrt();
+            let s = if x.dtype() == DType::F32 { s as f32 as f64 } else { s };
+            x = x.affine(s, 0.0)?;
         }
-        let s = (self.config.hidden_size as f64).sqrt();
-        let s = if x.dtype() == DType::F32 { s as f32 as f64 } else { s };
-        Ok(x.affine(s, 0.0)?)
+        match self.neftune {
+            Some(n) => Ok((&x + uniform_noise(n, x.dims2()?, x.dtype())?)?),
+            None => Ok(x),
+        }
     }
 
     /// RMSNorm of the rows of `x` with weight `w` (Gemma: `1 + w`).

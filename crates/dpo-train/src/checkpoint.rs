@@ -2,14 +2,15 @@
 //!
 //! `checkpoint-STEP/` holds the policy as a loadable model (a Hugging Face model directory, or a
 //! PEFT adapter directory) and, in the spirit of transformers' Trainer, what training needs to go
-//! on: `optimizer.safetensors` (AdamW's `exp_avg` and `exp_avg_sq` of every trainable tensor, f32,
-//! named `<tensor>.exp_avg`), `trainer_state.json` ([`TrainerState`]: the step, tokens, non-finite
+//! on: `optimizer.safetensors` (the optimizer's state of every trainable tensor, f32, named
+//! `<tensor>.<state>` with PyTorch's state names: AdamW's `exp_avg` and `exp_avg_sq`, Lion's
+//! `exp_avg`, Adafactor's `exp_avg_sq_row` and `exp_avg_sq_col` or `exp_avg_sq`), `trainer_state.json` ([`TrainerState`]: the step, tokens, non-finite
 //! counts, data hashes and the run's settings) and `metrics.jsonl` as it stood at that step. The
 //! directory is written atomically ([`dpo_runtime::io::write_dir_atomic`]). The data order, the
 //! learning-rate schedule and LoRA's dropout masks are functions of the seed and the step, so a
 //! resumed run replays them; the reference log-probs are in the content-keyed cache.
 
-use crate::optim::AdamW;
+use crate::optim::Optimizer;
 use crate::reference::DataHashes;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::Tensor;
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 /// The file of a checkpoint that holds its [`TrainerState`].
 pub const TRAINER_STATE: &str = "trainer_state.json";
-/// The file of a checkpoint that holds AdamW's moments.
+/// The file of a checkpoint that holds the optimizer's state.
 pub const OPTIMIZER_STATE: &str = "optimizer.safetensors";
 /// The run's metrics file (in the output directory, and as it stood in each checkpoint).
 pub const METRICS: &str = "metrics.jsonl";
@@ -32,7 +33,7 @@ pub const METRICS: &str = "metrics.jsonl";
 pub struct TrainerState {
     /// Optimiser steps done (skipped non-finite ones included).
     pub global_step: usize,
-    /// AdamW updates applied (its bias-correction step `t`).
+    /// Optimizer updates applied (AdamW's bias-correction step `t`, Adafactor's decay step).
     pub optimizer_step: u64,
     /// Epochs done, fractional.
     pub epoch: f64,
@@ -48,6 +49,9 @@ pub struct TrainerState {
     pub eval_data_hash: Option<String>,
     /// The run's settings (as `train_args.json`).
     pub training_args: Value,
+    /// β-DPO's running margin statistics (absent for other losses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin_stats: Option<crate::loss::beta_dpo::MarginStats>,
 }
 
 /// Settings a resumed run may change: they do not change what is trained.
@@ -148,26 +152,25 @@ pub fn check(state: &TrainerState, dir: &Path, args: &Value, data_path: &Path, d
     Ok(())
 }
 
-/// AdamW's moments of every trainable tensor of `policy`, in order ([`AdamW::moments`]; sharded
-/// across ranks, a collective that every rank calls).
-pub fn optimizer_moments(policy: &Policy, opt: &AdamW) -> Result<Vec<(Tensor, Tensor)>> {
-    policy.params.iter().enumerate().map(|(i, (_, var))| opt.moments(i, var.dims())).collect()
+/// The optimizer's named state of every trainable tensor of `policy`, in order
+/// ([`Optimizer::state`]; sharded across ranks, a collective that every rank calls).
+pub fn optimizer_state(policy: &Policy, opt: &Optimizer) -> Result<Vec<Vec<(&'static str, Tensor)>>> {
+    policy.params.iter().enumerate().map(|(i, (_, var))| opt.state(i, var.dims())).collect()
 }
 
 /// Writes the training state into the checkpoint directory `tmp` being filled (beside the policy's
-/// files): AdamW's `moments` ([`optimizer_moments`]), `state`, and the metrics file `metrics` as
-/// it stands.
+/// files): the optimizer's state `opt_state` ([`optimizer_state`]), `state`, and the metrics file
+/// `metrics` as it stands.
 pub fn write_state(
     tmp: &Path,
     state: &TrainerState,
     policy: &Policy,
-    moments: Vec<(Tensor, Tensor)>,
+    opt_state: Vec<Vec<(&'static str, Tensor)>>,
     metrics: &Path,
 ) -> Result<()> {
     let mut tensors = Vec::with_capacity(2 * policy.params.len());
-    for ((name, _), (m, v)) in policy.params.iter().zip(moments) {
-        tensors.push((format!("{name}.exp_avg"), Weight::Tensor(m)));
-        tensors.push((format!("{name}.exp_avg_sq"), Weight::Tensor(v)));
+    for ((name, _), bufs) in policy.params.iter().zip(opt_state) {
+        tensors.extend(bufs.into_iter().map(|(s, t)| (format!("{name}.{s}"), Weight::Tensor(t))));
     }
     write_safetensors(&tmp.join(OPTIMIZER_STATE), &tensors, safetensors::Dtype::F32)?;
     std::fs::write(tmp.join(TRAINER_STATE), serde_json::to_string_pretty(state)?)
@@ -182,14 +185,14 @@ pub fn write_state(
 }
 
 /// Loads checkpoint `dir` into the freshly built `policy` and `opt` (the trainable tensors'
-/// values and AdamW's moments and step) and puts its `metrics.jsonl` back as `metrics` (dropping
+/// values and the optimizer's state and step) and puts its `metrics.jsonl` back as `metrics` (dropping
 /// what was logged after the checkpoint, a torn last line included; `None`: a rank other than 0,
 /// which writes no files). Errors: a tensor missing from the checkpoint or of another shape.
 pub fn restore(
     dir: &Path,
     state: &TrainerState,
     policy: &Policy,
-    opt: &mut AdamW,
+    opt: &mut Optimizer,
     metrics: Option<&Path>,
 ) -> Result<()> {
     let weights_file = if policy.lora.is_some() { "adapter_model.safetensors" } else { "model.safetensors" };
@@ -206,13 +209,10 @@ pub fn restore(
             var.dims()
         );
         var.set(&t.to_dtype(var.dtype())?)?;
-        let (m, v) = (format!("{name}.exp_avg"), format!("{name}.exp_avg_sq"));
-        let m = moments.get(&m).with_context(|| missing(OPTIMIZER_STATE, &m))?;
-        let v = moments.get(&v).with_context(|| missing(OPTIMIZER_STATE, &v))?;
-        opt.restore_moments(i, m, v)
+        opt.restore(i, var.dims(), &|s| moments.get(&format!("{name}.{s}")).cloned())
             .with_context(|| format!("{}: tensor `{name}`", dir.join(OPTIMIZER_STATE).display()))?;
     }
-    opt.step = state.optimizer_step;
+    opt.set_steps(state.optimizer_step);
     let Some(metrics) = metrics else { return Ok(()) };
     let lines = std::fs::read(dir.join(METRICS)).with_context(|| format!("reading {}", dir.join(METRICS).display()))?;
     write_atomic(metrics, |w| Ok(w.write_all(&lines)?))

@@ -36,6 +36,9 @@ pub enum Reward {
     Implicit,
     /// `beta * log pi / |y|`, as TRL's CPO/ORPO trainers log it for losses without a reference.
     PerToken,
+    /// `beta * log pi` (summed over the completion), as TRL's CPO trainer logs it for its
+    /// `sigmoid` and `hinge` types.
+    Summed,
 }
 
 /// TRL's preference metrics over pairs (or rankings: chosen = the best, rejected = the worst),
@@ -49,16 +52,12 @@ pub enum Reward {
 /// - `logps/chosen`, `logps/rejected`: mean summed policy log-prob (nats);
 /// - `logits/chosen`, `logits/rejected`: mean over completion tokens of the vocabulary-mean logit.
 pub fn preference_metrics(examples: &[ExampleStats], beta: f64, vocab: usize, reward: Reward) -> Metrics {
-    let normalized = reward == Reward::PerToken;
     let n = examples.len().max(1) as f64;
     let mean = |f: &dyn Fn(&ExampleStats) -> f64| examples.iter().map(f).sum::<f64>() / n;
-    let r = |p: &ExampleStats, i: usize| {
-        let rho = p.policy[i] - p.reference.get(i).copied().unwrap_or(0.0);
-        if normalized {
-            beta * rho / p.token_counts[i].max(1) as f64
-        } else {
-            beta * rho
-        }
+    let r = |p: &ExampleStats, i: usize| match reward {
+        Reward::Implicit => beta * (p.policy[i] - p.reference.get(i).copied().unwrap_or(0.0)),
+        Reward::PerToken => beta * p.policy[i] / p.token_counts[i].max(1) as f64,
+        Reward::Summed => beta * p.policy[i],
     };
     let last = |p: &ExampleStats| p.policy.len() - 1;
     let logits = |pick: &dyn Fn(&ExampleStats) -> usize| {

@@ -1,8 +1,9 @@
 //! One optimiser batch: forward, loss and backward over micro-batches, gradients accumulated.
 
 use crate::logps::{completion_logps, completion_logps_of_hidden, CompletionLogps};
+use crate::loss::beta_dpo::MarginStats;
 use crate::metrics::ExampleStats;
-use crate::task::{Task, TaskOutput};
+use crate::task::{BatchShared, Task, TaskOutput};
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
@@ -28,6 +29,8 @@ pub struct BatchResult {
     /// 0 in one process.
     pub wait_seconds: f64,
     pub comm_seconds: f64,
+    /// β-DPO: the running margin statistics after the step's last batch.
+    pub margin_stats: Option<MarginStats>,
 }
 
 /// How a step's forward and backward passes run.
@@ -42,6 +45,37 @@ pub struct StepSettings {
     /// Gradient checkpointing: keep each decoder layer's input only, recompute the layer in the
     /// backward pass (activation memory layers x rows x hidden, one more forward of compute).
     pub recompute: bool,
+    /// NEFTune's noise on the input embeddings of this step (`None`: none).
+    pub neftune: Option<Neftune>,
+    /// β-DPO: the running margin statistics before the step and the seed of its draws (each
+    /// batch `j` draws from `mix_seed(seed, j)`); `None` with other losses.
+    pub beta_dpo: Option<(MarginStats, u64)>,
+}
+
+/// NEFTune (Jain et al. 2023, arXiv 2310.05914, Algorithm 1; transformers' `neftune_noise_alpha`):
+/// in training, each forward pass adds `U(-m, m)` to every element of the input embeddings,
+/// `m = alpha / sqrt(L * hidden)`, with `L` the longest sequence (prompt + completion) of the
+/// forward pass's examples (transformers' padded length of the batch), drawn from `seed`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Neftune {
+    pub alpha: f64,
+    pub seed: u64,
+}
+
+impl Neftune {
+    /// The noise of forward pass `j` over `examples` of a model of width `hidden`.
+    pub fn noise(&self, examples: &[&Tokenized], hidden: usize, j: u64) -> dpo_model::EmbeddingNoise {
+        let longest = examples
+            .iter()
+            .map(|e| e.prompt.len() + e.completions.iter().map(Vec::len).max().unwrap_or(0))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        dpo_model::EmbeddingNoise {
+            magnitude: self.alpha / ((longest * hidden) as f64).sqrt(),
+            seed: mix_seed(self.seed, j),
+        }
+    }
 }
 
 /// How `examples` are cut into forward passes: groups of `batch_size` for a loss that couples the
@@ -69,7 +103,7 @@ pub fn loss_and_gradients(
         examples,
         reference,
         task,
-        &StepSettings { max_tokens, batch_size, dropout_seed: None, recompute: false },
+        &StepSettings { max_tokens, batch_size, dropout_seed: None, recompute: false, neftune: None, beta_dpo: None },
     )
 }
 
@@ -88,7 +122,9 @@ pub fn step_gradients(
     s: &StepSettings,
 ) -> Result<BatchResult> {
     let groups = forward_groups(task, examples, s.max_tokens, s.batch_size);
-    shard_gradients(policy, examples, reference, task, s, task.normalizer(examples), &groups, false)
+    let nll_tokens = Task::nll_tokens(examples, s.batch_size);
+    let share = Shard { examples, reference, nll_tokens: &nll_tokens, coupled_parts: false };
+    shard_gradients(policy, &share, task, s, task.normalizer(examples), &groups)
 }
 
 /// Which of a step's examples one rank computes.
@@ -148,13 +184,20 @@ pub fn data_parallel_gradients(
     let mine = &sh.positions[w.rank()];
     let ex: Vec<&Tokenized> = mine.iter().map(|&p| examples[p]).collect();
     let refs: Vec<&[f64]> = mine.iter().map(|&p| reference[p]).collect();
-    let s = StepSettings { dropout_seed: s.dropout_seed.map(|d| mix_seed(d, (1 << 32) + w.rank() as u64)), ..*s };
+    let all_nll_tokens = Task::nll_tokens(examples, s.batch_size);
+    let nll_tokens: Vec<f64> = mine.iter().map(|&p| all_nll_tokens[p]).collect();
+    let stream = (1 << 32) + w.rank() as u64;
+    let s = StepSettings {
+        dropout_seed: s.dropout_seed.map(|d| mix_seed(d, stream)),
+        neftune: s.neftune.map(|n| Neftune { seed: mix_seed(n.seed, stream), ..n }),
+        ..*s
+    };
     let groups = match &sh.batches {
         Some(b) => b.clone(),
         None => micro_batches(&ex, s.max_tokens),
     };
-    let mut res =
-        shard_gradients(policy, &ex, &refs, task, &s, task.normalizer(examples), &groups, sh.batches.is_some())?;
+    let share = Shard { examples: &ex, reference: &refs, nll_tokens: &nll_tokens, coupled_parts: sh.batches.is_some() };
+    let mut res = shard_gradients(policy, &share, task, &s, task.normalizer(examples), &groups)?;
     // A one-value all-reduce first: the time until every rank is ready is waiting, not transfer.
     let t0 = Instant::now();
     dpo_runtime::dist::all_reduce_f64(&mut [0.0])?;
@@ -176,38 +219,50 @@ pub fn data_parallel_gradients(
     Ok(res)
 }
 
-/// The gradients of `examples` (one rank's share, or a whole step) in forward `groups`, each
-/// loss term divided by `normalizer`. With `coupled_parts` the groups are this rank's parts of
-/// the step's batches (some empty) and KTO's `z0` of each is summed across the ranks first.
-/// A share with no examples gets zero gradients.
-#[allow(clippy::too_many_arguments)]
+/// The examples one process computes in a step: the whole step, or one rank's share of it.
+struct Shard<'a> {
+    examples: &'a [&'a Tokenized],
+    /// `reference[i]`: the reference log-probs of example `i`'s completions.
+    reference: &'a [&'a [f64]],
+    /// Per example, the divisor of its NLL term ([`Task::nll_tokens`] over the step's batches).
+    nll_tokens: &'a [f64],
+    /// The forward groups are this rank's parts of the step's batches (some empty), and KTO's
+    /// `z0` of each is summed across the ranks first.
+    coupled_parts: bool,
+}
+
+/// The gradients of a share of a step in forward `groups`, each loss term divided by
+/// `normalizer`. A share with no examples gets zero gradients.
 fn shard_gradients(
     policy: &Policy,
-    examples: &[&Tokenized],
-    reference: &[&[f64]],
+    share: &Shard,
     task: &Task,
     s: &StepSettings,
     normalizer: f64,
     groups: &[Range<usize>],
-    coupled_parts: bool,
 ) -> Result<BatchResult> {
+    let Shard { examples, reference, nll_tokens, coupled_parts } = *share;
     let scale = 1.0 / normalizer;
     let vars = policy.vars();
     let mut grads = Grads { vars: &vars, sums: vec![None; vars.len()] };
     let mut stats = Vec::with_capacity(examples.len());
     let (mut forward_seconds, mut backward_seconds) = (0.0, 0.0);
+    let mut margin_stats = s.beta_dpo.map(|(stats, _)| stats);
     for (j, range) in groups.iter().cloned().enumerate() {
         let group = &examples[range.clone()];
-        let refs = &reference[range];
+        let refs = &reference[range.clone()];
+        let beta_dpo = s.beta_dpo.zip(margin_stats).map(|((_, seed), stats)| (stats, mix_seed(seed, j as u64)));
+        let shared = BatchShared { kto_z0: None, nll_tokens: Some(&nll_tokens[range]), beta_dpo };
         // z0 = max(0, mean over the whole batch), from every rank's part (an empty part adds 0).
         let loss = |logps: &CompletionLogps| -> Result<TaskOutput> {
             if !coupled_parts {
-                return task.forward(group, logps, refs);
+                return task.forward_with(group, logps, refs, shared);
             }
             let (sum, count) = task.coupling_sum(group, logps, refs)?.unwrap_or((0.0, 0.0));
             let mut total = [sum, count];
             dpo_runtime::dist::all_reduce_f64(&mut total)?;
-            task.forward_with(group, logps, refs, Some((total[0] / total[1].max(1.0)).max(0.0)))
+            let kto_z0 = Some((total[0] / total[1].max(1.0)).max(0.0));
+            task.forward_with(group, logps, refs, BatchShared { kto_z0, ..shared })
         };
         if group.is_empty() {
             if coupled_parts {
@@ -215,10 +270,7 @@ fn shard_gradients(
             }
             continue;
         }
-        let model = match s.dropout_seed {
-            Some(seed) => policy.model.with_dropout(mix_seed(seed, j as u64)),
-            None => policy.model.clone(),
-        };
+        let model = group_model(policy, s, group, j as u64);
         let batch = pack_weighted(group, task.ld_alpha());
         let t0 = Instant::now();
         let out = if s.recompute {
@@ -238,6 +290,7 @@ fn shard_gradients(
             out
         };
         forward_seconds += t0.elapsed().as_secs_f64();
+        margin_stats = out.margin_stats.or(margin_stats);
         stats.extend(out.stats);
     }
     forward_seconds -= backward_seconds;
@@ -246,7 +299,28 @@ fn shard_gradients(
     } else {
         grads.sums.into_iter().collect::<Option<Vec<_>>>().context("a parameter received no gradient")?
     };
-    Ok(BatchResult { grads, stats, forward_seconds, backward_seconds, wait_seconds: 0.0, comm_seconds: 0.0 })
+    Ok(BatchResult {
+        grads,
+        stats,
+        forward_seconds,
+        backward_seconds,
+        wait_seconds: 0.0,
+        comm_seconds: 0.0,
+        margin_stats,
+    })
+}
+
+/// The policy's model for forward group `j` over `group`: in training mode with the step's
+/// dropout masks and NEFTune noise for the group, when the step has them.
+fn group_model(policy: &Policy, s: &StepSettings, group: &[&Tokenized], j: u64) -> dpo_model::Llama {
+    let model = match s.dropout_seed {
+        Some(seed) => policy.model.with_dropout(mix_seed(seed, j)),
+        None => policy.model.clone(),
+    };
+    match s.neftune {
+        Some(n) => model.with_neftune(n.noise(group, model.config.hidden_size, j)),
+        None => model,
+    }
 }
 
 /// Gradient sums per trainable variable.

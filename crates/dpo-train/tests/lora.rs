@@ -38,7 +38,7 @@ fn adapter(cfg: &LlamaConfig, dropout: f64) -> Adapter {
 }
 
 fn settings(recompute: bool, dropout_seed: Option<u64>) -> StepSettings {
-    StepSettings { max_tokens: 12, batch_size: 3, dropout_seed, recompute }
+    StepSettings { max_tokens: 12, batch_size: 3, dropout_seed, recompute, neftune: None, beta_dpo: None }
 }
 
 /// The mean DPO loss of the adapted model (no dropout).

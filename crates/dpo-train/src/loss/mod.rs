@@ -10,10 +10,13 @@
 //! - [`kto`]: KTO on unpaired examples;
 //! - [`listwise`]: Plackett–Luce on rankings.
 
+pub mod beta_dpo;
 pub mod kto;
 pub mod listwise;
 pub mod pairwise;
 pub mod reference_free;
+
+pub use reference_free::CpoKind;
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
@@ -42,6 +45,12 @@ pub mod defaults {
     pub const F_ALPHA_DIVERGENCE_COEF: f64 = 0.5;
     /// The weight of RPO's NLL term (TRL `rpo_alpha`): none.
     pub const RPO_ALPHA: f64 = 0.0;
+    /// DPOP's penalty weight lambda (Pal et al. 2024 train with 50, §5).
+    pub const DPOP_LAMBDA: f64 = 50.0;
+    /// The weight of CPO's NLL term on the chosen completion (TRL `CPOConfig.cpo_alpha`).
+    pub const CPO_ALPHA: f64 = 1.0;
+    /// AlphaPO's reward shape alpha (TRL `CPOConfig.alpha`): 0 is the log-prob itself.
+    pub const ALPHAPO_ALPHA: f64 = 0.0;
 }
 
 /// The inputs of a loss for `examples` examples with `k` completions each. For a pair:
@@ -66,6 +75,13 @@ pub struct LossBatch {
     pub f_divergence: FDivergence,
     /// WPO's weight of each completion `[examples * k]` (constants; `Some` with `--use-weighting`).
     pub wpo_weights: Option<Vec<f64>>,
+    /// Per example: the chosen-completion tokens its NLL term is divided by, the mean over the
+    /// example's batch, so that the batch's mean NLL is TRL's token mean over the micro-batch
+    /// ([`reference_free::nll`]); `None`: each example's own length.
+    pub nll_tokens: Option<Vec<f64>>,
+    /// β-DPO's filtering and β for this batch ([`beta_dpo::plan`]); `None`: every pair, with
+    /// `beta` (evaluation).
+    pub beta_dpo: Option<beta_dpo::BetaDpoPlan>,
 }
 
 impl LossBatch {
@@ -93,6 +109,8 @@ impl LossBatch {
             kto_z0: None,
             f_divergence: FDivergence::ReverseKl,
             wpo_weights: None,
+            nll_tokens: None,
+            beta_dpo: None,
         })
     }
 
@@ -223,8 +241,8 @@ pub enum Loss {
     Simpo { beta: f64, gamma: f64 },
     /// ORPO, no reference ([`reference_free::orpo`]); `beta` is the paper's lambda.
     Orpo { beta: f64 },
-    /// The NLL of the chosen completion per token ([`reference_free::nll`]): TRL's `sft` loss
-    /// type, the RPO term.
+    /// The NLL of the chosen completion per token of the batch ([`reference_free::nll`]): TRL's
+    /// `sft` loss type, the RPO term, CPO's NLL term.
     Sft,
     /// KTO on unpaired examples ([`kto::kto`]).
     Kto { beta: f64, desirable_weight: f64, undesirable_weight: f64 },
@@ -238,6 +256,16 @@ pub enum Loss {
     Discopop { beta: f64, tau: f64 },
     /// DPO on per-token log-ratios ([`pairwise::sigmoid_norm`]).
     SigmoidNorm { beta: f64 },
+    /// DPO-Positive ([`pairwise::dpop`]).
+    Dpop { beta: f64, lambda: f64 },
+    /// SimPER, no reference, no beta ([`reference_free::simper`]).
+    Simper,
+    /// The preference term of TRL's CPO trainer and AlphaPO, no reference ([`reference_free::cpo`]);
+    /// `gamma` is SimPO's margin (for [`CpoKind::Simpo`]), `alpha` AlphaPO's.
+    Cpo { kind: CpoKind, beta: f64, label_smoothing: f64, gamma: f64, alpha: f64 },
+    /// β-DPO: a batch's β from its margins, on the pairs filtering keeps ([`beta_dpo`]); couples
+    /// a batch.
+    BetaDpo { beta: f64, alpha: f64, filter_ratio: f64 },
 }
 
 /// The data a loss needs.
@@ -256,7 +284,7 @@ pub enum Needs {
 }
 
 /// The loss names `--loss` accepts, in the order of `--loss-help`.
-pub const NAMES: [&str; 20] = [
+pub const NAMES: [&str; 28] = [
     "sigmoid",
     "robust",
     "hinge",
@@ -277,6 +305,14 @@ pub const NAMES: [&str; 20] = [
     "aot_unpaired",
     "discopop",
     "sigmoid_norm",
+    "dpop",
+    "simper",
+    "cpo",
+    "cpo_hinge",
+    "cpo_ipo",
+    "cpo_simpo",
+    "alphapo",
+    "beta_dpo",
 ];
 
 /// Hyper-parameters given on the command line, from which named losses are built (defaults in
@@ -317,6 +353,21 @@ pub struct LossParams {
     /// LD-DPO: the weight of the tokens of the longer completion past the shorter one's length (policy and reference log-probs); 1 is DPO.
     #[cfg_attr(feature = "cli", arg(long))]
     pub ld_alpha: Option<f64>,
+    /// DPOP's lambda: the weight of the penalty max(0, -rho_w) on a chosen completion whose log-ratio falls below 0.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults::DPOP_LAMBDA))]
+    pub dpop_lambda: f64,
+    /// CPO (cpo, cpo_hinge, cpo_ipo, cpo_simpo): the weight of the NLL term on the chosen completion (TRL cpo_alpha; alphapo: 0).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults::CPO_ALPHA))]
+    pub cpo_alpha: f64,
+    /// AlphaPO's alpha (TRL CPOConfig alpha): the CPO losses' reward becomes (1 - p^-alpha)/alpha, p = exp(log pi(y)); 0: log pi(y).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults::ALPHAPO_ALPHA))]
+    pub alphapo_alpha: f64,
+    /// β-DPO's a: beta_batch = beta * (1 + a * (mean kept margin - running mean margin)).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = beta_dpo::defaults::ALPHA))]
+    pub beta_dpo_alpha: f64,
+    /// β-DPO's filtering: the share of each batch's pairs dropped (those far from the running mean margin are likelier to go).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = beta_dpo::defaults::FILTER_RATIO))]
+    pub beta_dpo_filter_ratio: f64,
 }
 
 impl Default for LossParams {
@@ -333,6 +384,11 @@ impl Default for LossParams {
             f_alpha_divergence_coef: defaults::F_ALPHA_DIVERGENCE_COEF,
             use_weighting: false,
             ld_alpha: None,
+            dpop_lambda: defaults::DPOP_LAMBDA,
+            cpo_alpha: defaults::CPO_ALPHA,
+            alphapo_alpha: defaults::ALPHAPO_ALPHA,
+            beta_dpo_alpha: beta_dpo::defaults::ALPHA,
+            beta_dpo_filter_ratio: beta_dpo::defaults::FILTER_RATIO,
         }
     }
 }
@@ -369,6 +425,25 @@ impl Loss {
             "aot_unpaired" => Loss::AotUnpaired { beta, label_smoothing: p.label_smoothing },
             "discopop" => Loss::Discopop { beta, tau: p.discopop_tau },
             "sigmoid_norm" => Loss::SigmoidNorm { beta },
+            "dpop" => Loss::Dpop { beta, lambda: p.dpop_lambda },
+            "simper" => Loss::Simper,
+            "beta_dpo" => {
+                let r = p.beta_dpo_filter_ratio;
+                ensure!((0.0..1.0).contains(&r), "--beta-dpo-filter-ratio must be in [0, 1), got {r}");
+                Loss::BetaDpo { beta, alpha: p.beta_dpo_alpha, filter_ratio: r }
+            }
+            "cpo" | "cpo_hinge" | "cpo_ipo" | "cpo_simpo" | "alphapo" => Loss::Cpo {
+                kind: match name {
+                    "cpo" => CpoKind::Sigmoid,
+                    "cpo_hinge" => CpoKind::Hinge,
+                    "cpo_ipo" => CpoKind::Ipo,
+                    _ => CpoKind::Simpo,
+                },
+                beta,
+                label_smoothing: p.label_smoothing,
+                gamma: p.simpo_gamma,
+                alpha: p.alphapo_alpha,
+            },
             _ => bail!("unknown loss `{name}` (available: {})", NAMES.join(", ")),
         })
     }
@@ -394,14 +469,17 @@ impl Loss {
             | Loss::Aot { beta, .. }
             | Loss::AotUnpaired { beta, .. }
             | Loss::Discopop { beta, .. }
-            | Loss::SigmoidNorm { beta } => beta,
-            Loss::Sft => 1.0,
+            | Loss::SigmoidNorm { beta }
+            | Loss::Dpop { beta, .. }
+            | Loss::Cpo { beta, .. }
+            | Loss::BetaDpo { beta, .. } => beta,
+            Loss::Sft | Loss::Simper => 1.0,
         }
     }
 
     /// Whether the loss uses reference log-probs (SimPO, ORPO and the NLL do not).
     pub fn needs_reference(&self) -> bool {
-        !matches!(self, Loss::Simpo { .. } | Loss::Orpo { .. } | Loss::Sft)
+        !matches!(self, Loss::Simpo { .. } | Loss::Orpo { .. } | Loss::Sft | Loss::Simper | Loss::Cpo { .. })
     }
 
     pub fn needs(&self) -> Needs {
@@ -440,13 +518,19 @@ impl Loss {
             Loss::AotUnpaired { beta, label_smoothing } => p::aot_unpaired(b, beta, label_smoothing),
             Loss::Discopop { beta, tau } => p::discopop(b, beta, tau),
             Loss::SigmoidNorm { beta } => p::sigmoid_norm(b, beta),
+            Loss::Dpop { beta, lambda } => p::dpop(b, beta, lambda),
+            Loss::Simper => reference_free::simper(b),
+            Loss::Cpo { kind, beta, label_smoothing, gamma, alpha } => {
+                reference_free::cpo(b, kind, beta, label_smoothing, gamma, alpha)
+            }
+            Loss::BetaDpo { beta, .. } => beta_dpo::beta_dpo(b, beta),
         }
     }
 
-    /// Whether the loss sorts the pairs of a batch against each other (AOT), so that its value
-    /// is the batch's, not a sum of the pairs'.
+    /// Whether the loss ranks the pairs of a batch against each other (AOT sorts them, β-DPO
+    /// draws from them), so that its value is the batch's, not a sum of the pairs'.
     pub fn sorts_batch(&self) -> bool {
-        matches!(self, Loss::Aot { .. } | Loss::AotUnpaired { .. })
+        matches!(self, Loss::Aot { .. } | Loss::AotUnpaired { .. } | Loss::BetaDpo { .. })
     }
 
     /// Whether the loss uses f-DPO's scores, or ignores them, as TRL 1.16 allows
@@ -489,6 +573,13 @@ impl Loss {
             Loss::AotUnpaired { .. } => "aot_unpaired",
             Loss::Discopop { .. } => "discopop",
             Loss::SigmoidNorm { .. } => "sigmoid_norm",
+            Loss::Dpop { .. } => "dpop",
+            Loss::Simper => "simper",
+            Loss::Cpo { kind: CpoKind::Sigmoid, .. } => "cpo",
+            Loss::Cpo { kind: CpoKind::Hinge, .. } => "cpo_hinge",
+            Loss::Cpo { kind: CpoKind::Ipo, .. } => "cpo_ipo",
+            Loss::Cpo { kind: CpoKind::Simpo, .. } => "cpo_simpo",
+            Loss::BetaDpo { .. } => "beta_dpo",
         }
     }
 }
@@ -533,6 +624,11 @@ impl Objective {
         }
         if rpo_alpha != 0.0 {
             terms.push((Loss::Sft, rpo_alpha));
+        }
+        // CPO's NLL term (TRL `CPOTrainer`: `losses.mean() + cpo_alpha * nll_loss`); AlphaPO has none
+        let cpo_nll = names.iter().any(|n| matches!(n.trim(), "cpo" | "cpo_hinge" | "cpo_ipo" | "cpo_simpo"));
+        if cpo_nll && p.cpo_alpha != 0.0 {
+            terms.push((Loss::Sft, p.cpo_alpha));
         }
         let o = Self {
             terms,
@@ -650,7 +746,7 @@ pub struct LossDoc {
 
 /// The losses with their formulas (`rho = log pi(y) - log pi_ref(y)`, `delta = rho_w - rho_l`,
 /// `avg = log pi(y)/|y|`, `s` = sigma), sources, data and hyper-parameters.
-pub const DOCS: [LossDoc; 20] = [
+pub const DOCS: [LossDoc; 28] = [
     LossDoc { name: "sigmoid", formula: "-(1-eps) log s(beta*delta) - eps log s(-beta*delta)", source: "DPO, Rafailov et al. 2023 eq. 7; cDPO (eps>0), Mitchell 2023", data: "pairs", params: &[("--beta", defaults::BETA), ("--label-smoothing", defaults::LABEL_SMOOTHING)], note: "" },
     LossDoc { name: "robust", formula: "[-(1-eps) log s(beta*delta) + eps log s(-beta*delta)] / (1-2eps)", source: "Chowdhury et al. 2024 §3", data: "pairs", params: &[("--beta", defaults::BETA), ("--label-smoothing", defaults::LABEL_SMOOTHING)], note: "label smoothing < 0.5" },
     LossDoc { name: "hinge", formula: "max(0, 1 - beta*delta)", source: "SLiC, Zhao et al. 2023", data: "pairs", params: &[("--beta", defaults::BETA)], note: "" },
@@ -671,6 +767,14 @@ pub const DOCS: [LossDoc; 20] = [
     LossDoc { name: "aot_unpaired", formula: "-(1-eps) log s(beta*d_k) - eps log s(-beta*d_k), d_k = sort(rho_w)_k - sort(rho_l)_k over the batch", source: "Melnyk et al. 2024 (AOT) §3, unpaired; TRL 1.16 aot_unpaired", data: "pairs", params: &[("--beta", defaults::BETA), ("--label-smoothing", defaults::LABEL_SMOOTHING)], note: "couples the pairs of a batch; one rank" },
     LossDoc { name: "discopop", formula: "(1-m)(-log s(z)) + m exp(-z), m = s(z/tau), z = beta*delta", source: "Chris Lu et al. 2024 (DiscoPOP) eq. 5; TRL discopop", data: "pairs", params: &[("--beta", defaults::BETA), ("--discopop-tau", defaults::DISCOPOP_TAU)], note: "" },
     LossDoc { name: "sigmoid_norm", formula: "-log s(beta*(rho_w/|y_w| - rho_l/|y_l|))", source: "TRL 1.16 sigmoid_norm (DPO on per-token log-ratios)", data: "pairs", params: &[("--beta", defaults::BETA)], note: "" },
+    LossDoc { name: "dpop", formula: "-log s(beta*(delta - lambda*max(0, -rho_w)))", source: "DPO-Positive, Pal et al. 2024 (Smaug, arXiv 2402.13228) eq. 3", data: "pairs", params: &[("--beta", defaults::BETA), ("--dpop-lambda", defaults::DPOP_LAMBDA)], note: "lambda 0 is sigmoid" },
+    LossDoc { name: "simper", formula: "-exp(avg_w) + exp(avg_l) (inverse perplexities)", source: "SimPER, Xiao et al. 2025 (arXiv 2502.00883) §3; no reference, no beta", data: "pairs", params: &[], note: "no hyper-parameters" },
+    LossDoc { name: "cpo", formula: "-(1-eps) log s(beta*m) - eps log s(-beta*m) + cpo_alpha * NLL_w, m = log pi(y_w) - log pi(y_l)", source: "CPO, Xu et al. 2024 eq. 3; TRL 1.16 experimental CPOTrainer (sigmoid)", data: "pairs", params: &[("--beta", defaults::BETA), ("--label-smoothing", defaults::LABEL_SMOOTHING), ("--cpo-alpha", defaults::CPO_ALPHA), ("--alphapo-alpha", defaults::ALPHAPO_ALPHA)], note: "no reference; alphapo-alpha a: log pi -> (1 - pi^-a)/a" },
+    LossDoc { name: "cpo_hinge", formula: "max(0, 1 - beta*m) + cpo_alpha * NLL_w", source: "TRL 1.16 CPOTrainer loss_type hinge", data: "pairs", params: &[("--beta", defaults::BETA), ("--cpo-alpha", defaults::CPO_ALPHA), ("--alphapo-alpha", defaults::ALPHAPO_ALPHA)], note: "no reference" },
+    LossDoc { name: "cpo_ipo", formula: "(avg_w - avg_l - 1/(2 beta))^2 + cpo_alpha * NLL_w", source: "TRL 1.16 CPOTrainer loss_type ipo", data: "pairs", params: &[("--beta", defaults::BETA), ("--cpo-alpha", defaults::CPO_ALPHA), ("--alphapo-alpha", defaults::ALPHAPO_ALPHA)], note: "no reference" },
+    LossDoc { name: "cpo_simpo", formula: "-(1-eps) log s(beta*(avg_w - avg_l) - gamma) - eps log s(-(...)) + cpo_alpha * NLL_w", source: "TRL 1.16 CPOTrainer loss_type simpo (SimPO + CPO's NLL)", data: "pairs", params: &[("--beta", defaults::BETA), ("--simpo-gamma", defaults::SIMPO_GAMMA), ("--label-smoothing", defaults::LABEL_SMOOTHING), ("--cpo-alpha", defaults::CPO_ALPHA), ("--alphapo-alpha", defaults::ALPHAPO_ALPHA)], note: "no reference" },
+    LossDoc { name: "alphapo", formula: "cpo_simpo without the NLL term, reward (1 - exp(-a*avg))/a", source: "AlphaPO, Gupta et al. 2025 (arXiv 2501.03884) eq. 6; TRL 1.16 CPOConfig loss_type alphapo", data: "pairs", params: &[("--beta", defaults::BETA), ("--simpo-gamma", defaults::SIMPO_GAMMA), ("--alphapo-alpha", defaults::ALPHAPO_ALPHA)], note: "no reference; set --alphapo-alpha (0 is SimPO)" },
+    LossDoc { name: "beta_dpo", formula: "-log s(beta_b*delta) over the kept pairs; beta_b = beta(1 + a(mean_kept(delta) - M)); pairs kept by a draw weighted exp(-(delta - M)^2 / 2S^2); M, S running mean/std of delta", source: "β-DPO, Wu et al. 2024 (arXiv 2407.08639) §4 eqs. 6-7 and the authors' code", data: "pairs", params: &[("--beta", defaults::BETA), ("--beta-dpo-alpha", beta_dpo::defaults::ALPHA), ("--beta-dpo-filter-ratio", beta_dpo::defaults::FILTER_RATIO)], note: "couples the pairs of a batch; one rank; the running statistics are checkpointed" },
 ];
 
 /// The text of `dpo train --loss-help`.
@@ -713,10 +817,16 @@ mod doc_tests {
         for n in NAMES {
             Loss::from_name(n, &LossParams::default()).unwrap();
         }
-        assert!(Loss::from_name("dpop", &LossParams::default())
+        assert!(Loss::from_name("dpo_positive", &LossParams::default())
             .unwrap_err()
             .to_string()
-            .contains("unknown loss `dpop`"));
+            .contains("unknown loss `dpo_positive`"));
+        // CPO adds its NLL term with weight cpo_alpha, AlphaPO does not
+        let cpo = Objective::from_names(&["cpo".into()], &[], 0.0, &LossParams::default()).unwrap();
+        assert_eq!(cpo.terms[1], (Loss::Sft, defaults::CPO_ALPHA));
+        assert!(!cpo.needs_reference());
+        let alphapo = Objective::from_names(&["alphapo".into()], &[], 0.0, &LossParams::default()).unwrap();
+        assert_eq!(alphapo.terms.len(), 1);
         let mix =
             Objective::from_names(&["sigmoid".into(), "sft".into()], &[1.0, 0.2], 0.0, &LossParams::default()).unwrap();
         assert_eq!(mix.terms.len(), 2);

@@ -117,7 +117,7 @@ fn ascending(t: &Tensor) -> Result<Tensor> {
 }
 
 /// cDPO's loss of margins `d` `[n]`: `-(1-eps) log sigma(beta*d) - eps log sigma(-beta*d)`.
-fn smoothed_logistic(d: &Tensor, beta: f64, eps: f64) -> Result<Tensor> {
+pub(crate) fn smoothed_logistic(d: &Tensor, beta: f64, eps: f64) -> Result<Tensor> {
     let z = (d * beta)?;
     Ok(((log_sigmoid(&z)? * -(1.0 - eps))? - (log_sigmoid(&z.neg()?)? * eps)?)?)
 }
@@ -213,6 +213,20 @@ pub fn sppo_hard(b: &LossBatch, beta: f64) -> Result<Tensor> {
     let (w, l) = rhos(b)?;
     let h = 0.5 / beta;
     Ok(((w - h)?.sqr()? + (l + h)?.sqr()?)?)
+}
+
+/// DPO-Positive (Pal et al. 2024, "Smaug: Fixing Failure Modes of Preference Optimisation with
+/// DPO-Positive", arXiv 2402.13228, eq. 3): `-log sigma(beta * (rho_w - rho_l - lambda *
+/// max(0, -rho_w)))`. DPO can lower the chosen completion's likelihood as long as the rejected one
+/// falls faster; the penalty, zero while `log pi(y_w) >= log pi_ref(y_w)`, keeps the chosen
+/// completion's log-ratio from going negative. `lambda = 0` is DPO. The paper trains with
+/// `lambda = 50` (its §5).
+pub fn dpop(b: &LossBatch, beta: f64, lambda: f64) -> Result<Tensor> {
+    ensure!(lambda >= 0.0, "dpop needs --dpop-lambda >= 0, got {lambda}");
+    let (w, l) = rhos(b)?;
+    let penalty = (w.neg()?.relu()? * lambda)?;
+    let z = (((w - l)? - penalty)? * beta)?;
+    Ok(log_sigmoid(&z)?.neg()?)
 }
 
 /// EXO on pairs (Ji et al. 2024, eq. 16 with K = 2; TRL's `exo_pair`), the reverse KL between
@@ -371,6 +385,24 @@ pub(crate) mod tests {
             let z = beta * (w - l);
             sg(z) * (ls(z) - (1.0 - eps).ln()) + sg(-z) * (ls(-z) - eps.ln())
         });
+    }
+
+    #[test]
+    fn dpop_is_dpo_with_a_penalty_on_a_falling_chosen_log_ratio() {
+        let beta = 0.3;
+        for lambda in [0.0, 5.0, 50.0] {
+            check(Loss::Dpop { beta, lambda }, &|i, p| {
+                let (w, l) = rho(p, i);
+                -ls(beta * (w - l - lambda * (-w).max(0.0)))
+            });
+        }
+        // pair 1's chosen log-ratio is -1.5 (penalised), pairs 0 and 2 are above 0 (DPO's loss)
+        let (_, b) = batch(&POLICY);
+        let (d, p) = (sigmoid(&b, beta, 0.0).unwrap(), dpop(&b, beta, 50.0).unwrap());
+        let (d, p) = (d.to_vec1::<f64>().unwrap(), p.to_vec1::<f64>().unwrap());
+        assert_eq!((d[0], d[2]), (p[0], p[2]));
+        assert!((p[1] - -ls(beta * (-1.5 - 1.75 - 75.0))).abs() < 1e-12, "{p:?}");
+        assert!(dpop(&b, beta, -1.0).unwrap_err().to_string().contains("--dpop-lambda >= 0"));
     }
 
     #[test]

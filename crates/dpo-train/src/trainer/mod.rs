@@ -13,7 +13,7 @@
 //! Across the ranks of a job ([`dpo_runtime::dist`], `mpirun -np N dpo train ...`) every rank
 //! runs this loop on the same data: each step's examples are divided by token count (one
 //! all-reduce of the gradients), every rank applies the same update (or, with `--zero-stage 1`,
-//! its slice of it: [`AdamW::sharded`]), and rank 0 alone writes files. The metrics do not depend
+//! its slice of it: [`crate::optim::AdamW::sharded`]), and rank 0 alone writes files. The metrics do not depend
 //! on the number of ranks, and the weights only through the order of floating-point sums.
 
 mod order;
@@ -30,9 +30,11 @@ pub use summary::{RunKind, TrainSummary};
 
 use crate::checkpoint::{self, TrainerState};
 use crate::evaluate::evaluate;
+use crate::loss::beta_dpo::MarginStats;
+use crate::loss::Loss;
 use crate::metrics::{self, with_eval_prefix, Metrics, MetricsFile};
-use crate::optim::{clip_coefficient, global_grad_norm, AdamW, OptimizerSettings};
-use crate::step::{data_parallel_gradients, BatchResult, StepSettings};
+use crate::optim::{clip_coefficient, global_grad_norm, Optimizer, OptimizerSettings};
+use crate::step::{data_parallel_gradients, BatchResult, Neftune, StepSettings};
 use crate::task::Task;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Var};
@@ -48,6 +50,12 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Instant;
 use summary::StepLog;
+
+/// The stream of the step's seed that NEFTune's noise is drawn from (LoRA dropout uses the seed
+/// itself).
+const NEFTUNE_STREAM: u64 = 0x4E45_4654;
+/// The stream of the step's seed that β-DPO's draws come from.
+const BETA_DPO_STREAM: u64 = 0x0BE7_AD90;
 
 /// A run of the loop, as a recipe assembles it.
 pub struct Run<'a> {
@@ -127,7 +135,7 @@ struct Parts<'a> {
 struct Loop<'a> {
     p: Parts<'a>,
     vars: Vec<Var>,
-    opt: AdamW,
+    opt: Optimizer,
     order: Order,
     /// `metrics.jsonl` (rank 0 only: the other ranks of a job write no files).
     metrics: Option<MetricsFile>,
@@ -140,6 +148,8 @@ struct Loop<'a> {
     /// Steps skipped for a non-finite loss or gradient norm: in all, and in a row.
     skipped_nonfinite: usize,
     nonfinite_in_a_row: usize,
+    /// β-DPO's running margin statistics (zero otherwise).
+    margin_stats: MarginStats,
 }
 
 /// What one step computed: its gradients and metrics (none when it had no examples).
@@ -160,7 +170,7 @@ impl<'a> Loop<'a> {
         }
         let steps = p.settings.total_steps(units);
         let vars = p.policy.vars();
-        let mut opt = p.optimizer.adamw(&vars, world.rank(), world.size())?;
+        let mut opt = p.optimizer.optimizer(&vars, world.rank(), world.size())?;
         let out = &p.settings.output_dir;
         if dist::is_main() {
             std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -176,6 +186,7 @@ impl<'a> Loop<'a> {
             tokens_before: state.map_or(0, |s| s.num_tokens),
             skipped_nonfinite: state.map_or(0, |s| s.skipped_nonfinite),
             nonfinite_in_a_row: state.map_or(0, |s| s.nonfinite_in_a_row),
+            margin_stats: state.and_then(|s| s.margin_stats).unwrap_or_default(),
             resumed_from: output.resume.map(|(dir, _)| dir),
             p,
             vars,
@@ -199,6 +210,9 @@ impl<'a> Loop<'a> {
         let computed = self.compute(step, &batch)?;
         let lr = self.p.optimizer.learning_rate_at(step, self.steps);
         let t_opt = Instant::now();
+        if let Some(ms) = computed.result.as_ref().and_then(|r| r.margin_stats) {
+            self.margin_stats = ms;
+        }
         let (grad_norm, loss) = match computed.result {
             Some(res) => self.update(res, &computed.metrics, lr)?,
             None => {
@@ -254,6 +268,12 @@ impl<'a> Loop<'a> {
                 .filter(|l| l.lora_dropout > 0.0)
                 .map(|_| mix_seed(p.settings.seed, step as u64)),
             recompute: p.recompute,
+            neftune: p
+                .settings
+                .neftune_noise_alpha
+                .map(|alpha| Neftune { alpha, seed: mix_seed(mix_seed(p.settings.seed, step as u64), NEFTUNE_STREAM) }),
+            beta_dpo: matches!(&p.task, Task::Preference(o) if matches!(o.main(), Loss::BetaDpo { .. }))
+                .then(|| (self.margin_stats, mix_seed(mix_seed(p.settings.seed, step as u64), BETA_DPO_STREAM))),
         };
         let res = data_parallel_gradients(&p.policy, &batch.examples, &refs, &p.task, &settings)?;
         let metrics = p.task.metrics(&res.stats, p.policy.model.config.vocab_size);
@@ -335,9 +355,9 @@ impl<'a> Loop<'a> {
     fn save(&self, name: &str, state: Option<TrainerState>, obs: &mut dyn Observer) -> Result<()> {
         let out = &self.p.settings.output_dir;
         let dir = out.join(name);
-        let moments = match &state {
+        let opt_state = match &state {
             Some(_) if self.opt.is_sharded() || self.metrics.is_some() => {
-                Some(checkpoint::optimizer_moments(&self.p.policy, &self.opt)?)
+                Some(checkpoint::optimizer_state(&self.p.policy, &self.opt)?)
             }
             _ => None,
         };
@@ -347,9 +367,9 @@ impl<'a> Loop<'a> {
                 Some(adapter) => adapter.write_files(tmp)?,
                 None => write_hf_files(&self.p.policy.model.detached(), &self.p.tokenizer, tmp, DType::F32)?,
             }
-            match (&state, moments) {
-                (Some(state), Some(moments)) => {
-                    checkpoint::write_state(tmp, state, &self.p.policy, moments, metrics.path())
+            match (&state, opt_state) {
+                (Some(state), Some(opt_state)) => {
+                    checkpoint::write_state(tmp, state, &self.p.policy, opt_state, metrics.path())
                 }
                 _ => Ok(()),
             }
@@ -365,7 +385,7 @@ impl<'a> Loop<'a> {
     fn trainer_state(&self, step: usize) -> Result<TrainerState> {
         Ok(TrainerState {
             global_step: step,
-            optimizer_step: self.opt.step,
+            optimizer_step: self.opt.steps(),
             epoch: self.order.epoch(),
             max_steps: self.steps,
             num_tokens: self.tokens_before + self.log.tokens_total(),
@@ -374,6 +394,8 @@ impl<'a> Loop<'a> {
             data_hash: self.p.record.hashes.train.clone(),
             eval_data_hash: self.p.record.hashes.eval.clone(),
             training_args: self.p.record.args.clone(),
+            margin_stats: matches!(&self.p.task, Task::Preference(o) if matches!(o.main(), Loss::BetaDpo { .. }))
+                .then_some(self.margin_stats),
         })
     }
 
@@ -416,7 +438,7 @@ impl<'a> Loop<'a> {
 fn open_metrics(
     p: &Parts,
     output: &OutputDir,
-    opt: &mut AdamW,
+    opt: &mut Optimizer,
     order: &mut Order,
     steps: usize,
     obs: &mut dyn Observer,
@@ -451,7 +473,7 @@ fn open_metrics(
 fn check_ranks(p: &Parts, obs: &mut dyn Observer) -> Result<()> {
     ensure!(
         !matches!(&p.task, Task::Preference(o) if o.sorts_batch()),
-        "aot and aot_unpaired sort the pairs of a whole batch against each other: run them in one process (mpirun -np 1)"
+        "aot and aot_unpaired sort, and beta_dpo draws from, the pairs of a whole batch: run them in one process (mpirun -np 1)"
     );
     let h = &p.record.hashes;
     let inputs =

@@ -66,6 +66,9 @@ pub struct LoopSettings {
     /// Packed tokens per forward pass (memory/speed trade-off; gradients are the same).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults::MAX_TOKENS_PER_FORWARD))]
     pub max_tokens_per_forward: usize,
+    /// NEFTune (transformers' neftune_noise_alpha): in training, uniform noise of magnitude alpha/sqrt(L*hidden) on the input embeddings (L: the longest sequence of the forward pass).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub neftune_noise_alpha: Option<f64>,
     /// Where the metrics also go (metrics.jsonl always): tensorboard (event files under OUTPUT_DIR/runs/, TRL's tags), all (= tensorboard), none.
     #[cfg_attr(feature = "cli", arg(long, value_enum, value_delimiter = ',', default_value = defaults::REPORT_TO))]
     pub report_to: Vec<ReportTo>,
@@ -107,6 +110,7 @@ impl LoopSettings {
             max_nonfinite_steps: defaults::MAX_NONFINITE_STEPS,
             seed: defaults::SEED,
             max_tokens_per_forward: defaults::MAX_TOKENS_PER_FORWARD,
+            neftune_noise_alpha: None,
             report_to: Vec::new(),
         }
     }
@@ -117,6 +121,9 @@ impl LoopSettings {
             self.per_device_train_batch_size > 0 && self.gradient_accumulation_steps > 0 && self.max_tokens_per_forward > 0,
             "--per-device-train-batch-size, --gradient-accumulation-steps and --max-tokens-per-forward must be at least 1"
         );
+        if let Some(a) = self.neftune_noise_alpha {
+            anyhow::ensure!(a.is_finite() && a > 0.0, "--neftune-noise-alpha must be a number above 0, got {a}");
+        }
         Ok(())
     }
 

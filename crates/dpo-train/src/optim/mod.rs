@@ -1,4 +1,15 @@
-//! The optimiser step: global-norm clipping, fused in-place AdamW, learning-rate schedules.
+//! The optimiser step: global-norm clipping, fused in-place AdamW (and SGD, Lion, Adafactor:
+//! [`optimizer::Optimizer`]), learning-rate schedules.
+
+pub mod adafactor;
+pub mod adamw8bit;
+pub mod dynamic_map;
+pub mod elementwise;
+mod inplace;
+pub mod optimizer;
+
+pub use inplace::Buf;
+pub use optimizer::{OptimKind, Optimizer};
 
 use anyhow::{bail, ensure, Result};
 use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor, Var};
@@ -9,7 +20,7 @@ use std::ops::Range;
 
 /// The optimizer's defaults (TRL 1.16's `DPOConfig` / transformers' `TrainingArguments`).
 pub mod defaults {
-    use super::ScheduleKind;
+    use super::{OptimKind, ScheduleKind};
 
     /// Peak learning rate of preference optimisation (TRL `DPOConfig`).
     pub const LEARNING_RATE: f64 = 1e-6;
@@ -26,6 +37,8 @@ pub mod defaults {
     pub const ADAM_EPSILON: f64 = 1e-8;
     /// ZeRO stage across MPI ranks: 0 keeps AdamW's moments whole on every rank.
     pub const ZERO_STAGE: u8 = 0;
+    /// The optimizer (transformers' `optim`): torch's AdamW.
+    pub const OPTIM: OptimKind = OptimKind::AdamwTorch;
 }
 
 /// How the weights are updated after each step's backward pass: the learning rate and its
@@ -34,7 +47,10 @@ pub mod defaults {
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct OptimizerSettings {
-    /// Peak learning rate (AdamW) [sft: 2e-5].
+    /// The optimizer (transformers' `optim` names): adamw_torch, sgd, lion_32bit (Lion's betas are --adam-beta1/2), adafactor (transformers' Adafactor as its Trainer sets it up), adamw_8bit (bitsandbytes' block-wise 8-bit AdamW).
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = defaults::OPTIM))]
+    pub optim: OptimKind,
+    /// Peak learning rate [sft: 2e-5].
     #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults::LEARNING_RATE))]
     pub learning_rate: f64,
     /// Steps of linear warm-up from 0 to --learning-rate.
@@ -59,6 +75,7 @@ pub struct OptimizerSettings {
 impl Default for OptimizerSettings {
     fn default() -> Self {
         Self {
+            optim: defaults::OPTIM,
             learning_rate: defaults::LEARNING_RATE,
             warmup_steps: defaults::WARMUP_STEPS,
             warmup_ratio: defaults::WARMUP_RATIO,
@@ -96,13 +113,10 @@ impl OptimizerSettings {
         Ok(())
     }
 
-    /// A fresh AdamW over `vars`: whole, or (`zero_stage` 1) sharded across the `ranks` of a job,
-    /// this one being `rank`.
-    pub fn adamw(&self, vars: &[Var], rank: usize, ranks: usize) -> Result<AdamW> {
-        match self.zero_stage {
-            1 => AdamW::sharded(vars, self.adam, rank, ranks),
-            _ => AdamW::new(vars, self.adam),
-        }
+    /// A fresh optimizer over `vars` (`--optim`); AdamW whole, or (`zero_stage` 1) sharded across
+    /// the `ranks` of a job, this one being `rank`. Errors: `zero_stage` 1 with another optimizer.
+    pub fn optimizer(&self, vars: &[Var], rank: usize, ranks: usize) -> Result<Optimizer> {
+        Optimizer::new(self, vars, rank, ranks)
     }
 }
 

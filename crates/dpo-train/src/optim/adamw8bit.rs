@@ -1,0 +1,248 @@
+//! 8-bit AdamW as bitsandbytes' `AdamW8bit` computes it (Dettmers et al. 2022, "8-bit Optimizers
+//! via Block-wise Quantization", arXiv 2110.02861, §2): both moments kept as one byte per
+//! element, an index into a dynamic map ([`super::dynamic_map`]: signed for `m`, unsigned for
+//! `v`), scaled by the absolute maximum of its block of 256 elements. Each step dequantizes a
+//! block, applies AdamW's update in f32, and quantizes the new moments to the nearest code
+//! against the block's new absolute maximum. Tensors under 4096 elements keep f32 moments, as
+//! bitsandbytes' `min_8bit_size`. transformers' `adamw_8bit`, `adamw_bnb_8bit` and
+//! `paged_adamw_8bit` (paging moves state between GPU and CPU memory; on a CPU it is the same).
+
+use super::dynamic_map::{SIGNED, UNSIGNED};
+use super::inplace::{update, Slices};
+use super::AdamWConfig;
+use anyhow::{bail, ensure, Result};
+use candle_core::{Tensor, Var};
+use rayon::prelude::*;
+use std::sync::LazyLock;
+
+/// Elements per block of one absolute maximum (bitsandbytes' optimizer blocksize).
+pub const BLOCK: usize = 256;
+/// Tensors with fewer elements keep f32 moments (bitsandbytes' `min_8bit_size`).
+pub const MIN_8BIT_SIZE: usize = 4096;
+
+static CODES: LazyLock<[[f32; 256]; 2]> = LazyLock::new(|| [SIGNED.map(f32::from_bits), UNSIGNED.map(f32::from_bits)]);
+
+/// The index of the code of `codes` (sorted ascending) nearest to `x` (the lower one on a tie, as
+/// the `argmin` of bitsandbytes' reference quantizer `_quantize_blockwise_pytorch`).
+pub fn nearest_code(codes: &[f32; 256], x: f32) -> u8 {
+    let i = codes.partition_point(|&c| c < x);
+    if i == 0 {
+        return 0;
+    }
+    if i == 256 {
+        return 255;
+    }
+    let (lower, upper) = (codes[i - 1], codes[i]);
+    if x - lower <= upper - x {
+        (i - 1) as u8
+    } else {
+        i as u8
+    }
+}
+
+/// One moment of a tensor, block-wise quantized: `value[i] = code[codes[i]] * absmax[i / 256]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quantized {
+    pub codes: Vec<u8>,
+    pub absmax: Vec<f32>,
+}
+
+impl Quantized {
+    /// `n` zeros.
+    fn zeros(n: usize, zero_code: u8) -> Self {
+        Self { codes: vec![zero_code; n], absmax: vec![0.0; n.div_ceil(BLOCK)] }
+    }
+}
+
+/// A tensor's two moments: 8-bit, or f32 below [`MIN_8BIT_SIZE`] elements.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Moments8 {
+    Blockwise { m: Quantized, v: Quantized },
+    Full { m: Vec<f32>, v: Vec<f32> },
+}
+
+impl Moments8 {
+    /// Zero moments for a tensor of `n` elements.
+    pub fn zeros(n: usize) -> Self {
+        if n < MIN_8BIT_SIZE {
+            return Moments8::Full { m: vec![0.0; n], v: vec![0.0; n] };
+        }
+        let zero = |codes: &[f32; 256]| nearest_code(codes, 0.0);
+        Moments8::Blockwise { m: Quantized::zeros(n, zero(&CODES[0])), v: Quantized::zeros(n, zero(&CODES[1])) }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Moments8::Blockwise { m, v } => m.codes.len() + v.codes.len() + 4 * (m.absmax.len() + v.absmax.len()),
+            Moments8::Full { m, v } => 4 * (m.len() + v.len()),
+        }
+    }
+
+    /// The state as bitsandbytes names it, f32 tensors (codes as their integer values):
+    /// `state1`, `absmax1`, `state2`, `absmax2` (8-bit), or `state1`, `state2` (f32).
+    pub fn tensors(&self) -> Result<Vec<(&'static str, Tensor)>> {
+        let t = |v: Vec<f32>| -> Result<Tensor> {
+            let n = v.len();
+            Ok(Tensor::from_vec(v, n, &candle_core::Device::Cpu)?)
+        };
+        let codes = |q: &Quantized| q.codes.iter().map(|&c| c as f32).collect::<Vec<f32>>();
+        Ok(match self {
+            Moments8::Blockwise { m, v } => vec![
+                ("state1", t(codes(m))?),
+                ("absmax1", t(m.absmax.clone())?),
+                ("state2", t(codes(v))?),
+                ("absmax2", t(v.absmax.clone())?),
+            ],
+            Moments8::Full { m, v } => vec![("state1", t(m.clone())?), ("state2", t(v.clone())?)],
+        })
+    }
+
+    /// The names [`Moments8::tensors`] gives.
+    pub fn names(&self) -> &'static [&'static str] {
+        match self {
+            Moments8::Blockwise { .. } => &["state1", "absmax1", "state2", "absmax2"],
+            Moments8::Full { .. } => &["state1", "state2"],
+        }
+    }
+
+    /// Restores the state from `saved` (in the order of [`Moments8::names`]). Errors: sizes or
+    /// codes that do not fit.
+    pub fn restore(&mut self, saved: &[Tensor]) -> Result<()> {
+        let vals =
+            |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?) };
+        let fill = |dst: &mut Vec<f32>, t: &Tensor| -> Result<()> {
+            let v = vals(t)?;
+            ensure!(v.len() == dst.len(), "{} saved values for a state of {}", v.len(), dst.len());
+            *dst = v;
+            Ok(())
+        };
+        let fill_codes = |dst: &mut Vec<u8>, t: &Tensor| -> Result<()> {
+            let v = vals(t)?;
+            ensure!(v.len() == dst.len(), "{} saved codes for a state of {}", v.len(), dst.len());
+            if let Some(bad) = v.iter().find(|&&c| !(0.0..=255.0).contains(&c) || c.fract() != 0.0) {
+                bail!("a saved 8-bit code is {bad}, not an integer in 0..=255");
+            }
+            *dst = v.iter().map(|&c| c as u8).collect();
+            Ok(())
+        };
+        match (self, saved) {
+            (Moments8::Blockwise { m, v }, [s1, a1, s2, a2]) => {
+                fill_codes(&mut m.codes, s1)?;
+                fill(&mut m.absmax, a1)?;
+                fill_codes(&mut v.codes, s2)?;
+                fill(&mut v.absmax, a2)
+            }
+            (Moments8::Full { m, v }, [s1, s2]) => {
+                fill(m, s1)?;
+                fill(v, s2)
+            }
+            _ => bail!("8-bit AdamW: the saved state does not fit this tensor"),
+        }
+    }
+}
+
+/// One step's settings: AdamW's, the learning rate, weight decay, clipping coefficient, step `t`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Adam8Step {
+    pub config: AdamWConfig,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub grad_scale: f64,
+    pub t: u64,
+}
+
+/// One 8-bit AdamW update of f32 parameter `p` (torch's AdamW arithmetic on the dequantized
+/// moments, [`super::AdamW`]; the moments requantized per block). Errors: an f64 parameter.
+pub fn adamw8bit_step(p: &Var, grad: &Tensor, state: &mut Moments8, h: &Adam8Step) -> Result<()> {
+    update(p, grad, &mut [], &mut |s| {
+        let Slices::F32(p, g, _) = s else { bail!("8-bit AdamW updates f32 parameters only") };
+        match state {
+            Moments8::Full { m, v } => {
+                p.par_chunks_mut(BLOCK)
+                    .zip(g.par_chunks(BLOCK))
+                    .zip(m.par_chunks_mut(BLOCK).zip(v.par_chunks_mut(BLOCK)))
+                    .for_each(|((p, g), (m, v))| adam_block(p, g, m, v, h));
+            }
+            Moments8::Blockwise { m, v } => {
+                p.par_chunks_mut(BLOCK)
+                    .zip(g.par_chunks(BLOCK))
+                    .zip(m.codes.par_chunks_mut(BLOCK).zip(m.absmax.par_iter_mut()))
+                    .zip(v.codes.par_chunks_mut(BLOCK).zip(v.absmax.par_iter_mut()))
+                    .for_each(|(((p, g), (mc, ma)), (vc, va))| {
+                        let mut mf: Vec<f32> = mc.iter().map(|&c| CODES[0][c as usize] * *ma).collect();
+                        let mut vf: Vec<f32> = vc.iter().map(|&c| CODES[1][c as usize] * *va).collect();
+                        adam_block(p, g, &mut mf, &mut vf, h);
+                        *ma = quantize(&CODES[0], &mf, mc);
+                        *va = quantize(&CODES[1], &vf, vc);
+                    });
+            }
+        }
+        Ok(())
+    })
+}
+
+/// AdamW on one block, in f32, as bitsandbytes' CPU 8-bit update orders it.
+fn adam_block(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &Adam8Step) {
+    let c = &h.config;
+    let (b1, b2, eps, gs) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32, h.grad_scale as f32);
+    let bc1 = 1.0 - c.beta1.powi(h.t as i32);
+    let bc2 = (1.0 - c.beta2.powi(h.t as i32)).sqrt() as f32;
+    let shrink = (1.0 - h.lr * h.weight_decay) as f32;
+    let step = (h.lr / bc1) as f32;
+    for i in 0..p.len() {
+        let g = g[i] * gs;
+        m[i] = b1 * m[i] + (1.0 - b1) * g;
+        v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+        p[i] = p[i] * shrink - step * m[i] / (v[i].sqrt() / bc2 + eps);
+    }
+}
+
+/// Quantizes `x` to `out` against its absolute maximum, which it returns (0: every code is 0's).
+fn quantize(codes: &[f32; 256], x: &[f32], out: &mut [u8]) -> f32 {
+    let absmax = x.iter().fold(0f32, |a, &v| a.max(v.abs()));
+    if absmax == 0.0 {
+        out.fill(nearest_code(codes, 0.0));
+        return 0.0;
+    }
+    let inv = 1.0 / absmax;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = nearest_code(codes, v * inv);
+    }
+    absmax
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_are_sorted_and_hold_zero_and_one() {
+        for codes in CODES.iter() {
+            assert!(codes.windows(2).all(|w| w[0] <= w[1]));
+            assert_eq!(codes[nearest_code(codes, 0.0) as usize], 0.0);
+            assert_eq!(codes[255], 1.0);
+        }
+        assert_eq!(CODES[0][0], -CODES[0][254]);
+        // nearest, the lower code on a tie
+        let c = &CODES[0];
+        let mid = (c[200] + c[201]) / 2.0;
+        assert_eq!(nearest_code(c, mid), 200);
+        assert_eq!(nearest_code(c, c[200]), 200);
+        assert_eq!(nearest_code(c, 2.0), 255);
+        assert_eq!(nearest_code(c, -2.0), 0);
+    }
+
+    #[test]
+    fn a_block_quantizes_within_half_a_code_step_of_its_absmax() {
+        let x: Vec<f32> = (0..BLOCK).map(|i| ((i as f32) * 0.37).sin() * 0.01).collect();
+        let mut q = vec![0u8; BLOCK];
+        let a = quantize(&CODES[0], &x, &mut q);
+        for (i, (&v, &c)) in x.iter().zip(&q).enumerate() {
+            let back = CODES[0][c as usize] * a;
+            let k = c as usize;
+            let gap = (CODES[0][k.min(254) + 1] - CODES[0][k.max(1) - 1]) * a;
+            assert!((back - v).abs() <= gap, "element {i}: {v} -> {back}");
+        }
+    }
+}
