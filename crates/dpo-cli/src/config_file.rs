@@ -289,7 +289,8 @@ mod tests {
             ("adafactor", Some(OptimKind::Adafactor)),
             ("sgd", Some(OptimKind::Sgd)),
             ("adamw_torch_fused", Some(OptimKind::AdamwTorch)),
-            ("adamw_8bit", None),
+            ("paged_adamw_8bit", Some(OptimKind::Adamw8bit)),
+            ("adamw_apex_fused", None),
         ] {
             std::fs::write(
                 &p,
@@ -302,7 +303,7 @@ mod tests {
                     let Command::Train(t) = cli.command else { panic!() };
                     assert_eq!(t.common.optimizer.optim, kind);
                 }
-                (Err(e), None) => assert!(e.to_string().contains("adamw_8bit"), "{e}"),
+                (Err(e), None) => assert!(e.to_string().contains("adamw_apex_fused"), "{e}"),
                 (r, _) => panic!("optim: {optim}: {:?}", r.map(|_| ())),
             }
         }

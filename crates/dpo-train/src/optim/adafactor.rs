@@ -80,50 +80,64 @@ fn step<T: Real>(p: &mut [T], g: &[T], mut b: Vec<&mut [T]>, f: Factoring, h: &A
     let gs = h.grad_scale;
     let sq = |x: T| (x.as_f64() * gs).powi(2) + EPS;
     let ema = |s: &mut T, x: f64| *s = T::from(beta2t * s.as_f64() + (1.0 - beta2t) * x).unwrap();
-    // the inverse square root of the second-moment estimate of each element, as a function
-    let inv: Box<dyn Fn(usize) -> f64 + Sync> = if f.factored {
-        let (rows, cols) = (f.rows, f.cols);
-        let (row, col) = match &mut b[..] {
-            [r, c] => (&mut **r, &mut **c),
-            _ => unreachable!("factored Adafactor keeps two buffers"),
-        };
-        row.par_iter_mut()
-            .enumerate()
-            .for_each(|(i, r)| ema(r, g[i * cols..(i + 1) * cols].iter().map(|&x| sq(x)).sum::<f64>() / cols as f64));
-        col.par_iter_mut().enumerate().for_each(|(j, c)| {
-            let (batch, j) = (j / cols, j % cols);
-            let at = |i: usize| g[(batch * rows + i) * cols + j];
-            ema(c, (0..rows).map(|i| sq(at(i))).sum::<f64>() / rows as f64)
+    // the inverse square root of each element's second-moment estimate: rf[row] * cf[col]
+    let (rf, cf, cols) = if f.factored {
+        let [row, col] = &mut b[..] else { unreachable!("factored Adafactor keeps two buffers") };
+        row.par_iter_mut().enumerate().for_each(|(i, r)| {
+            ema(r, g[i * f.cols..(i + 1) * f.cols].iter().map(|&x| sq(x)).sum::<f64>() / f.cols as f64)
         });
+        let sums = column_sums(g, f, &sq);
+        col.iter_mut().zip(&sums).for_each(|(c, s)| ema(c, s / f.rows as f64));
         let means: Vec<f64> =
-            row.chunks(rows).map(|r| r.iter().map(|x| x.as_f64()).sum::<f64>() / rows as f64).collect();
-        let (row, col) = (&*row, &*col);
-        Box::new(move |k: usize| {
-            let (i, j) = (k / cols, k % cols);
-            let batch = i / rows;
-            1.0 / (row[i].as_f64() / means[batch] * col[batch * cols + j].as_f64()).sqrt()
-        })
+            row.chunks(f.rows).map(|r| r.iter().map(|x| x.as_f64()).sum::<f64>() / f.rows as f64).collect();
+        let rf: Vec<f64> = row.iter().enumerate().map(|(i, r)| 1.0 / (r.as_f64() / means[i / f.rows]).sqrt()).collect();
+        let cf: Vec<f64> = col.iter().map(|c| 1.0 / c.as_f64().sqrt()).collect();
+        (rf, cf, f.cols)
     } else {
         let v = &mut *b[0];
         v.par_iter_mut().zip(g.par_iter()).for_each(|(v, &x)| ema(v, sq(x)));
-        let v = &*v;
-        Box::new(move |k: usize| 1.0 / v[k].as_f64().sqrt())
+        (Vec::new(), v.iter().map(|x| 1.0 / x.as_f64().sqrt()).collect(), g.len().max(1))
     };
-    const CHUNK: usize = 1 << 14;
+    // element j of row r of the `[rows, cols]` view (a vector is one row)
+    let inv = |r: usize, j: usize| if f.factored { rf[r] * cf[(r / f.rows) * cols + j] } else { cf[j] };
     let sum_sq: f64 = g
-        .par_chunks(CHUNK)
+        .par_chunks(cols)
         .enumerate()
-        .map(|(c, g)| g.iter().enumerate().map(|(k, &x)| (x.as_f64() * gs * inv(c * CHUNK + k)).powi(2)).sum::<f64>())
+        .map(|(r, g)| g.iter().enumerate().map(|(j, &x)| (x.as_f64() * gs * inv(r, j)).powi(2)).sum::<f64>())
         .collect::<Vec<f64>>()
         .iter()
         .sum();
     let rms = (sum_sq / g.len().max(1) as f64).sqrt();
     let scale = h.lr / (rms / CLIP_THRESHOLD).max(1.0);
     let shrink = 1.0 - h.weight_decay * h.lr;
-    p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).enumerate().for_each(|(c, (p, g))| {
-        for (k, (p, &x)) in p.iter_mut().zip(g).enumerate() {
-            let u = scale * x.as_f64() * gs * inv(c * CHUNK + k);
+    p.par_chunks_mut(cols).zip(g.par_chunks(cols)).enumerate().for_each(|(r, (p, g))| {
+        for (j, (p, &x)) in p.iter_mut().zip(g).enumerate() {
+            let u = scale * x.as_f64() * gs * inv(r, j);
             *p = T::from(p.as_f64() * shrink - u).unwrap();
         }
     });
+}
+
+/// Per batch and column, the sum over rows of `sq(g)` `[batches * cols]`: rows taken 64 at a time
+/// in parallel, the partial sums added in order (the same bits whatever the thread count).
+fn column_sums<T: Real>(g: &[T], f: Factoring, sq: &(dyn Fn(T) -> f64 + Sync)) -> Vec<f64> {
+    const ROWS: usize = 64;
+    let mut out = vec![0.0; f.batches * f.cols];
+    for (batch, sums) in out.chunks_mut(f.cols).enumerate() {
+        let m = &g[batch * f.rows * f.cols..(batch + 1) * f.rows * f.cols];
+        let partials: Vec<Vec<f64>> = m
+            .par_chunks(ROWS * f.cols)
+            .map(|rows| {
+                let mut s = vec![0.0; f.cols];
+                for row in rows.chunks(f.cols) {
+                    s.iter_mut().zip(row).for_each(|(s, &x)| *s += sq(x));
+                }
+                s
+            })
+            .collect();
+        for part in &partials {
+            sums.iter_mut().zip(part).for_each(|(s, p)| *s += p);
+        }
+    }
+    out
 }

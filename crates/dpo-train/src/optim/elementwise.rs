@@ -59,20 +59,15 @@ pub fn lion_step(p: &Var, grad: &Tensor, bufs: &mut [Buf], h: &LionStep) -> Resu
         let (b1, b2, gs) = (c(h.beta1), c(h.beta2), c(h.grad_scale));
         let (one_b1, one_b2) = (c(1.0 - h.beta1), c(1.0 - h.beta2));
         let (shrink, lr) = (c(1.0 - h.lr * h.weight_decay), c(h.lr));
-        let (zero, one) = (T::zero(), T::one());
+        let zero = T::zero();
         p.par_chunks_mut(CHUNK).zip(m.par_chunks_mut(CHUNK)).zip(g.par_chunks(CHUNK)).for_each(|((p, m), g)| {
-            for i in 0..p.len() {
-                let g = g[i] * gs;
-                let u = b1 * m[i] + one_b1 * g;
-                let sign = if u > zero {
-                    one
-                } else if u < zero {
-                    -one
-                } else {
-                    zero
-                };
-                p[i] = p[i] * shrink - lr * sign;
-                m[i] = b2 * m[i] + one_b2 * g;
+            for ((p, m), &g) in p.iter_mut().zip(m.iter_mut()).zip(g) {
+                let g = g * gs;
+                let u = b1 * *m + one_b1 * g;
+                // the sign as the difference of two comparisons, without branches: the loop vectorizes
+                let sign = T::from(i8::from(u > zero) - i8::from(u < zero)).unwrap();
+                *p = *p * shrink - lr * sign;
+                *m = b2 * *m + one_b2 * g;
             }
         });
     }
