@@ -4,8 +4,10 @@
 //! PEFT adapter directory) and, in the spirit of transformers' Trainer, what training needs to go
 //! on: `optimizer.safetensors` (the optimizer's state of every trainable tensor, f32, named
 //! `<tensor>.<state>` with PyTorch's state names: AdamW's `exp_avg` and `exp_avg_sq`, Lion's
-//! `exp_avg`, Adafactor's `exp_avg_sq_row` and `exp_avg_sq_col` or `exp_avg_sq`), `trainer_state.json` ([`TrainerState`]: the step, tokens, non-finite
-//! counts, data hashes and the run's settings) and `metrics.jsonl` as it stood at that step. The
+//! `exp_avg`, Adafactor's `exp_avg_sq_row` and `exp_avg_sq_col` or `exp_avg_sq`; bitsandbytes'
+//! for 8-bit AdamW: `state1`, `absmax1`, `state2`, `absmax2`, the codes as f32 integers),
+//! `trainer_state.json` ([`TrainerState`]: the step, tokens, non-finite counts, data hashes, the
+//! run's settings, β-DPO's statistics) and `metrics.jsonl` as it stood at that step. The
 //! directory is written atomically ([`dpo_runtime::io::write_dir_atomic`]). The data order, the
 //! learning-rate schedule and LoRA's dropout masks are functions of the seed and the step, so a
 //! resumed run replays them; the reference log-probs are in the content-keyed cache.
@@ -185,8 +187,8 @@ pub fn write_state(
 }
 
 /// Loads checkpoint `dir` into the freshly built `policy` and `opt` (the trainable tensors'
-/// values and the optimizer's state and step) and puts its `metrics.jsonl` back as `metrics` (dropping
-/// what was logged after the checkpoint, a torn last line included; `None`: a rank other than 0,
+/// values and the optimizer's state and step) and puts its `metrics.jsonl` back as `metrics`
+/// (dropping what was logged after the checkpoint, a torn last line included; `None`: a rank other than 0,
 /// which writes no files). Errors: a tensor missing from the checkpoint or of another shape.
 pub fn restore(
     dir: &Path,
