@@ -23,7 +23,7 @@ done
 python3 - "$OUT" <<'PY'
 import json, statistics, sys
 out = sys.argv[1]
-print("| --optim | optimizer s/step (median) | state | peak RSS |")
+print("| optimizer | seconds per update (median) | state | peak RSS |")
 print("|---|---|---|---|")
 for optim in ["adamw_torch", "adamw_8bit", "lion_32bit", "adafactor", "sgd"]:
     s = json.load(open(f"{out}/{optim}/summary.json"))

@@ -310,6 +310,17 @@ mod tests {
     }
 
     #[test]
+    fn trl_neftune_and_loss_options_reach_their_flags() {
+        let d = tempfile_dir();
+        let p = d.join("neftune.yaml");
+        std::fs::write(&p, "model_name_or_path: m.gguf\ndataset_name: d.jsonl\noutput_dir: out\nneftune_noise_alpha: 5.0\nloss_type: [sigmoid, sft]\nrpo_alpha: 0.5\n").unwrap();
+        let argv: Vec<String> = ["dpo", "train", "--config", p.to_str().unwrap()].map(String::from).to_vec();
+        let Command::Train(t) = Cli::parse_from(expand_config(&argv).unwrap()).command else { panic!() };
+        assert_eq!(t.common.run.neftune_noise_alpha, Some(5.0));
+        assert_eq!((t.loss.loss.len(), t.loss.rpo_alpha), (2, 0.5));
+    }
+
+    #[test]
     fn a_trl_yaml_config_becomes_flags() {
         let d = tempfile_dir();
         let p = d.join("trl.yaml");
