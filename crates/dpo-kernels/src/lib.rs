@@ -188,6 +188,12 @@ pub fn mix_seed(seed: u64, stream: u64) -> u64 {
     splitmix64(seed ^ splitmix64(stream.wrapping_add(0x632B_E59B_D9B4_E019)))
 }
 
+/// A uniform draw in `[0, 1)` from `mix_seed(seed, stream)` (its top 53 bits): the same value
+/// for the same seed and stream, whichever thread draws it.
+pub fn uniform(seed: u64, stream: u64) -> f64 {
+    (mix_seed(seed, stream) >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// The number of threads kernels may use (`RAYON_NUM_THREADS`, as candle's matmul reads it).
 pub(crate) fn num_threads() -> usize {
     candle_core::utils::get_num_threads()

@@ -382,15 +382,12 @@ pub struct EmbeddingNoise {
 }
 
 /// `U(-magnitude, magnitude)` noise of `shape` (`[rows, hidden]`), element `k` drawn from
-/// `mix_seed(seed, k)`: the same values for the same seed, whatever the thread count.
+/// `dpo_kernels::uniform(seed, k)`: the same values for the same seed, whatever the thread count.
 fn uniform_noise(n: EmbeddingNoise, shape: (usize, usize), dtype: DType) -> Result<Tensor> {
     use rayon::prelude::*;
     let v: Vec<f64> = (0..shape.0 * shape.1)
         .into_par_iter()
-        .map(|k| {
-            let u = (dpo_kernels::mix_seed(n.seed, k as u64) >> 11) as f64 / (1u64 << 53) as f64;
-            (2.0 * u - 1.0) * n.magnitude
-        })
+        .map(|k| (2.0 * dpo_kernels::uniform(n.seed, k as u64) - 1.0) * n.magnitude)
         .collect();
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)?)
 }

@@ -124,6 +124,12 @@ impl Task {
         matches!(self, Task::Preference(o) if o.couples_batch())
     }
 
+    /// Whether the loss keeps running statistics of the margins across batches (β-DPO), which
+    /// the loop carries from step to step and saves in checkpoints.
+    pub fn keeps_margin_stats(&self) -> bool {
+        matches!(self, Task::Preference(o) if matches!(o.main(), Loss::BetaDpo { .. }))
+    }
+
     /// LD-DPO's weight of the tokens past a pair's shorter completion, in the log-probs of the
     /// policy and of the reference ([`dpo_data::batch::pack_weighted`]); `None`: plain sums.
     pub fn ld_alpha(&self) -> Option<f64> {

@@ -75,7 +75,7 @@ pub fn plan(
     let mut keep = vec![false; n];
     for draw in 0..k.min(n) {
         let total: f64 = weights.iter().zip(&keep).filter(|(_, &k)| !k).map(|(w, _)| w).sum();
-        let u = (dpo_kernels::mix_seed(seed, draw as u64) >> 11) as f64 / (1u64 << 53) as f64 * total;
+        let u = dpo_kernels::uniform(seed, draw as u64) * total;
         let (mut acc, mut pick) = (0.0, None);
         for (i, w) in weights.iter().enumerate().filter(|(i, _)| !keep[*i]) {
             acc += w;

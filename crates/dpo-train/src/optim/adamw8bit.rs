@@ -9,7 +9,7 @@
 
 use super::dynamic_map::{SIGNED, UNSIGNED};
 use super::inplace::{update, Slices};
-use super::AdamWConfig;
+use super::AdamStep;
 use anyhow::{bail, ensure, Result};
 use candle_core::{Tensor, Var};
 use rayon::prelude::*;
@@ -174,19 +174,9 @@ impl Moments8 {
     }
 }
 
-/// One step's settings: AdamW's, the learning rate, weight decay, clipping coefficient, step `t`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Adam8Step {
-    pub config: AdamWConfig,
-    pub lr: f64,
-    pub weight_decay: f64,
-    pub grad_scale: f64,
-    pub t: u64,
-}
-
 /// One 8-bit AdamW update of f32 parameter `p` (torch's AdamW arithmetic on the dequantized
 /// moments, [`super::AdamW`]; the moments requantized per block). Errors: an f64 parameter.
-pub fn adamw8bit_step(p: &Var, grad: &Tensor, state: &mut Moments8, h: &Adam8Step) -> Result<()> {
+pub(crate) fn adamw8bit_step(p: &Var, grad: &Tensor, state: &mut Moments8, k: &AdamStep<f32>) -> Result<()> {
     update(p, grad, &mut [], &mut |s| {
         let Slices::F32(p, g, _) = s else { bail!("8-bit AdamW updates f32 parameters only") };
         match state {
@@ -194,7 +184,7 @@ pub fn adamw8bit_step(p: &Var, grad: &Tensor, state: &mut Moments8, h: &Adam8Ste
                 p.par_chunks_mut(BLOCK)
                     .zip(g.par_chunks(BLOCK))
                     .zip(m.par_chunks_mut(BLOCK).zip(v.par_chunks_mut(BLOCK)))
-                    .for_each(|((p, g), (m, v))| adam_block(p, g, m, v, h));
+                    .for_each(|((p, g), (m, v))| k.apply(p, g, m, v));
             }
             Moments8::Blockwise { m, v } => {
                 p.par_chunks_mut(BLOCK)
@@ -211,7 +201,7 @@ pub fn adamw8bit_step(p: &Var, grad: &Tensor, state: &mut Moments8, h: &Adam8Ste
                         for (f, &c) in vf.iter_mut().zip(vc.iter()) {
                             *f = unsigned[c as usize] * *va;
                         }
-                        adam_block(p, g, &mut mf[..n], &mut vf[..n], h);
+                        k.apply(p, g, &mut mf[..n], &mut vf[..n]);
                         *ma = quantize(&BOOKS[0], &mf[..n], mc);
                         *va = quantize(&BOOKS[1], &vf[..n], vc);
                     });
@@ -219,22 +209,6 @@ pub fn adamw8bit_step(p: &Var, grad: &Tensor, state: &mut Moments8, h: &Adam8Ste
         }
         Ok(())
     })
-}
-
-/// AdamW on one block, in f32, as bitsandbytes' CPU 8-bit update orders it.
-fn adam_block(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &Adam8Step) {
-    let c = &h.config;
-    let (b1, b2, eps, gs) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32, h.grad_scale as f32);
-    let bc1 = 1.0 - c.beta1.powi(h.t as i32);
-    let bc2 = (1.0 - c.beta2.powi(h.t as i32)).sqrt() as f32;
-    let shrink = (1.0 - h.lr * h.weight_decay) as f32;
-    let step = (h.lr / bc1) as f32;
-    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        let g = g * gs;
-        *m = b1 * *m + (1.0 - b1) * g;
-        *v = b2 * *v + (1.0 - b2) * g * g;
-        *p = *p * shrink - step * *m / (v.sqrt() / bc2 + eps);
-    }
 }
 
 /// Quantizes `x` to `out` against its absolute maximum, which it returns (0: every code is 0's).

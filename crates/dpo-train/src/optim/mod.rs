@@ -177,20 +177,63 @@ pub struct AdamW {
     shards: Option<Vec<Vec<Range<usize>>>>,
 }
 
+/// One AdamW step's per-element constants in the parameter's dtype, each computed in f64 and
+/// rounded once (as torch and bitsandbytes pass Python floats to f32 kernels).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AdamStep<T> {
+    b1: T,
+    b2: T,
+    one_b1: T,
+    one_b2: T,
+    eps: T,
+    grad_scale: T,
+    /// `1 - lr * weight_decay`.
+    shrink: T,
+    /// `lr / (1 - b1^t)`.
+    step: T,
+    /// `sqrt(1 - b2^t)`.
+    bc2_sqrt: T,
+}
+
+impl<T: Real> AdamStep<T> {
+    /// The constants of update `t` (1-based) at learning rate `lr` with `weight_decay`, the
+    /// gradient times `grad_scale` (the clipping coefficient).
+    pub(crate) fn new(cfg: &AdamWConfig, lr: f64, weight_decay: f64, grad_scale: f64, t: u64) -> Self {
+        let c = |x: f64| T::from(x).unwrap();
+        let t = t as i32;
+        Self {
+            b1: c(cfg.beta1),
+            b2: c(cfg.beta2),
+            one_b1: c(1.0 - cfg.beta1),
+            one_b2: c(1.0 - cfg.beta2),
+            eps: c(cfg.eps),
+            grad_scale: c(grad_scale),
+            shrink: c(1.0 - lr * weight_decay),
+            step: c(lr / (1.0 - cfg.beta1.powi(t))),
+            bc2_sqrt: c((1.0 - cfg.beta2.powi(t)).sqrt()),
+        }
+    }
+
+    /// AdamW on the elements of `p` with gradient `g` and moments `m`, `v` (one length), torch's
+    /// arithmetic ([`AdamW`]).
+    pub(crate) fn apply(&self, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
+        let k = self;
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            let g = g * k.grad_scale;
+            *m = k.b1 * *m + k.one_b1 * g;
+            *v = k.b2 * *v + k.one_b2 * g * g;
+            *p = *p * k.shrink - k.step * *m / (v.sqrt() / k.bc2_sqrt + k.eps);
+        }
+    }
+}
+
 struct Update<'a, T> {
     /// The elements of the parameter (and of `grad`) to update; `m` and `v` hold just these.
     range: Range<usize>,
     grad: &'a [T],
     m: RefCell<&'a mut [T]>,
     v: RefCell<&'a mut [T]>,
-    lr: f64,
-    decay: f64,
-    b1: f64,
-    b2: f64,
-    eps: f64,
-    bc1: f64,
-    bc2_sqrt: f64,
-    grad_scale: f64,
+    k: AdamStep<T>,
 }
 
 impl<T: Real> InplaceOp1 for Update<'_, T> {
@@ -204,24 +247,12 @@ impl<T: Real> InplaceOp1 for Update<'_, T> {
         let p = &mut p[a..b][self.range.clone()];
         let grad = &self.grad[self.range.clone()];
         let (mut m, mut v) = (self.m.borrow_mut(), self.v.borrow_mut());
-        let c = |x: f64| T::from(x).unwrap();
-        let (b1, b2, eps, gs) = (c(self.b1), c(self.b2), c(self.eps), c(self.grad_scale));
-        let (one_b1, one_b2) = (c(1.0 - self.b1), c(1.0 - self.b2));
-        let shrink = c(1.0 - self.lr * self.decay);
-        let step = c(self.lr / self.bc1);
-        let bc2 = c(self.bc2_sqrt);
+        let k = self.k;
         const CHUNK: usize = 1 << 14;
         p.par_chunks_mut(CHUNK)
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK).zip(grad.par_chunks(CHUNK)))
-            .for_each(|((p, m), (v, g))| {
-                for i in 0..p.len() {
-                    let g = g[i] * gs;
-                    m[i] = b1 * m[i] + one_b1 * g;
-                    v[i] = b2 * v[i] + one_b2 * g * g;
-                    p[i] = p[i] * shrink - step * m[i] / (v[i].sqrt() / bc2 + eps);
-                }
-            });
+            .for_each(|((p, m), (v, g))| k.apply(p, g, m, v));
         Ok(())
     }
 }
@@ -297,7 +328,7 @@ impl AdamW {
     /// the ranks then all-gather the parameters (a collective: every rank calls it).
     pub fn step(&mut self, params: &[Var], grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
         self.step += 1;
-        let t = self.step as i32;
+        let t = self.step;
         let cfg = self.config;
         for (((p, g), (mom, &decay)), range) in
             params.iter().zip(grads).zip(self.moments.iter_mut().zip(&self.decay)).zip(&self.owned)
@@ -317,14 +348,7 @@ impl AdamW {
                         grad,
                         m: RefCell::new(&mut $m[..]),
                         v: RefCell::new(&mut $v[..]),
-                        lr,
-                        decay: wd,
-                        b1: cfg.beta1,
-                        b2: cfg.beta2,
-                        eps: cfg.eps,
-                        bc1: 1.0 - cfg.beta1.powi(t),
-                        bc2_sqrt: (1.0 - cfg.beta2.powi(t)).sqrt(),
-                        grad_scale,
+                        k: AdamStep::<$t>::new(&cfg, lr, wd, grad_scale, t),
                     })?
                 }};
             }

@@ -2,10 +2,10 @@
 //! Adafactor, behind one interface for the training loop and the checkpoints.
 
 use super::adafactor::{adafactor_step, AdafactorStep, Factoring};
-use super::adamw8bit::{adamw8bit_step, Adam8Step, Moments8};
+use super::adamw8bit::{adamw8bit_step, Moments8};
 use super::elementwise::{lion_step, sgd_step, LionStep};
 use super::inplace::Buf;
-use super::{AdamW, AdamWConfig, OptimizerSettings};
+use super::{AdamStep, AdamW, AdamWConfig, OptimizerSettings};
 use anyhow::{ensure, Context, Result};
 use candle_core::{Tensor, Var};
 
@@ -154,8 +154,7 @@ impl Optimizer {
                 *step += 1;
                 for (((p, g), m), &d) in params.iter().zip(grads).zip(state.iter_mut()).zip(decay.iter()) {
                     let weight_decay = if d { config.weight_decay } else { 0.0 };
-                    let h = Adam8Step { config: *config, lr, weight_decay, grad_scale, t: *step };
-                    adamw8bit_step(p, g, m, &h)?;
+                    adamw8bit_step(p, g, m, &AdamStep::new(config, lr, weight_decay, grad_scale, *step))?;
                 }
                 return Ok(());
             }

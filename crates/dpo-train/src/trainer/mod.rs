@@ -31,7 +31,6 @@ pub use summary::{RunKind, TrainSummary};
 use crate::checkpoint::{self, TrainerState};
 use crate::evaluate::evaluate;
 use crate::loss::beta_dpo::MarginStats;
-use crate::loss::Loss;
 use crate::metrics::{self, with_eval_prefix, Metrics, MetricsFile};
 use crate::optim::{clip_coefficient, global_grad_norm, Optimizer, OptimizerSettings};
 use crate::step::{data_parallel_gradients, BatchResult, Neftune, StepSettings};
@@ -272,7 +271,9 @@ impl<'a> Loop<'a> {
                 .settings
                 .neftune_noise_alpha
                 .map(|alpha| Neftune { alpha, seed: mix_seed(mix_seed(p.settings.seed, step as u64), NEFTUNE_STREAM) }),
-            beta_dpo: matches!(&p.task, Task::Preference(o) if matches!(o.main(), Loss::BetaDpo { .. }))
+            beta_dpo: p
+                .task
+                .keeps_margin_stats()
                 .then(|| (self.margin_stats, mix_seed(mix_seed(p.settings.seed, step as u64), BETA_DPO_STREAM))),
         };
         let res = data_parallel_gradients(&p.policy, &batch.examples, &refs, &p.task, &settings)?;
@@ -394,8 +395,7 @@ impl<'a> Loop<'a> {
             data_hash: self.p.record.hashes.train.clone(),
             eval_data_hash: self.p.record.hashes.eval.clone(),
             training_args: self.p.record.args.clone(),
-            margin_stats: matches!(&self.p.task, Task::Preference(o) if matches!(o.main(), Loss::BetaDpo { .. }))
-                .then_some(self.margin_stats),
+            margin_stats: self.p.task.keeps_margin_stats().then_some(self.margin_stats),
         })
     }
 
